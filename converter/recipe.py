@@ -1,0 +1,77 @@
+"""What a model recipe gives the build: its graphs as TensorFlow sees them, and how to feed them.
+
+A recipe (converter/models/<name>.py, or converter/formats/* for a user's own file) knows one model:
+where its source is, how to turn it into TFLiteConverters, how to run the float source for
+verification, what real inputs calibrate it, and the manifest fields the agent will need.
+The build (converter/build.py) does the rest the same way for every model: variants, runtime
+checks, verification, gates, manifests and reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from agent.manifest import Alignment, Preprocessing, Source
+from agent.runtime import Network
+
+
+@dataclass
+class GraphSource:
+    """One graph of a model (most models have one, named ``model``; MTCNN has pnet/rnet/onet)."""
+
+    name: str
+    # A fresh tf.lite.TFLiteConverter each call (variants mutate converter settings).
+    make_converter: Callable[[], Any]
+    # The float source model, run by TensorFlow: the baseline every variant is compared to.
+    reference: Network
+    input_shape: list[int]  # batch 1; -1 marks dimensions the agent resizes (P-Net H/W)
+    # Sources that already are .tflite (BlazeFace): copied as the fp32 variant, never re-quantised,
+    # and make_converter is not called.
+    tflite_file: Path | None = None
+
+
+class Recipe(Protocol):
+    name: str
+    kind: Literal["detector", "embedder"]
+    preprocessing: Preprocessing
+    alignment: Alignment | None  # embedders
+    embedding_size: int | None  # embedders
+    detector_type: str | None  # detectors: "mtcnn" | "blazeface" | ...
+    extra: dict[str, Any]  # model-specific manifest settings (anchors, P-Net scales, ...)
+    default_variants: Sequence[str]
+
+    def source(self) -> Source:
+        """Manifest ``source`` block (package, version, file, sha256, format, licence)."""
+        ...
+
+    def graphs(self) -> list[GraphSource]:
+        """Load the source model (fetching it if needed) and expose its graphs."""
+        ...
+
+    def calibration_samples(self, graph: str, photos: Sequence[Path], count: int) -> list[list[np.ndarray]]:
+        """Up to ``count`` real input tuples for ``graph`` made from ``photos`` (float, preprocessed)."""
+        ...
+
+    def detector(self, networks: dict[str, Network]) -> Any:
+        """Detectors only: the agent's detector wired to these networks (TFLite or the TF reference),
+        so verification compares boxes and landmarks the way the device computes them."""
+        ...
+
+
+@dataclass
+class RecipeInfo:
+    """Static facts a recipe fills in; a convenient base for dataclass recipes."""
+
+    name: str
+    kind: Literal["detector", "embedder"]
+    preprocessing: Preprocessing
+    alignment: Alignment | None = None
+    embedding_size: int | None = None
+    detector_type: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    default_variants: Sequence[str] = ("fp32", "int8")
