@@ -1,0 +1,32 @@
+"""Shared fixtures. Photos come only through the data directory (FACELITE_DATA_DIR), never a fixed path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.dataset import data_dir as resolve_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The data directory holding faces/ (set FACELITE_DATA_DIR; `make test` sets it from DATA_DIR)."""
+    return resolve_data_dir(os.environ.get("FACELITE_DATA_DIR"))
+
+
+@pytest.fixture(scope="session")
+def faces_dir(data_dir: Path) -> Path:
+    return data_dir / "faces"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """Artifacts of `make convert` (FACELITE_MODELS_DIR, default build/models)."""
+    path = Path(os.environ.get("FACELITE_MODELS_DIR", REPO / "build" / "models"))
+    if not path.is_dir():
+        pytest.fail(f"no converted models at {path}: run `make convert` first (make test does)")
+    return path
