@@ -53,8 +53,12 @@ class Recipe(Protocol):
         """Load the source model (fetching it if needed) and expose its graphs."""
         ...
 
-    def calibration_samples(self, graph: str, photos: Sequence[Path], count: int) -> list[list[np.ndarray]]:
-        """Up to ``count`` real input tuples for ``graph`` made from ``photos`` (float, preprocessed)."""
+    def calibration_samples(self, graph: str, images: Sequence[np.ndarray], count: int) -> list[list[np.ndarray]]:
+        """Up to ``count`` real input tuples for ``graph`` (float, preprocessed, batch 1).
+
+        ``images`` are uint8 BGR arrays: for embedders, face crops already aligned onto the recipe's
+        template by the build (with the device's own detector and aligner); for detectors, whole photos.
+        """
         ...
 
     def detector(self, networks: dict[str, Network]) -> Any:
