@@ -1,0 +1,533 @@
+"""The MQTT contract, versioned (``SCHEMA``): topics and payloads the agent publishes.
+
+Everything here is a pure builder producing ``agent.messages.Message`` values; sinks deliver them.
+Topics live under ``<prefix>/<device_id>/`` (prefix ``facelite``)::
+
+    availability        retained "online" / "offline" (also the MQTT last will)
+    events              QoS 1, durable (spooled while the broker is away): one JSON per visit event
+    last_person         retained: the last recognized person (feeds the Home Assistant sensor)
+    person/<slug>       retained presence {state: home|away, last_seen}
+    state               retained periodic statistics
+
+plus Home Assistant MQTT discovery configs (retained) under ``homeassistant/<component>/facelite_<device_id>/``.
+Person names reach topics only through ``slugify`` so no name can inject '+', '#' or '/'.
+Timestamps are UTC ISO-8601 with milliseconds and a ``Z``; frame timestamps are epoch seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import re
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal
+
+from agent import __version__
+from agent.errors import ConfigError
+from agent.messages import Message
+
+if TYPE_CHECKING:
+    from agent.track import TrackEvent
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+DEFAULT_PREFIX = "facelite"
+DISCOVERY_PREFIX = "homeassistant"
+ONLINE = "online"
+OFFLINE = "offline"
+FACE_CROP_FIELD = "face_jpeg"
+
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+
+PresenceState = Literal["home", "away"]
+
+# JSON Schema (draft 2020-12) of the payload on <prefix>/<device_id>/events, for README and consumers.
+EVENT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "facelite event",
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "schema",
+        "event_id",
+        "type",
+        "timestamp",
+        "camera",
+        "track_id",
+        "person",
+        "similarity",
+        "margin",
+        "decision",
+        "bbox",
+        "quality",
+        "embedder",
+        "gallery_version",
+        "latency_ms",
+    ],
+    "properties": {
+        "schema": {"const": SCHEMA, "description": "payload version; bumped on incompatible change"},
+        "event_id": {"type": "string", "format": "uuid", "description": "uuid4; consumers de-duplicate on it"},
+        "type": {"enum": ["recognized", "unknown", "left"], "description": "one decision and one left per visit"},
+        "timestamp": {
+            "type": "string",
+            "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
+            "description": "UTC time of the frame that caused the event",
+        },
+        "camera": {"type": "string"},
+        "track_id": {"type": "integer", "minimum": 1, "description": "unique per agent run; ties a left to its visit"},
+        "person": {"type": ["string", "null"], "description": "enrolled name; null when unknown"},
+        "similarity": {"type": "number", "minimum": -1, "maximum": 1, "description": "mean cosine of the votes"},
+        "margin": {"type": "number", "minimum": 0, "maximum": 2, "description": "best minus runner-up person"},
+        "decision": {"enum": ["known", "unknown", "ambiguous"]},
+        "bbox": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["x", "y", "w", "h"],
+            "properties": {k: {"type": "number", "minimum": 0, "maximum": 1} for k in ("x", "y", "w", "h")},
+            "description": "face box as fractions of the frame, top-left origin",
+        },
+        "quality": {"type": "number", "minimum": 0, "maximum": 1},
+        "embedder": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name", "sha256"],
+            "properties": {"name": {"type": "string"}, "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+        },
+        "gallery_version": {"type": "integer", "minimum": 0},
+        "latency_ms": {"type": "number", "minimum": 0, "description": "frame capture to publish"},
+        FACE_CROP_FIELD: {
+            "type": "string",
+            "contentEncoding": "base64",
+            "contentMediaType": "image/jpeg",
+            "description": "face crop; present only when enabled in config",
+        },
+    },
+}
+
+
+# -- names and topics ----------------------------------------------------------------------------
+def slugify(name: str) -> str:
+    """A topic- and Home-Assistant-safe id for a person name: [a-z0-9_], never empty, deterministic.
+
+    Accents are folded ("José" -> "jose"); a name with no latin letters or digits gets a short hash,
+    so it still has a stable, distinct slug. The gallery refuses two names with the same slug.
+    """
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii").lower()
+    slug = re.sub(r"[^a-z0-9]+", "_", folded).strip("_")
+    if not slug:
+        slug = "p_" + hashlib.sha256(unicodedata.normalize("NFC", name).encode()).hexdigest()[:10]
+    return slug
+
+
+def utc_iso(ts: float) -> str:
+    """Epoch seconds -> '2026-11-25T19:00:00.123Z'."""
+    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class Topics:
+    device_id: str
+    prefix: str = DEFAULT_PREFIX
+    discovery_prefix: str = DISCOVERY_PREFIX
+
+    def __post_init__(self) -> None:
+        if not _DEVICE_ID.match(self.device_id):
+            raise ConfigError(
+                f"device id {self.device_id!r} may only hold letters, digits, '_' and '-' (1-64)",
+                "mqtt.device_id",
+                "it becomes part of MQTT topics and Home Assistant ids",
+            )
+        for name in ("prefix", "discovery_prefix"):
+            if not _PREFIX.match(getattr(self, name)):
+                raise ConfigError(
+                    f"topic prefix {getattr(self, name)!r} must be '/'-separated letters, digits, '_' or '-'",
+                    f"mqtt.{name}",
+                )
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.device_id}"
+
+    @property
+    def availability(self) -> str:
+        return f"{self.base}/availability"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}/events"
+
+    @property
+    def state(self) -> str:
+        return f"{self.base}/state"
+
+    @property
+    def last_person(self) -> str:
+        return f"{self.base}/last_person"
+
+    def person(self, name: str) -> str:
+        return f"{self.base}/person/{slugify(name)}"
+
+    @property
+    def node_id(self) -> str:
+        # HA discovery node ids allow [a-zA-Z0-9_-]; the device id is validated to that alphabet.
+        return f"facelite_{self.device_id}"
+
+    def discovery(self, component: str, object_id: str) -> str:
+        return f"{self.discovery_prefix}/{component}/{self.node_id}/{object_id}/config"
+
+
+def _json(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _r(x: float, digits: int) -> float:
+    return round(float(x), digits)
+
+
+# -- availability --------------------------------------------------------------------------------
+def availability_message(topics: Topics, online: bool) -> Message:
+    """Retained; the offline one is also the last will, so a crashed agent reads offline."""
+    return Message(topics.availability, (ONLINE if online else OFFLINE).encode(), qos=1, retain=True)
+
+
+# -- events --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EmbedderInfo:
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What every event of one agent run shares."""
+
+    topics: Topics
+    camera: str
+    embedder: EmbedderInfo
+    include_face_crop: bool = False
+
+
+def event_payload(
+    event: TrackEvent,
+    ctx: EventContext,
+    *,
+    frame_size: tuple[int, int],
+    gallery_version: int,
+    now: float,
+    event_id: str,
+    face_jpeg: bytes | None = None,
+) -> dict[str, Any]:
+    """The JSON object of one event (see EVENT_SCHEMA). ``now`` is the wall clock at publish time."""
+    width, height = frame_size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"frame size must be positive, got {frame_size}")
+    x, y, w, h = event.bbox.normalized(width, height)
+    payload: dict[str, Any] = {
+        "schema": SCHEMA,
+        "event_id": event_id,
+        "type": event.type,
+        "timestamp": utc_iso(event.ts),
+        "camera": ctx.camera,
+        "track_id": int(event.track_id),
+        "person": event.person,
+        "similarity": _r(min(1.0, max(-1.0, event.similarity)), 4),
+        "margin": _r(min(2.0, max(0.0, event.margin)), 4),
+        "decision": event.decision,
+        "bbox": {"x": _r(x, 4), "y": _r(y, 4), "w": _r(w, 4), "h": _r(h, 4)},
+        "quality": _r(min(1.0, max(0.0, event.quality)), 3),
+        "embedder": {"name": ctx.embedder.name, "sha256": ctx.embedder.sha256},
+        "gallery_version": int(gallery_version),
+        # A frame timestamp from a clock ahead of ours must not give a negative latency.
+        "latency_ms": _r(max(0.0, (now - event.ts) * 1000.0), 1),
+    }
+    if ctx.include_face_crop and face_jpeg is not None:
+        payload[FACE_CROP_FIELD] = base64.b64encode(face_jpeg).decode("ascii")
+    return payload
+
+
+def event_message(
+    event: TrackEvent,
+    ctx: EventContext,
+    *,
+    frame_size: tuple[int, int],
+    gallery_version: int,
+    now: float,
+    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    face_jpeg: bytes | None = None,
+) -> Message:
+    """QoS 1, not retained, durable: events are spooled to disk while the broker is unreachable."""
+    payload = event_payload(
+        event,
+        ctx,
+        frame_size=frame_size,
+        gallery_version=gallery_version,
+        now=now,
+        event_id=str(new_id()),
+        face_jpeg=face_jpeg,
+    )
+    return Message(ctx.topics.events, _json(payload), qos=1, retain=False, durable=True)
+
+
+def last_person_message(event: TrackEvent, ctx: EventContext) -> Message | None:
+    """Retained last recognized person (Home Assistant's sensor reads it); None for other event types."""
+    if event.type != "recognized" or event.person is None:
+        return None
+    payload = {
+        "schema": SCHEMA,
+        "person": event.person,
+        "timestamp": utc_iso(event.ts),
+        "camera": ctx.camera,
+        "similarity": _r(event.similarity, 4),
+    }
+    return Message(ctx.topics.last_person, _json(payload), qos=1, retain=True)
+
+
+def event_messages(
+    event: TrackEvent,
+    ctx: EventContext,
+    *,
+    frame_size: tuple[int, int],
+    gallery_version: int,
+    now: float,
+    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    face_jpeg: bytes | None = None,
+) -> list[Message]:
+    """Everything one tracker event publishes: the event, plus ``last_person`` when recognized."""
+    out = [
+        event_message(
+            event,
+            ctx,
+            frame_size=frame_size,
+            gallery_version=gallery_version,
+            now=now,
+            new_id=new_id,
+            face_jpeg=face_jpeg,
+        )
+    ]
+    last = last_person_message(event, ctx)
+    if last is not None:
+        out.append(last)
+    return out
+
+
+# -- presence ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Presence:
+    person: str
+    state: PresenceState
+    last_seen: float | None  # epoch seconds; None if not seen since the agent started
+
+
+class PresenceTracker:
+    """Home while a visit is open or within ``away_after_s`` of the last sighting; away after.
+
+    Fed with tracker events (``on_event``) and the clock (``tick(now)``); returns only changes,
+    so the caller publishes a retained message per change and ``snapshot()`` after a reconnect.
+    """
+
+    def __init__(self, people: Iterable[str], away_after_s: float) -> None:
+        if not (math.isfinite(away_after_s) and away_after_s >= 0):
+            raise ConfigError(f"away timeout must be seconds >= 0, got {away_after_s}", "presence.away_after_s")
+        self.away_after_s = float(away_after_s)
+        self._state: dict[str, Presence] = {}
+        self._visits: dict[str, set[int]] = {}
+        self.set_people(people)
+
+    def set_people(self, people: Iterable[str]) -> list[Presence]:
+        """Follow gallery changes: new people start away (returned, to publish); removed ones are dropped."""
+        wanted = list(dict.fromkeys(people))
+        for gone in set(self._state) - set(wanted):
+            del self._state[gone]
+            self._visits.pop(gone, None)
+        added = []
+        for name in wanted:
+            if name not in self._state:
+                self._state[name] = Presence(name, "away", None)
+                self._visits[name] = set()
+                added.append(self._state[name])
+        return added
+
+    def on_event(self, event: TrackEvent) -> list[Presence]:
+        if event.person is None or event.type not in ("recognized", "left"):
+            return []
+        name = event.person
+        visits = self._visits.setdefault(name, set())
+        prev = self._state.get(name)
+        if event.type == "recognized":
+            visits.add(event.track_id)
+            now = Presence(name, "home", event.last_seen)
+            self._state[name] = now
+            return [now] if prev is None or prev.state != "home" else []
+        visits.discard(event.track_id)
+        state: PresenceState = prev.state if prev is not None else "home"
+        self._state[name] = Presence(name, state, event.last_seen)
+        return []
+
+    def tick(self, now: float) -> list[Presence]:
+        changes = []
+        for name, p in self._state.items():
+            if p.state != "home" or self._visits.get(name):
+                continue
+            if p.last_seen is None or now - p.last_seen >= self.away_after_s:
+                self._state[name] = Presence(name, "away", p.last_seen)
+                changes.append(self._state[name])
+        return changes
+
+    def snapshot(self) -> list[Presence]:
+        return [self._state[n] for n in sorted(self._state)]
+
+
+def presence_message(topics: Topics, presence: Presence) -> Message:
+    payload = {
+        "schema": SCHEMA,
+        "person": presence.person,
+        "state": presence.state,
+        "last_seen": None if presence.last_seen is None else utc_iso(presence.last_seen),
+    }
+    return Message(topics.person(presence.person), _json(payload), qos=1, retain=True)
+
+
+# -- state ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpoolStats:
+    pending: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class StateReport:
+    fps: float
+    stage_ms: Mapping[str, float]  # e.g. {"detect": 12.1, "embed": 35.0, "match": 0.4}
+    frames: int
+    dropped_frames: int
+    skipped: Mapping[str, int]  # reason -> count, e.g. {"small_face": 12, "blurry": 3}
+    spool: SpoolStats
+    models: Mapping[str, str]  # role -> "name/variant", e.g. {"detector": "blazeface-full/fp32"}
+    uptime_s: float
+    camera: str  # "ok", "reconnecting", "failed", ...
+
+
+def state_message(topics: Topics, report: StateReport, *, now: float) -> Message:
+    """Retained, so a dashboard that connects later still sees the latest figures."""
+    payload = {
+        "schema": SCHEMA,
+        "timestamp": utc_iso(now),
+        "fps": _r(report.fps, 2),
+        "stage_ms": {k: _r(v, 2) for k, v in sorted(report.stage_ms.items())},
+        "frames": int(report.frames),
+        "dropped_frames": int(report.dropped_frames),
+        "skipped": {k: int(v) for k, v in sorted(report.skipped.items())},
+        "spool": {"pending": int(report.spool.pending), "dropped": int(report.spool.dropped)},
+        "models": dict(sorted(report.models.items())),
+        "uptime_s": _r(report.uptime_s, 1),
+        "camera": report.camera,
+    }
+    return Message(topics.state, _json(payload), qos=1, retain=True)
+
+
+# -- Home Assistant discovery --------------------------------------------------------------------
+def _ha_device(topics: Topics) -> dict[str, Any]:
+    return {
+        "identifiers": [topics.node_id],
+        "name": f"facelite {topics.device_id}",
+        "manufacturer": "facelite",
+        "model": "facelite agent",
+        "sw_version": __version__,
+    }
+
+
+def _ha_availability(topics: Topics) -> dict[str, Any]:
+    return {"availability_topic": topics.availability, "payload_available": ONLINE, "payload_not_available": OFFLINE}
+
+
+def _config(topics: Topics, component: str, object_id: str, config: dict[str, Any]) -> Message:
+    body = {**config, "unique_id": f"{topics.node_id}_{object_id}", "device": _ha_device(topics)}
+    return Message(topics.discovery(component, object_id), _json(body), qos=1, retain=True)
+
+
+def discovery_messages(topics: Topics, people: Iterable[str]) -> list[Message]:
+    """Retained discovery configs: device status, last recognized person, fps, and one tracker per person."""
+    out = [
+        # No availability on this one: when the agent is offline it should read "off", not "unavailable".
+        _config(
+            topics,
+            "binary_sensor",
+            "status",
+            {
+                "name": "Status",
+                "state_topic": topics.availability,
+                "payload_on": ONLINE,
+                "payload_off": OFFLINE,
+                "device_class": "connectivity",
+                "entity_category": "diagnostic",
+            },
+        ),
+        _config(
+            topics,
+            "sensor",
+            "last_person",
+            {
+                "name": "Last recognized person",
+                "state_topic": topics.last_person,
+                "value_template": "{{ value_json.person }}",
+                "json_attributes_topic": topics.last_person,
+                "icon": "mdi:face-recognition",
+                **_ha_availability(topics),
+            },
+        ),
+        _config(
+            topics,
+            "sensor",
+            "fps",
+            {
+                "name": "Frames per second",
+                "state_topic": topics.state,
+                "value_template": "{{ value_json.fps }}",
+                "unit_of_measurement": "fps",
+                "state_class": "measurement",
+                "entity_category": "diagnostic",
+                **_ha_availability(topics),
+            },
+        ),
+    ]
+    out.extend(person_discovery_message(topics, name) for name in people)
+    return out
+
+
+def person_discovery_message(topics: Topics, name: str) -> Message:
+    """A device_tracker (home / not_home) per enrolled person, so HA's person integration can use it."""
+    return _config(
+        topics,
+        "device_tracker",
+        f"person_{slugify(name)}",
+        {
+            "name": name,
+            "state_topic": topics.person(name),
+            "value_template": "{{ value_json.state }}",
+            "payload_home": "home",
+            "payload_not_home": "away",
+            # A fixed camera is a stationary tracker, like a router: HA ranks it above GPS when home.
+            "source_type": "router",
+            "json_attributes_topic": topics.person(name),
+            "icon": "mdi:account",
+            **_ha_availability(topics),
+        },
+    )
+
+
+def forget_person_messages(topics: Topics, name: str) -> list[Message]:
+    """Empty retained payloads clear a removed person's discovery entity and presence from the broker."""
+    return [
+        Message(topics.discovery("device_tracker", f"person_{slugify(name)}"), b"", qos=1, retain=True),
+        Message(topics.person(name), b"", qos=1, retain=True),
+    ]

@@ -1,0 +1,789 @@
+"""Enrolled people and their face templates in SQLite, with vectorised open-set matching.
+
+The file is the only place biometric data lives on the device, so it is created 0600, every write is
+one transaction (WAL, so the agent can keep matching while ``facelite enroll`` writes), and
+``forget`` erases a person from the file bytes, not just from the tables. Vectors may be encrypted at
+rest (AES-GCM, one nonce per row); names and source file names stay readable so the gallery can be
+listed without the key.
+
+A gallery is stamped with the embedder's sha256: vectors from another model live in another space,
+so matching them would silently produce nonsense. Opening it with another model is refused.
+
+Matching keeps all templates in one float32 matrix (rows grouped by person) rebuilt on every change:
+one matrix-vector product, a per-person max (``np.maximum.reduceat``) and two argmax calls per query.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import stat
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from agent.errors import ConfigError, GalleryError
+from agent.events import slugify
+
+if TYPE_CHECKING:
+    from agent.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+GALLERY_SCHEMA = 1
+EXPORT_FORMAT = "facelite-gallery"
+EXPORT_SCHEMA = 1
+MAX_NAME_LENGTH = 64
+_NONCE_BYTES = 12
+_KEY_CHECK = b"facelite gallery key check v1"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Vectors are stored little-endian whatever the host: a gallery file or export moves between x86 and ARM.
+_F32 = np.dtype("<f4")
+
+Decision = Literal["known", "unknown", "ambiguous"]
+
+_SCHEMA_SQL = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE people (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+CREATE TABLE templates (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    vector BLOB NOT NULL,
+    nonce BLOB,
+    source TEXT NOT NULL,
+    quality REAL,
+    created REAL NOT NULL
+);
+CREATE INDEX templates_person ON templates(person_id);
+"""
+
+
+# -- value objects -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Match:
+    """Result of one open-set query.
+
+    ``person`` is the best candidate when the decision is ``known`` or ``ambiguous`` and None when
+    ``unknown``; ``runner_up`` is always the second-best *person* (None with fewer than two people).
+    ``margin`` is best minus runner-up similarity; with no runner-up it is measured against -1, the
+    lowest cosine possible, so it stays comparable instead of being a made-up constant.
+    """
+
+    person: str | None
+    similarity: float
+    margin: float
+    decision: Decision
+    runner_up: str | None
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """Open-set decision rule: ``threshold`` from the manifest (calibrated FAR), ``margin`` from config."""
+
+    threshold: float
+    margin: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.threshold) and -1.0 <= self.threshold <= 1.0):
+            raise ConfigError(f"match threshold must be a cosine in [-1, 1], got {self.threshold}", "matcher.threshold")
+        if not (math.isfinite(self.margin) and 0.0 <= self.margin <= 2.0):
+            raise ConfigError(f"match margin must be in [0, 2], got {self.margin}", "matcher.margin")
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, *, far: str = "1e-3", margin: float) -> Matcher:
+        return cls(threshold=manifest.threshold(far), margin=margin)
+
+    def match(self, index: TemplateIndex, vector: np.ndarray) -> Match:
+        """Decide on an already validated, unit-length float32 ``vector`` of ``index.dim`` values."""
+        if index.size == 0:
+            return Match(None, -1.0, 0.0, "unknown", None)
+        scores = index.matrix @ vector
+        per_person = np.maximum.reduceat(scores, index.starts)
+        best = int(np.argmax(per_person))
+        best_score = float(per_person[best])
+        runner_up: str | None = None
+        second_score = -1.0
+        if per_person.size > 1:
+            per_person[best] = -np.inf  # reduceat returned a fresh array: safe to overwrite
+            second = int(np.argmax(per_person))
+            second_score = float(per_person[second])
+            runner_up = index.names[second]
+        margin = best_score - second_score
+        if best_score < self.threshold:
+            return Match(None, best_score, margin, "unknown", runner_up)
+        if runner_up is not None and second_score >= self.threshold and margin < self.margin:
+            return Match(index.names[best], best_score, margin, "ambiguous", runner_up)
+        return Match(index.names[best], best_score, margin, "known", runner_up)
+
+
+@dataclass(frozen=True)
+class PersonInfo:
+    name: str
+    slug: str  # the name as it appears in MQTT topics (agent.events.slugify)
+    templates: int
+    created: float  # epoch seconds of the first enrolment
+    last_enrolled: float | None  # epoch seconds of the newest template
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """Templates for one person; ``sources`` name the image each embedding came from."""
+
+    person: str
+    embeddings: Sequence[np.ndarray]
+    sources: Sequence[str]
+    qualities: Sequence[float] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class TemplateIndex:
+    """All templates as one matrix, rows grouped by person: ``rows starts[i]..starts[i+1]`` are ``names[i]``."""
+
+    matrix: np.ndarray  # [N, dim] float32, unit rows
+    starts: np.ndarray  # [P] int64
+    names: tuple[str, ...]
+    dim: int
+
+    @property
+    def size(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @classmethod
+    def empty(cls, dim: int) -> TemplateIndex:
+        return cls(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), (), dim)
+
+    def rows_of(self, person: str) -> np.ndarray:
+        try:
+            i = self.names.index(person)
+        except ValueError:
+            return self.matrix[:0]
+        end = int(self.starts[i + 1]) if i + 1 < len(self.starts) else self.size
+        return self.matrix[int(self.starts[i]) : end]
+
+
+@dataclass
+class _IndexBuilder:
+    dim: int
+    names: list[str] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, name: str, vector: np.ndarray) -> None:
+        if not self.names or self.names[-1] != name:
+            self.names.append(name)
+            self.starts.append(len(self.rows))
+        self.rows.append(vector)
+
+    def build(self) -> TemplateIndex:
+        if not self.rows:
+            return TemplateIndex.empty(self.dim)
+        matrix = np.ascontiguousarray(np.stack(self.rows).astype(np.float32, copy=False))
+        return TemplateIndex(matrix, np.asarray(self.starts, np.int64), tuple(self.names), self.dim)
+
+
+# -- validation helpers --------------------------------------------------------------------------
+def check_vector(vector: Any, dim: int, where: str) -> np.ndarray:
+    """A finite, non-zero vector of ``dim`` values -> unit-length float32 [dim]; GalleryError otherwise."""
+    v = np.asarray(vector, dtype=np.float32)
+    if v.ndim == 2 and v.shape[0] == 1:
+        v = v[0]
+    if v.shape != (dim,):
+        raise GalleryError(f"embedding has shape {tuple(v.shape)}, expected ({dim},)", where, "wrong embedder?")
+    if not np.isfinite(v).all():
+        raise GalleryError("embedding contains NaN or infinity", where, "the embedder output is broken")
+    norm = float(np.linalg.norm(v))
+    if norm == 0.0:
+        raise GalleryError("embedding is all zeros", where, "the embedder output is broken")
+    return (v / norm).astype(np.float32)
+
+
+def normalize_name(person: str) -> str:
+    """NFC, trimmed, 1..64 characters, no control characters: names show up in logs, topics and HA."""
+    if not isinstance(person, str):
+        raise GalleryError(f"person name must be text, got {type(person).__name__}")
+    name = unicodedata.normalize("NFC", person).strip()
+    if not name:
+        raise GalleryError("person name is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise GalleryError(f"person name is {len(name)} characters, at most {MAX_NAME_LENGTH} allowed", name[:20])
+    if any(unicodedata.category(ch).startswith("C") for ch in name):
+        raise GalleryError("person name contains control characters", repr(name))
+    return name
+
+
+def _short(sha: str) -> str:
+    return sha[:12]
+
+
+# -- the gallery ---------------------------------------------------------------------------------
+class Gallery:
+    """One gallery file. Use ``Gallery.open(...)`` (also a context manager)."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        embedder_sha256: str,
+        embedding_size: int,
+        aead: Any | None,
+        matcher: Matcher | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.embedder_sha256 = embedder_sha256
+        self.embedding_size = embedding_size
+        self._aead = aead
+        self._aad = f"facelite-template:{embedder_sha256}".encode()
+        self.matcher = matcher
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._version = 0
+        self._index = TemplateIndex.empty(embedding_size)
+        self._reload()
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        embedder_sha256: str,
+        embedding_size: int,
+        key: bytes | None = None,
+        matcher: Matcher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Gallery:
+        """Open or create the gallery at ``path`` for the embedder with this sha256.
+
+        ``key`` (16/24/32 bytes) encrypts vectors at rest; a gallery is encrypted or not for life.
+        ``matcher`` is the default decision rule for ``match``; ``clock`` stamps enrolments.
+        """
+        path = Path(path)
+        sha = str(embedder_sha256).lower()
+        if not _SHA256.match(sha):
+            raise GalleryError(f"embedder sha256 {embedder_sha256!r} is not 64 hex digits", str(path))
+        if int(embedding_size) <= 0:
+            raise GalleryError(f"embedding size must be positive, got {embedding_size}", str(path))
+        aead = _make_aead(key, path)
+        if not path.parent.is_dir():
+            raise GalleryError("gallery directory does not exist", str(path.parent), "create it or choose another path")
+        _create_private(path)
+        try:
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise GalleryError(f"cannot open gallery: {exc}", str(path)) from None
+        try:
+            _configure(conn, path)
+            _init_or_check(conn, path, sha, int(embedding_size), aead, key is not None)
+            return cls(
+                conn,
+                path,
+                embedder_sha256=sha,
+                embedding_size=int(embedding_size),
+                aead=aead,
+                matcher=matcher,
+                clock=clock,
+            )
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """Bumped by every change (enrol, remove, rename, forget, import); events carry it."""
+        return self._version
+
+    @property
+    def index(self) -> TemplateIndex:
+        return self._index
+
+    @property
+    def encrypted(self) -> bool:
+        return self._aead is not None
+
+    def __len__(self) -> int:
+        """Number of templates."""
+        return self._index.size
+
+    def match(self, vector: np.ndarray, matcher: Matcher | None = None) -> Match:
+        """Open-set match of one embedding against every template (vectorised, no SQL)."""
+        rule = matcher or self.matcher
+        if rule is None:
+            raise GalleryError("no matcher (threshold, margin) given for matching", str(self.path))
+        v = check_vector(vector, self.embedding_size, "query embedding")
+        return rule.match(self._index, v)
+
+    def people(self) -> list[PersonInfo]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT p.name, COUNT(t.id), p.created, MAX(t.created) FROM people p "
+                "LEFT JOIN templates t ON t.person_id = p.id GROUP BY p.id ORDER BY p.name"
+            ).fetchall()
+        return [
+            PersonInfo(n, slugify(n), int(c), float(cr), None if last is None else float(last))
+            for n, c, cr, last in rows
+        ]
+
+    def refresh(self) -> bool:
+        """Reload templates if another process (``facelite enroll``) changed the file; True when it did."""
+        with self._lock:
+            stored = _meta_int(self._conn, "version")
+        if stored == self._version:
+            return False
+        with self._lock:
+            self._reload()
+        log.info("gallery %s changed (version %d), %d templates loaded", self.path, self._version, len(self))
+        return True
+
+    # -- writing ---------------------------------------------------------------------------------
+    def enroll(
+        self,
+        person: str,
+        embeddings: Sequence[np.ndarray],
+        sources: Sequence[str],
+        qualities: Sequence[float] | None = None,
+    ) -> int:
+        """Add templates for ``person`` (created if new); returns how many were added."""
+        return self.enroll_many([Enrollment(person, embeddings, sources, qualities)])
+
+    def enroll_many(self, batch: Sequence[Enrollment]) -> int:
+        """Enrol several people in one transaction (all or nothing); returns templates added."""
+        prepared = [self._prepare(e) for e in batch]
+        if not any(vecs for _, vecs, _, _ in prepared):
+            raise GalleryError("nothing to enroll: no embeddings given", str(self.path))
+        now = float(self._clock())
+        with self._write() as cur:
+            for name, vecs, sources, qualities in prepared:
+                person_id = self._person_id(cur, name) or self._insert_person(cur, name, now)
+                cur.executemany(
+                    "INSERT INTO templates (person_id, vector, nonce, source, quality, created) VALUES (?,?,?,?,?,?)",
+                    [(person_id, *self._seal(v), s, q, now) for v, s, q in zip(vecs, sources, qualities)],
+                )
+        added = sum(len(vecs) for _, vecs, _, _ in prepared)
+        log.info("enrolled %d template(s) for %d person(s)", added, len(prepared))
+        return added
+
+    def remove(self, person: str) -> None:
+        """Delete a person and their templates (rows only; ``forget`` also erases the file traces)."""
+        name = normalize_name(person)
+        with self._write() as cur:
+            person_id = self._person_id(cur, name)
+            if person_id is None:
+                raise GalleryError(f"no person {name!r} in the gallery", str(self.path), "see `facelite gallery list`")
+            cur.execute("DELETE FROM people WHERE id = ?", (person_id,))
+
+    def rename(self, old: str, new: str) -> None:
+        old_name, new_name = normalize_name(old), normalize_name(new)
+        with self._write() as cur:
+            person_id = self._person_id(cur, old_name)
+            if person_id is None:
+                raise GalleryError(f"no person {old_name!r} in the gallery", str(self.path))
+            if old_name == new_name:
+                raise _NothingToDo
+            if self._person_id(cur, new_name) is not None:
+                raise GalleryError(f"person {new_name!r} already exists", str(self.path), "remove or rename it first")
+            self._check_slug(cur, new_name, ignore=old_name)
+            cur.execute("UPDATE people SET name = ? WHERE id = ?", (new_name, person_id))
+
+    def forget(self, person: str) -> bool:
+        """Remove a person and erase every trace from the file bytes (right to be forgotten).
+
+        secure_delete zeroes freed cells, VACUUM rewrites the file without free pages, and a TRUNCATE
+        checkpoint empties the WAL that still holds the old page images. Returns False when another
+        connection kept the WAL from being truncated (the rows are gone, the WAL is cleaned when it closes).
+        """
+        self.remove(person)
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("VACUUM")
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning(
+                "gallery %s: another process holds it open; its WAL is erased when that process closes", self.path
+            )
+        return not busy
+
+    # -- export / import -------------------------------------------------------------------------
+    def export(self, path: str | Path) -> int:
+        """Write every person and template to a portable JSON file (vectors in clear: keep it private)."""
+        out = Path(path)
+        with self._lock:
+            people = self._conn.execute("SELECT id, name, created FROM people ORDER BY name").fetchall()
+            templates = self._conn.execute(
+                "SELECT person_id, vector, nonce, source, quality, created FROM templates ORDER BY person_id, id"
+            ).fetchall()
+        by_person: dict[int, list[dict[str, Any]]] = {}
+        for person_id, blob, nonce, source, quality, created in templates:
+            vec = self._open_blob(blob, nonce)
+            by_person.setdefault(person_id, []).append(
+                {
+                    "vector": base64.b64encode(vec.astype(_F32).tobytes()).decode("ascii"),
+                    "source": source,
+                    "quality": quality,
+                    "created": created,
+                }
+            )
+        doc = {
+            "format": EXPORT_FORMAT,
+            "schema": EXPORT_SCHEMA,
+            "embedder_sha256": self.embedder_sha256,
+            "embedding_size": self.embedding_size,
+            "gallery_version": self._version,
+            "people": [
+                {"name": name, "created": created, "templates": by_person.get(pid, [])} for pid, name, created in people
+            ],
+        }
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        _create_private(tmp)
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(out)
+        count = sum(len(v) for v in by_person.values())
+        log.info("exported %d people, %d templates to %s", len(people), count, out)
+        return count
+
+    def import_(self, path: str | Path) -> int:
+        """Add people and templates from an export of the same embedder; returns templates added.
+
+        Templates already present (same person, same vector) are skipped, so importing twice is harmless.
+        """
+        src = Path(path)
+        people = _read_export(src, self.embedder_sha256, self.embedding_size)
+        added = 0
+        with self._write() as cur:
+            for name, created, templates in people:
+                existing = {row.tobytes() for row in self._index.rows_of(name)}
+                person_id = self._person_id(cur, name) or self._insert_person(cur, name, created)
+                fresh = [t for t in templates if t[0].tobytes() not in existing]
+                cur.executemany(
+                    "INSERT INTO templates (person_id, vector, nonce, source, quality, created) VALUES (?,?,?,?,?,?)",
+                    [(person_id, *self._seal(v), s, q, c) for v, s, q, c in fresh],
+                )
+                added += len(fresh)
+            if added == 0:
+                raise _NothingToDo
+        log.info("imported %d template(s) from %s", added, src)
+        return added
+
+    # -- internals -------------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        """One IMMEDIATE transaction that bumps the version; the index is rebuilt after commit."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+                cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
+            except _NothingToDo:
+                self._rollback()
+                return
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise GalleryError(f"gallery write failed: {exc}", str(self.path)) from None
+            except BaseException:
+                self._rollback()
+                raise
+            cur.execute("COMMIT")
+            self._reload()
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself on some errors (disk full); a second ROLLBACK would raise.
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def _reload(self) -> None:
+        """Rebuild the in-memory matrix from the file (caller holds the lock or is the constructor)."""
+        rows = self._conn.execute(
+            "SELECT p.name, t.vector, t.nonce FROM templates t JOIN people p ON p.id = t.person_id ORDER BY p.id, t.id"
+        ).fetchall()
+        builder = _IndexBuilder(self.embedding_size)
+        for name, blob, nonce in rows:
+            builder.add(name, self._open_blob(blob, nonce))
+        self._index = builder.build()
+        self._version = _meta_int(self._conn, "version")
+
+    def _prepare(self, e: Enrollment) -> tuple[str, list[np.ndarray], list[str], list[float | None]]:
+        name = normalize_name(e.person)
+        if len(e.embeddings) != len(e.sources):
+            raise GalleryError(f"{len(e.embeddings)} embeddings but {len(e.sources)} source names", name)
+        qualities: list[float | None] = [None] * len(e.embeddings)
+        if e.qualities is not None:
+            if len(e.qualities) != len(e.embeddings):
+                raise GalleryError(f"{len(e.embeddings)} embeddings but {len(e.qualities)} qualities", name)
+            qualities = [float(q) for q in e.qualities]
+        vecs = [
+            check_vector(v, self.embedding_size, f"embedding {i} ({e.sources[i]}) of {name}")
+            for i, v in enumerate(e.embeddings)
+        ]
+        return name, vecs, [str(s) for s in e.sources], qualities
+
+    def _person_id(self, cur: sqlite3.Cursor, name: str) -> int | None:
+        row = cur.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _insert_person(self, cur: sqlite3.Cursor, name: str, created: float) -> int:
+        self._check_slug(cur, name, ignore=None)
+        cur.execute("INSERT INTO people (name, created) VALUES (?, ?)", (name, created))
+        return int(cur.lastrowid or 0)
+
+    def _check_slug(self, cur: sqlite3.Cursor, name: str, ignore: str | None) -> None:
+        # Two people sharing a topic slug would overwrite each other's presence in Home Assistant.
+        slug = slugify(name)
+        for (other,) in cur.execute("SELECT name FROM people").fetchall():
+            if other != ignore and other != name and slugify(other) == slug:
+                raise GalleryError(
+                    f"person name {name!r} has the same topic slug {slug!r} as {other!r}",
+                    str(self.path),
+                    "choose a name that differs in letters or digits",
+                )
+
+    def _seal(self, vector: np.ndarray) -> tuple[bytes, bytes | None]:
+        raw = vector.astype(_F32).tobytes()
+        if self._aead is None:
+            return raw, None
+        nonce = os.urandom(_NONCE_BYTES)
+        return self._aead.encrypt(nonce, raw, self._aad), nonce
+
+    def _open_blob(self, blob: bytes, nonce: bytes | None) -> np.ndarray:
+        if self._aead is not None:
+            if nonce is None:
+                raise GalleryError("encrypted gallery holds an unencrypted template", str(self.path), "file tampered?")
+            from cryptography.exceptions import InvalidTag
+
+            try:
+                blob = self._aead.decrypt(nonce, blob, self._aad)
+            except InvalidTag:
+                raise GalleryError(
+                    "a template cannot be decrypted (wrong key or tampered file)", str(self.path)
+                ) from None
+        elif nonce is not None:
+            raise GalleryError("plaintext gallery holds an encrypted template", str(self.path), "file tampered?")
+        if len(blob) != self.embedding_size * 4:
+            raise GalleryError(
+                f"a template has {len(blob)} bytes, expected {self.embedding_size * 4}", str(self.path), "corrupt file"
+            )
+        return np.frombuffer(blob, _F32).astype(np.float32)
+
+
+class _NothingToDo(Exception):
+    """Raised inside a write to roll back without bumping the version (nothing changed)."""
+
+
+# -- module helpers ------------------------------------------------------------------------------
+def _make_aead(key: bytes | None, path: Path) -> Any | None:
+    if key is None:
+        return None
+    if not isinstance(key, bytes) or len(key) not in (16, 24, 32):
+        size = len(key) if isinstance(key, bytes) else type(key).__name__
+        raise GalleryError(f"gallery key must be 16, 24 or 32 bytes, got {size}", str(path))
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        raise GalleryError(
+            "gallery encryption needs the 'cryptography' package", str(path), "pip install cryptography"
+        ) from None
+    return AESGCM(key)
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` as an empty 0600 file (never briefly world-readable); tighten an existing one."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if p.exists() and stat.S_IMODE(p.stat().st_mode) & 0o077:
+                log.warning("%s was readable by others; setting mode 0600 (it holds biometric templates)", p)
+                p.chmod(0o600)
+        return
+    except OSError as exc:
+        raise GalleryError(f"cannot create gallery file: {exc.strerror}", str(path)) from None
+    os.close(fd)
+
+
+def _configure(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        conn.execute("PRAGMA foreign_keys=ON")
+        # Freed cells are overwritten with zeros, so removed names and vectors do not linger in pages.
+        conn.execute("PRAGMA secure_delete=ON")
+        # Enrolment is rare and precious; the cost of FULL is irrelevant next to losing it on power loss.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+    except sqlite3.DatabaseError as exc:
+        raise GalleryError(
+            f"not a gallery file ({exc})", str(path), "point to a gallery made by `facelite enroll`"
+        ) from None
+    if str(mode).lower() != "wal":
+        log.warning("gallery %s: journal mode is %s, not WAL (filesystem without shared memory?)", path, mode)
+
+
+def _meta(conn: sqlite3.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+
+def _meta_int(conn: sqlite3.Connection, key: str) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _init_or_check(conn: sqlite3.Connection, path: Path, sha: str, dim: int, aead: Any | None, keyed: bool) -> None:
+    # Look for the tables under the write lock: two processes creating the same new file must not both
+    # try to create the schema.
+    conn.execute("BEGIN IMMEDIATE")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        check = b""
+        if aead is not None:
+            nonce = os.urandom(_NONCE_BYTES)
+            check = nonce + aead.encrypt(nonce, _KEY_CHECK, None)
+        meta = {
+            "schema": str(GALLERY_SCHEMA),
+            "embedder_sha256": sha,
+            "embedding_size": str(dim),
+            "version": "0",
+            "encrypted": "1" if aead is not None else "0",
+            "key_check": base64.b64encode(check).decode("ascii"),
+        }
+        try:
+            for statement in _SCHEMA_SQL.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(meta.items()))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        log.info(
+            "created gallery %s for embedder %s (%d-d, %s)", path, _short(sha), dim, "encrypted" if aead else "plain"
+        )
+        return
+    conn.execute("COMMIT")
+    if "meta" not in tables:
+        raise GalleryError(
+            "not a facelite gallery (no meta table)", str(path), "point to a gallery made by `facelite enroll`"
+        )
+    meta = _meta(conn)
+    schema = meta.get("schema")
+    if schema != str(GALLERY_SCHEMA):
+        raise GalleryError(f"gallery schema {schema} is not supported (expected {GALLERY_SCHEMA})", str(path))
+    stored = meta.get("embedder_sha256", "")
+    if stored != sha:
+        raise GalleryError(
+            f"gallery was enrolled with embedder {_short(stored)}, the model in use is {_short(sha)}",
+            str(path),
+            "re-enroll with `facelite enroll` for this model (or use the gallery made for it)",
+        )
+    if meta.get("embedding_size") != str(dim):
+        raise GalleryError(
+            f"gallery holds {meta.get('embedding_size')}-d templates, the model makes {dim}-d", str(path)
+        )
+    encrypted = meta.get("encrypted") == "1"
+    if encrypted and not keyed:
+        raise GalleryError("gallery is encrypted but no key was given", str(path), "pass the gallery key file")
+    if keyed and not encrypted:
+        raise GalleryError(
+            "gallery is not encrypted but a key was given",
+            str(path),
+            "drop the key, or export it and import into a new gallery opened with the key",
+        )
+    if aead is not None:
+        from cryptography.exceptions import InvalidTag
+
+        blob = base64.b64decode(meta.get("key_check", ""))
+        try:
+            aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], None)
+        except (InvalidTag, ValueError):
+            raise GalleryError(
+                "gallery key does not match this gallery", str(path), "use the key it was created with"
+            ) from None
+
+
+def _read_export(
+    path: Path, sha: str, dim: int
+) -> list[tuple[str, float, list[tuple[np.ndarray, str, float | None, float]]]]:
+    """Parse and check a gallery export: every vector decoded and validated before anything is written."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GalleryError("export file not found", str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GalleryError(f"export file cannot be read: {exc}", str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise GalleryError(f"export file is not valid JSON: {exc.msg} at line {exc.lineno}", str(path)) from None
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+        raise GalleryError("not a facelite gallery export", str(path))
+    if doc.get("schema") != EXPORT_SCHEMA:
+        raise GalleryError(f"export schema {doc.get('schema')} is not supported (expected {EXPORT_SCHEMA})", str(path))
+    other = str(doc.get("embedder_sha256", ""))
+    if other != sha:
+        raise GalleryError(
+            f"export was made with embedder {_short(other)}, this gallery uses {_short(sha)}",
+            str(path),
+            "re-enroll with `facelite enroll` for this model",
+        )
+    if doc.get("embedding_size") != dim:
+        raise GalleryError(f"export holds {doc.get('embedding_size')}-d templates, expected {dim}-d", str(path))
+    people = doc.get("people")
+    if not isinstance(people, list):
+        raise GalleryError("export has no 'people' list", str(path))
+    out = []
+    for i, p in enumerate(people):
+        where = f"{path}: people[{i}]"
+        if not isinstance(p, dict) or not isinstance(p.get("templates"), list):
+            raise GalleryError("person entry needs 'name' and a 'templates' list", where)
+        name = normalize_name(p.get("name"))
+        templates = []
+        for j, t in enumerate(p["templates"]):
+            twhere = f"{where}.templates[{j}]"
+            try:
+                raw = base64.b64decode(str(t["vector"]), validate=True)
+            except (KeyError, TypeError, binascii.Error):
+                raise GalleryError("template needs a base64 'vector'", twhere) from None
+            if len(raw) != dim * 4:
+                raise GalleryError(f"vector has {len(raw) // 4} values, expected {dim}", twhere)
+            vec = check_vector(np.frombuffer(raw, _F32), dim, twhere)
+            quality = t.get("quality")
+            templates.append(
+                (
+                    vec,
+                    str(t.get("source", "")),
+                    None if quality is None else float(quality),
+                    float(t.get("created", 0.0)),
+                )
+            )
+        out.append((name, float(p.get("created", 0.0)), templates))
+    return out
