@@ -54,7 +54,7 @@ def test_replaced_model_is_refused_by_sha256(facenet_copy: Path, models_dir: Pat
     raw[len(raw) // 2] ^= 0xFF
     model.write_bytes(bytes(raw))
     assert data["graphs"]["model"]["size_bytes"] == len(raw)
-    with pytest.raises(ModelError, match="sha256 .* does not match manifest"):
+    with pytest.raises(ModelError, match=r"sha256 .* does not match manifest"):
         Embedder.from_model_dir(facenet_copy)
 
 
@@ -71,11 +71,11 @@ def test_wrong_model_for_manifest_is_refused(facenet_copy: Path, models_dir: Pat
 
 
 def test_missing_manifest_says_what_to_run(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="manifest not found.*make convert"):
+    with pytest.raises(ModelError, match=r"manifest not found.*make convert"):
         Manifest.load(tmp_path)
 
 
 def test_invalid_json_names_the_line(facenet_copy: Path) -> None:
     (facenet_copy / "manifest.json").write_text('{\n  "name": "facenet",\n  oops\n}')
-    with pytest.raises(ModelError, match="not valid JSON.*line 3"):
+    with pytest.raises(ModelError, match=r"not valid JSON.*line 3"):
         Manifest.load(facenet_copy)

@@ -23,7 +23,8 @@ def test_importing_every_agent_module_loads_no_tensorflow() -> None:
         "import importlib, sys\n"
         f"for m in {modules!r}:\n"
         "    importlib.import_module(m)\n"
-        "bad = sorted(k for k in sys.modules if k == 'tensorflow' or k.startswith(('tensorflow.', 'keras', 'tf_keras')))\n"
+        "bad = sorted(k for k in sys.modules\n"
+        "             if k == 'tensorflow' or k.startswith(('tensorflow.', 'keras', 'tf_keras')))\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
