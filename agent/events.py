@@ -46,7 +46,6 @@ OFFLINE = "offline"
 FACE_CROP_FIELD = "face_jpeg"
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 
 PresenceState = Literal["home", "away"]
 
@@ -148,9 +147,11 @@ class Topics:
                 "it becomes part of MQTT topics and Home Assistant ids",
             )
         for name in ("prefix", "discovery_prefix"):
-            if not _PREFIX.match(getattr(self, name)):
+            value = getattr(self, name)
+            # Same rule as the config's base_topic: MQTT levels, no wildcards, no empty level.
+            if not value or any(c in value for c in "+#\0") or "" in value.split("/"):
                 raise ConfigError(
-                    f"topic prefix {getattr(self, name)!r} must be '/'-separated letters, digits, '_' or '-'",
+                    f"topic prefix {value!r} must be MQTT topic levels without '+', '#' or empty levels",
                     f"mqtt.{name}",
                 )
 
