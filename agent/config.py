@@ -1,0 +1,653 @@
+"""The agent's configuration: strict, typed, and explained one line per problem.
+
+Every section is a frozen pydantic model that refuses unknown keys (a typo must not silently fall back to a
+default on a device nobody watches). Numbers and booleans are strict: ``port = "1883"`` or ``discovery = "no"``
+are errors, not guesses. ``load_config`` reads TOML or YAML and turns every validation problem into one line
+naming the file, the line, the key path (``mqtt.port``, ``cameras[0].fps_limit``) and the reason.
+Relative paths are resolved against the folder of the config file, so a config works wherever it is run from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import random
+import re
+import string
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from agent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (older device images): same API from the tomli backport
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Resolve a relative path against the config file's folder (passed as validation context)."""
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    if base is not None and not value.is_absolute() and "$" not in str(value):
+        return (Path(base) / value).resolve()
+    return value
+
+
+def _existing_file(value: Path, info: ValidationInfo) -> Path:
+    # Files read deep inside a network thread (TLS, keys) are checked here, so the mistake surfaces at
+    # start-up with its key path instead of as a reconnect loop.
+    if "$" in str(value):
+        return value  # expanded from the environment at use (systemd credentials), checked then
+    if (info.context or {}).get("check_files", True) and not value.is_file():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
+# Paths are given as strings in TOML/YAML: lax for the Path conversion only, strict everywhere else.
+RelPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve_path)]
+ExistingFile = Annotated[Path, Field(strict=False), AfterValidator(_resolve_path), AfterValidator(_existing_file)]
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{what} must be 1-64 characters of letters, digits, '_' or '-' (got {value!r})")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Backoff(_Strict):
+    """Exponential reconnect backoff with jitter (jitter spreads reconnects of many devices after an outage)."""
+
+    initial_s: float = Field(1.0, gt=0, le=60, description="First delay after a failure, seconds.")
+    max_s: float = Field(60.0, gt=0, le=3600, description="Upper bound of the delay, seconds.")
+    multiplier: float = Field(2.0, ge=1, le=10, description="Delay growth per failed attempt.")
+    jitter: float = Field(
+        0.5, ge=0, le=1, description="Fraction of each delay that is random: 0 = fixed delays, 1 = full jitter."
+    )
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> Backoff:
+        if self.max_s < self.initial_s:
+            raise ValueError(f"max_s ({self.max_s}) must be >= initial_s ({self.initial_s})")
+        return self
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Delay before reconnect attempt ``attempt`` (1-based); deterministic when ``rng`` is None."""
+        exponent = min(max(attempt, 1) - 1, 64)  # bounded: no float overflow after days of outage
+        base = min(self.max_s, self.initial_s * self.multiplier**exponent)
+        if rng is None or self.jitter == 0:
+            return base
+        return base * (1.0 - self.jitter) + rng.uniform(0.0, base * self.jitter)
+
+
+class CameraConfig(_Strict):
+    name: str = Field(description="Camera name used in topics and events.")
+    source: int | str = Field(
+        description="Camera index (0), V4L2 device (/dev/video0), rtsp:// or http(s):// URL, video file or folder."
+    )
+    fps_limit: float | None = Field(None, gt=0, le=120, description="Process at most this many frames per second.")
+    reconnect: Backoff = Field(default_factory=Backoff, description="Backoff when the camera or stream is lost.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value, "camera name")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, value: Any, info: ValidationInfo) -> int | str:
+        # One clear message instead of pydantic's per-union-member errors.
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"must be a camera index, device path, URL, file or folder (got {value!r})")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"camera index must be >= 0 (got {value})")
+            return value
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if value.isdigit() or value.startswith("/dev/") or _URL_RE.match(value):
+            return value
+        return str(_resolve_path(Path(value), info))
+
+
+class ModelsConfig(_Strict):
+    detector: RelPath = Field(description="Folder of the converted detector (holds manifest.json).")
+    embedder: RelPath = Field(description="Folder of the converted embedder (holds manifest.json).")
+    runtime: Literal["auto", "ai-edge-litert", "tflite-runtime"] = Field(
+        "auto", description="TFLite runtime: auto tries ai-edge-litert first, then tflite-runtime."
+    )
+    num_threads: int = Field(2, ge=1, le=16, description="Interpreter threads per model.")
+
+
+class DetectionConfig(_Strict):
+    min_face: int = Field(40, ge=8, le=4096, description="Smallest face side to detect, pixels.")
+    score_threshold: float = Field(0.7, gt=0, lt=1, description="Detector confidence needed to keep a face.")
+
+
+class QualityConfig(_Strict):
+    min_size: int = Field(60, ge=8, le=4096, description="Smallest face side used for recognition, pixels.")
+    min_sharpness: float = Field(
+        0.0, ge=0, le=10000, description="Minimum variance of the Laplacian of the aligned face."
+    )
+    max_yaw: float = Field(45.0, ge=0, le=90, description="Largest head turn (left/right) accepted, degrees.")
+    max_pitch: float = Field(30.0, ge=0, le=90, description="Largest head tilt (up/down) accepted, degrees.")
+
+
+class MatchingConfig(_Strict):
+    target_far: Literal["1e-2", "1e-3"] = Field(
+        "1e-3", description="False-accept rate the embedder's calibrated threshold was chosen for."
+    )
+    threshold: float | None = Field(
+        None, ge=-1, le=1, description="Cosine similarity threshold; overrides the manifest's calibrated one."
+    )
+    ambiguous_margin: float = Field(
+        0.05, ge=0, le=1, description="Best match must beat the second person by this much, else 'ambiguous'."
+    )
+
+    @field_validator("target_far", mode="before")
+    @classmethod
+    def _far(cls, value: Any) -> Any:
+        # TOML reads 1e-3 as a float and YAML 1.1 reads it as a string: accept both spellings.
+        if isinstance(value, float) and not isinstance(value, bool):
+            return {0.01: "1e-2", 0.001: "1e-3"}.get(value, value)
+        return value
+
+
+class TrackingConfig(_Strict):
+    iou_threshold: float = Field(0.3, gt=0, le=1, description="Box overlap to continue a track.")
+    max_missed_frames: int = Field(10, ge=0, le=10000, description="Frames a track survives without a detection.")
+    max_missed_seconds: float = Field(2.0, gt=0, le=3600, description="Seconds a track survives without a detection.")
+    min_votes: int = Field(3, ge=1, le=100, description="Agreeing recognitions before an identity is announced.")
+    recheck_interval_s: float = Field(5.0, gt=0, le=3600, description="Re-run recognition on a known track this often.")
+
+
+class TlsConfig(_Strict):
+    ca_file: ExistingFile | None = Field(None, description="CA bundle to verify the broker; None = system CAs.")
+    cert_file: ExistingFile | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: ExistingFile | None = Field(None, description="Client private key (mutual TLS).")
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MqttConfig(_Strict):
+    host: str = Field(min_length=1, max_length=253, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS).")
+    client_id: str | None = Field(
+        None, min_length=1, max_length=128, description="MQTT client id; default facelite-<device_id>."
+    )
+    base_topic: str = Field("facelite", description="Topic prefix: <base_topic>/<device_id>/...")
+    tls: TlsConfig | None = Field(None, description="Enable TLS (an empty table uses the system CAs).")
+    username: str | None = Field(None, min_length=1, description="Broker user name.")
+    password_env: str | None = Field(None, description="Name of the environment variable holding the password.")
+    password_file: str | None = Field(
+        None,
+        description="File holding the password, e.g. '$CREDENTIALS_DIRECTORY/mqtt_password' for systemd credentials.",
+    )
+    keepalive: int = Field(60, ge=5, le=3600, description="MQTT keepalive, seconds.")
+    qos: int = Field(1, ge=0, le=2, description="QoS for events (durable events always use at least 1).")
+    discovery: bool = Field(True, description="Publish Home Assistant MQTT discovery.")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery topic prefix.")
+    publish_crops: bool = Field(False, description="Attach face crops (JPEG) to events.")
+    reconnect: Backoff = Field(
+        default_factory=lambda: Backoff(initial_s=1.0, max_s=120.0), description="Backoff when the broker is lost."
+    )
+    close_timeout_s: float = Field(5.0, ge=0, le=120, description="On shutdown, wait this long to flush the spool.")
+
+    @field_validator("base_topic", "discovery_prefix")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "+#\0"):
+            raise ValueError(f"must be a topic prefix without '+', '#' or leading/trailing '/' (got {value!r})")
+        return value
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"must be an environment variable name (got {value!r})")
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = _resolve_path(Path(value), info)
+        if "$" not in value:
+            _existing_file(path, info)
+        return str(path)
+
+    @model_validator(mode="after")
+    def _auth(self) -> MqttConfig:
+        if self.password_env and self.password_file:
+            raise ValueError("give password_env or password_file, not both")
+        if (self.password_env or self.password_file) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+    def password(self, environ: Mapping[str, str]) -> str | None:
+        """Read the password from its env var or file; the value is never logged or stored in the config."""
+        if self.password_env:
+            value = environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"environment variable {self.password_env} is not set", "mqtt.password_env")
+            return value
+        if self.password_file:
+            try:
+                expanded = string.Template(self.password_file).substitute(environ)
+            except (KeyError, ValueError) as exc:
+                raise ConfigError(
+                    f"cannot expand {self.password_file!r}: variable {exc} is not set", "mqtt.password_file"
+                ) from None
+            try:
+                # A trailing newline from `echo > file` is not part of the password.
+                return Path(expanded).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(
+                    f"password file cannot be read: {exc.strerror}", f"mqtt.password_file {expanded}"
+                ) from None
+        return None
+
+
+class SpoolConfig(_Strict):
+    path: RelPath = Field(Path("/var/lib/facelite/spool.sqlite"), description="SQLite file holding undelivered events.")
+    max_messages: int = Field(10000, ge=1, le=10_000_000, description="Oldest events are dropped beyond this.")
+    max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, le=16 * 1024**3, description="Oldest events are dropped beyond this size."
+    )
+
+
+class GalleryConfig(_Strict):
+    path: RelPath = Field(Path("/var/lib/facelite/gallery.sqlite"), description="SQLite file of enrolled people.")
+    key_file: ExistingFile | None = Field(None, description="Key that encrypts embeddings at rest (optional).")
+
+
+class AgentConfig(_Strict):
+    device_id: str = Field(description="Unique device name, used in topics and as MQTT client id.")
+    cameras: list[CameraConfig] = Field(min_length=1, max_length=16, description="Frame sources ([[cameras]]).")
+    models: ModelsConfig = Field(description="Converted model folders and runtime.")
+    detection: DetectionConfig = Field(default_factory=DetectionConfig, description="Face detection.")
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="Quality gate before recognition.")
+    matching: MatchingConfig = Field(default_factory=MatchingConfig, description="Gallery matching.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Tracking and identity voting.")
+    mqtt: MqttConfig | None = Field(None, description="Broker; without it events are printed as JSON lines.")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Disk queue for events during outages.")
+    gallery: GalleryConfig = Field(default_factory=GalleryConfig, description="Enrolled people.")
+    state_interval_s: float = Field(60.0, ge=1, le=3600, description="Publish the state message this often.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Agent log level.")
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        return _check_name(value, "device_id")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_names(cls, value: list[CameraConfig]) -> list[CameraConfig]:
+        names = [c.name for c in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"camera names must be unique (repeated: {', '.join(duplicates)})")
+        return value
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return (self.mqtt.client_id if self.mqtt and self.mqtt.client_id else None) or f"facelite-{self.device_id}"
+
+    @staticmethod
+    def example_toml() -> str:
+        """A complete, commented example (README and `facelite-agent --example-config`)."""
+        return EXAMPLE_TOML
+
+
+EXAMPLE_TOML = """\
+# facelite agent configuration. Unknown keys are errors; relative paths are relative to this file.
+device_id = "frontdoor"
+state_interval_s = 60
+log_level = "INFO"
+
+[[cameras]]
+name = "door"
+source = 0                 # index, "/dev/video0", "rtsp://user@host/stream", "clip.mp4" or "frames/"
+fps_limit = 5
+reconnect = { initial_s = 1, max_s = 60 }
+
+[models]
+detector = "models/blazeface-full/fp32"
+embedder = "models/mobilefacenet/int8"
+runtime = "auto"           # auto | ai-edge-litert | tflite-runtime
+num_threads = 2
+
+[detection]
+min_face = 40
+score_threshold = 0.7
+
+[quality]
+min_size = 60
+min_sharpness = 0.0
+max_yaw = 45
+max_pitch = 30
+
+[matching]
+target_far = "1e-3"        # "1e-2" | "1e-3": which calibrated threshold of the embedder to use
+ambiguous_margin = 0.05
+# threshold = 0.45         # overrides the calibrated threshold
+
+[tracking]
+iou_threshold = 0.3
+max_missed_frames = 10
+max_missed_seconds = 2.0
+min_votes = 3
+recheck_interval_s = 5.0
+
+[mqtt]
+host = "localhost"
+port = 1883
+base_topic = "facelite"
+keepalive = 60
+qos = 1
+discovery = true
+discovery_prefix = "homeassistant"
+publish_crops = false
+# username = "facelite"
+# password_file = "$CREDENTIALS_DIRECTORY/mqtt_password"   # systemd LoadCredential=; or password_env = "MQTT_PASSWORD"
+# [mqtt.tls]
+# ca_file = "/etc/facelite/ca.crt"
+
+[spool]
+path = "/var/lib/facelite/spool.sqlite"
+max_messages = 10000
+max_bytes = 67108864
+
+[gallery]
+path = "/var/lib/facelite/gallery.sqlite"
+# key_file = "/etc/facelite/gallery.key"
+"""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading and one-line error reporting
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: str
+    line: int | None
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.reason}" if self.key else f"{where}: {self.reason}"
+
+
+class ConfigErrors(ConfigError):
+    """All problems of one config file; ``str()`` gives one line per problem."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(f"{len(problems)} problem(s) in the configuration")
+
+    def one_line(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+Loc = tuple[str | int, ...]
+
+
+def key_path(loc: Loc) -> str:
+    """('cameras', 0, 'fps_limit') -> 'cameras[0].fps_limit'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _toml_key_lines(text: str) -> dict[Loc, int]:
+    """Map key paths to the line that defines them, by scanning the TOML text (tomllib keeps no positions)."""
+    lines: dict[Loc, int] = {}
+    aot_counts: dict[Loc, int] = {}
+    table: Loc = ()
+    depth = 0  # open brackets of a multi-line array or inline table: their lines define no keys of ours
+    in_multiline_string = False
+
+    def with_indices(parts: list[str]) -> Loc:
+        out: list[str | int] = []
+        for part in parts:
+            out.append(part)
+            if tuple(out) in aot_counts:
+                out.append(aot_counts[tuple(out)] - 1)
+        return tuple(out)
+
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        quotes = line.count('"""') + line.count("'''")
+        if in_multiline_string:
+            in_multiline_string = quotes % 2 == 0
+            continue
+        if depth > 0:
+            depth += _bracket_balance(line)
+            continue
+        if not line or line.startswith("#"):
+            continue
+        if m := re.match(r"^\[\[\s*([^\]]+?)\s*\]\]", line):
+            parts = _split_key(m.group(1))
+            parent = with_indices(parts[:-1])
+            name = (*parent, parts[-1])
+            aot_counts[name] = aot_counts.get(name, 0) + 1
+            table = (*name, aot_counts[name] - 1)
+            lines.setdefault(name, number)
+            lines[table] = number
+            continue
+        if m := re.match(r"^\[\s*([^\]]+?)\s*\]", line):
+            table = with_indices(_split_key(m.group(1)))
+            lines.setdefault(table, number)
+            continue
+        if m := re.match(r"^([A-Za-z0-9_\-.\"' ]+?)\s*=\s*(.*)$", line):
+            lines.setdefault((*table, *_split_key(m.group(1))), number)
+            value = m.group(2)
+            in_multiline_string = (value.count('"""') + value.count("'''")) % 2 == 1
+            depth = _bracket_balance(value)
+    return lines
+
+
+def _split_key(key: str) -> list[str]:
+    return [p.strip().strip("\"'") for p in key.split(".")]
+
+
+def _bracket_balance(text: str) -> int:
+    text = re.sub(r'"(?:\\.|[^"\\])*"|\'[^\']*\'', "", text)  # brackets inside strings do not count
+    text = text.split("#", 1)[0]
+    return text.count("[") + text.count("{") - text.count("]") - text.count("}")
+
+
+def _yaml_key_lines(node: yaml.Node, path: Loc, out: dict[Loc, int], problems: list[tuple[Loc, int, str]]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*path, str(key_node.value))
+            if key in out:
+                problems.append((key, key_node.start_mark.line + 1, "duplicate key"))
+            out.setdefault(key, key_node.start_mark.line + 1)
+            _yaml_key_lines(value_node, key, out, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            out.setdefault((*path, index), item.start_mark.line + 1)
+            _yaml_key_lines(item, (*path, index), out, problems)
+
+
+def _line_for(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
+    # A missing key has no line of its own: the nearest enclosing table that exists is the place to add it.
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The model class that owns the last key of ``loc`` (for 'did you mean' suggestions)."""
+    model: Any = AgentConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        model = _unwrap(model.model_fields[part].annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _unwrap(members[0]) if len(members) == 1 else None
+    if origin is list:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    return annotation
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _reason(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    loc: Loc = tuple(error["loc"])
+    got = f" (got {_short(error.get('input'))})"
+    if kind == "extra_forbidden":
+        name = str(loc[-1]) if loc else ""
+        if name == "password" and loc[:1] == ("mqtt",):
+            return "unknown key: never put a password in the config; use password_env or password_file"
+        model = _model_at(loc)
+        close = difflib.get_close_matches(name, list(model.model_fields), n=1) if model else []
+        return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+    if kind == "missing":
+        return "required key is missing"
+    bounds = {"less_than_equal": "<=", "less_than": "<", "greater_than_equal": ">=", "greater_than": ">"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {limit}{got}"
+    simple = {
+        "int_type": "must be an integer",
+        "float_type": "must be a number",
+        "bool_type": "must be true or false",
+        "string_type": "must be a string",
+        "list_type": "must be a list",
+        "model_type": "must be a table",
+        "dict_type": "must be a table",
+        "path_type": "must be a path",
+        "int_from_float": "must be an integer",
+    }
+    if kind in simple:
+        return simple[kind] + got
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}{got}"
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length')} item(s)"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} item(s)"
+    if kind == "string_too_short":
+        return f"must not be empty{got}" if ctx.get("min_length") == 1 else f"is too short{got}"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters"
+    if kind in ("value_error", "assertion_error"):
+        return str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    msg = str(error["msg"])
+    return msg[:1].lower() + msg[1:]
+
+
+def _read(path: Path) -> tuple[Any, dict[Loc, int], list[ConfigProblem]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config file is not UTF-8 text", str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"config file cannot be read: {exc.strerror}", str(path)) from None
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML: {exc}", str(path)) from None
+        return data, _toml_key_lines(text), []
+    if suffix in (".yaml", ".yml"):
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"invalid YAML: {exc.problem or exc}", where) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid YAML: {exc}", str(path)) from None
+        lines: dict[Loc, int] = {}
+        dupes: list[tuple[Loc, int, str]] = []
+        if node is not None:
+            _yaml_key_lines(node, (), lines, dupes)
+        return data, lines, [ConfigProblem(str(path), n, key_path(k), r) for k, n, r in dupes]
+    raise ConfigError(f"unknown config format {suffix or '(no suffix)'!r}", str(path), "use .toml, .yaml or .yml")
+
+
+def load_config(path: str | Path, *, check_files: bool = True) -> AgentConfig:
+    """Read and validate a TOML or YAML config; every problem is one line of the raised ConfigErrors."""
+    path = Path(path).expanduser()
+    data, lines, problems = _read(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a table of keys, not {type(data).__name__}", str(path))
+    try:
+        config = AgentConfig.model_validate(
+            data, context={"base_dir": path.resolve().parent, "check_files": check_files}
+        )
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc: Loc = tuple(error["loc"])
+            problems.append(ConfigProblem(str(path), _line_for(loc, lines), key_path(loc), _reason(error)))
+        problems.sort(key=lambda p: (p.line is None, p.line or 0))
+        raise ConfigErrors(problems) from None
+    if problems:
+        raise ConfigErrors(problems)
+    log.debug("config %s loaded: device %s, %d camera(s)", path, config.device_id, len(config.cameras))
+    return config
