@@ -305,6 +305,9 @@ class Gallery:
                 matcher=matcher,
                 clock=clock,
             )
+        except sqlite3.Error as exc:
+            conn.close()
+            raise GalleryError(f"cannot open gallery: {exc}", str(path)) from None
         except BaseException:
             conn.close()
             raise
@@ -488,7 +491,11 @@ class Gallery:
             for name, created, templates in people:
                 existing = {row.tobytes() for row in self._index.rows_of(name)}
                 person_id = self._person_id(cur, name) or self._insert_person(cur, name, created)
-                fresh = [t for t in templates if t[0].tobytes() not in existing]
+                fresh = []
+                for t in templates:
+                    if t[0].tobytes() not in existing:
+                        existing.add(t[0].tobytes())
+                        fresh.append(t)
                 cur.executemany(
                     "INSERT INTO templates (person_id, vector, nonce, source, quality, created) VALUES (?,?,?,?,?,?)",
                     [(person_id, *self._seal(v), s, q, c) for v, s, q, c in fresh],
@@ -505,10 +512,11 @@ class Gallery:
         """One IMMEDIATE transaction that bumps the version; the index is rebuilt after commit."""
         with self._lock:
             cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
+                cur.execute("BEGIN IMMEDIATE")  # waits busy_timeout for another writer (facelite enroll)
                 yield cur
                 cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
+                cur.execute("COMMIT")
             except _NothingToDo:
                 self._rollback()
                 return
@@ -518,7 +526,6 @@ class Gallery:
             except BaseException:
                 self._rollback()
                 raise
-            cur.execute("COMMIT")
             self._reload()
 
     def _rollback(self) -> None:
@@ -528,14 +535,22 @@ class Gallery:
 
     def _reload(self) -> None:
         """Rebuild the in-memory matrix from the file (caller holds the lock or is the constructor)."""
-        rows = self._conn.execute(
-            "SELECT p.name, t.vector, t.nonce FROM templates t JOIN people p ON p.id = t.person_id ORDER BY p.id, t.id"
-        ).fetchall()
+        # One read transaction: the version and the rows come from the same snapshot, so a commit by
+        # another process in between cannot leave us with new rows under an old version (or vice versa).
+        self._conn.execute("BEGIN")
+        try:
+            version = _meta_int(self._conn, "version")
+            rows = self._conn.execute(
+                "SELECT p.name, t.vector, t.nonce FROM templates t JOIN people p ON p.id = t.person_id "
+                "ORDER BY p.id, t.id"
+            ).fetchall()
+        finally:
+            self._conn.execute("COMMIT")
         builder = _IndexBuilder(self.embedding_size)
         for name, blob, nonce in rows:
             builder.add(name, self._open_blob(blob, nonce))
         self._index = builder.build()
-        self._version = _meta_int(self._conn, "version")
+        self._version = version
 
     def _prepare(self, e: Enrollment) -> tuple[str, list[np.ndarray], list[str], list[float | None]]:
         name = normalize_name(e.person)
