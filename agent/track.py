@@ -60,7 +60,7 @@ class TrackerConfig:
     max_missed_frames: int = 10  # a track ends when missed for more than this many frames ...
     max_missed_seconds: float = 2.0  # ... and for more than this many seconds (both: fps-independent)
     min_votes: int = 3  # embeddings needed before a track's identity is decided
-    recheck_interval_s: float = 10.0  # re-embed a decided track this often
+    recheck_interval_s: float = 5.0  # re-embed a decided track this often
     quality_improvement: float = 0.15  # re-embed early when quality rises this much (absolute, 0..1)
     max_center_shift: float = 1.0  # fallback match for fast motion: centre distance in face widths
     max_votes: int = 0  # undecided after this many votes -> "unknown" (ambiguous); 0 means 2 * min_votes
