@@ -141,7 +141,7 @@ def test_recipe_exposes_the_shipped_file_and_refuses_conversion() -> None:
 def test_calibration_samples_are_letterboxed_inputs_in_model_range(faces_dir: Path) -> None:
     recipe = BlazeFaceRecipe("full")
     photos = people_photos(faces_dir)[:3]
-    samples = recipe.calibration_samples("model", photos, count=2)
+    samples = recipe.calibration_samples("model", [read_image(p) for p in photos], count=2)
     assert len(samples) == 2
     for (x,) in samples:
         assert x.shape == tuple(recipe.input_shape) and x.dtype == np.float32

@@ -24,8 +24,6 @@ from typing import Any, Literal
 import numpy as np
 
 from agent.detect.blazeface import BlazeFaceDetector, prepare_input
-from agent.errors import ImageError
-from agent.imageio import read_image
 from agent.manifest import Alignment, Manifest, Preprocessing, Source
 from agent.runtime import Network, TFLiteModel
 from converter.recipe import GraphSource
@@ -158,20 +156,10 @@ class BlazeFaceRecipe:
             )
         ]
 
-    def calibration_samples(self, graph: str, photos: Sequence[Path], count: int) -> list[list[np.ndarray]]:
-        """Letterboxed, preprocessed photos: the inputs the device feeds (unreadable photos are skipped)."""
+    def calibration_samples(self, graph: str, images: Sequence[np.ndarray], count: int) -> list[list[np.ndarray]]:
+        """Letterboxed, preprocessed photos (uint8 BGR): the inputs the device feeds."""
         size = (self.input_shape[2], self.input_shape[1])
-        samples: list[list[np.ndarray]] = []
-        for photo in photos:
-            if len(samples) >= count:
-                break
-            try:
-                image = read_image(photo)
-            except ImageError as exc:
-                log.warning("calibration: %s", exc)
-                continue
-            samples.append([prepare_input(image, size, self.preprocessing)[0]])
-        return samples
+        return [[prepare_input(image, size, self.preprocessing)[0]] for image in images[:count]]
 
     def _detector_manifest(self) -> Manifest:
         """A Manifest carrying only what the detector reads (extra, preprocessing): graphs are not
