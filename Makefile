@@ -15,7 +15,7 @@ export FACELITE_LEGACY_PYTHON := $(abspath $(LEGACY))/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps data convert test test-fast lint demo clean
+.PHONY: help setup setup-onnx system-deps data convert test lint demo clean
 
 help:
 	@echo "make demo    convert models, enroll people from the sample photos, run the agent, print MQTT events"
@@ -40,8 +40,18 @@ $(VENV)/.stamp: pyproject.toml
 $(LEGACY)/.stamp: pyproject.toml
 	$(PY_HOST) -m venv $(LEGACY)
 	$(LEGACY)/bin/pip install -q --upgrade pip
-	$(LEGACY)/bin/pip install -q -e '.[device-legacy,test]' 'opencv-python-headless<4.11'
+	$(LEGACY)/bin/pip install -q -e '.[device-legacy,test-device]' 'opencv-python-headless<4.11'
 	touch $@
+
+# ONNX sources convert through onnx2tf, which pins TF 2.19 / numpy<2: its own venv (about 2.6 GB).
+ONNX_VENV := .venv-onnx
+$(ONNX_VENV)/.stamp: converter/onnx-requirements.txt
+	$(PY_HOST) -m venv $(ONNX_VENV)
+	$(ONNX_VENV)/bin/pip install -q --upgrade pip
+	$(ONNX_VENV)/bin/pip install -q -r converter/onnx-requirements.txt
+	touch $@
+
+setup-onnx: $(ONNX_VENV)/.stamp
 
 setup: $(VENV)/.stamp $(LEGACY)/.stamp system-deps
 
@@ -53,7 +63,7 @@ data: $(VENV)/.stamp
 convert: setup data
 	$(VENV)/bin/facelite-convert --data-dir $(DATA_DIR) --out $(MODELS)
 
-test: setup data convert
+test: setup setup-onnx data convert
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.stamp
