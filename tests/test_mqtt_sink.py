@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from broker import MosquittoBroker, Subscriber, free_port, make_tls_files
 from agent.config import Backoff, MqttConfig, TlsConfig
 from agent.messages import Message
 from agent.sinks.mqtt import MqttSink
+from agent.sinks.stdout import StdoutSink
 from agent.spool import Spool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -330,3 +332,21 @@ def test_invalid_messages_are_refused_without_raising(broker: MosquittoBroker, s
         stats = sink.stats()
         assert stats.rejected == 3 and stats.pending == 0
         assert "invalid" in (stats.last_error or "")
+
+
+def test_stdout_sink_prints_json_lines_and_survives_a_closed_stream() -> None:
+    stream = io.StringIO()
+    sink = StdoutSink(stream)
+    sink.publish(event(3))
+    sink.publish(Message(STATE, b"plain text", retain=True))
+    sink.publish(Message(f"facelite/{DEVICE}/crop", b"\xff\xd8\xff\x00", qos=0))
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines == [
+        {"topic": EVENTS, "qos": 1, "retain": False, "durable": True, "payload": {"seq": 3}},
+        {"topic": STATE, "qos": 1, "retain": True, "payload_text": "plain text"},
+        {"topic": f"facelite/{DEVICE}/crop", "qos": 0, "retain": False, "payload_b64": "/9j/AA=="},
+    ]
+    stream.close()
+    sink.publish(event(4))  # closed stream (e.g. `| head` exited): counted, not raised
+    stats = sink.stats()
+    assert (stats.published, stats.dropped) == (3, 1)

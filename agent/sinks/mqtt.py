@@ -355,9 +355,10 @@ class MqttSink:
 
     def _finish_close(self, client: mqtt.Client) -> bool:
         """Closing: drain the spool until done or the deadline, say "offline", DISCONNECT. True = done."""
-        if not self._connected:
-            return True
         now = self._clock()
+        if not self._connected:
+            # Still waiting for CONNACK: worth it until the deadline, there may be spooled events to flush.
+            return now >= self._close_deadline
         if self._offline_mid is None:
             drained = self._spool.pending == 0 and not self._inflight
             if not drained and now < self._close_deadline:
