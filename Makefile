@@ -15,7 +15,7 @@ export FACELITE_LEGACY_PYTHON := $(abspath $(LEGACY))/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-onnx system-deps data convert test lint demo clean
+.PHONY: help setup setup-onnx system-deps data convert test lint demo eval clean
 
 help:
 	@echo "make demo    convert models, enroll people from the sample photos, run the agent, print MQTT events"
@@ -65,6 +65,15 @@ convert: setup data
 
 test: setup setup-onnx data convert
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The main job end to end: convert, enroll from the sample photos, run the agent on a video made of
+# other photos of them (and of strangers), print the MQTT events a subscriber received.
+demo: setup data convert
+	$(PY) -m agent.demo --data-dir $(DATA_DIR) --models $(MODELS) --work build/demo
+
+eval: setup data convert
+	$(VENV)/bin/facelite eval $(or $(DATA),$(DATA_DIR)/faces/people) --detector $(MODELS)/blazeface/fp32 \
+	  --embedder $(MODELS)/mobilefacenet/fp32 --out build/eval
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check agent converter tests

@@ -39,6 +39,7 @@ class RuntimeAgreement:
     max_abs_diff: float
     min_cosine: float
     median_ms: float
+    outputs: list[list[np.ndarray]]  # tflite-runtime's outputs, per input
 
 
 def run_litert(path: Path, inputs: list[np.ndarray], threads: int = 1) -> list[list[np.ndarray]]:
@@ -87,9 +88,12 @@ def check_legacy(path: Path, inputs: list[np.ndarray], expected: list[list[np.nd
             raise RuntimeCheckError(f"tflite-runtime 2.14 cannot run it: {lines[-1]}", str(path))
         got = np.load(dst)
         max_abs, min_cos = 0.0, 1.0
+        outputs: list[list[np.ndarray]] = []
         for i, outs in enumerate(expected):
+            outputs.append([])
             for j, y in enumerate(outs):
                 z = got[f"in_{i}_out{j}"]
+                outputs[-1].append(z)
                 if z.shape != y.shape:
                     raise RuntimeCheckError(
                         f"tflite-runtime output {j} has shape {z.shape}, ai-edge-litert {y.shape}", str(path)
@@ -100,4 +104,4 @@ def check_legacy(path: Path, inputs: list[np.ndarray], expected: list[list[np.nd
                 if denom > 0:
                     min_cos = min(min_cos, float(a @ b / denom))
         median = float(proc.stdout.strip().split("median_ms=")[-1]) if "median_ms=" in proc.stdout else 0.0
-        return RuntimeAgreement("tflite-runtime", max_abs, min_cos, median)
+        return RuntimeAgreement("tflite-runtime", max_abs, min_cos, median, outputs)

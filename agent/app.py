@@ -1,0 +1,394 @@
+"""The agent process: cameras in, MQTT events out, until SIGTERM or the end of every finite source.
+
+Wiring only: the recognition logic is in agent.pipeline, the contract in agent.events, delivery
+guarantees in the sink. Each camera is read in its own thread into a small queue, so a camera that is
+reconnecting (blocking in its backoff) never stalls the others, the state message or the watchdog.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+
+from agent.config import AgentConfig
+from agent.detect import Detector, create_detector
+from agent.embed import Embedder
+from agent.errors import ConfigError, FaceliteError
+from agent.events import (
+    EmbedderInfo,
+    EventContext,
+    PresenceTracker,
+    SpoolStats,
+    StateReport,
+    Topics,
+    discovery_messages,
+    event_messages,
+    presence_message,
+    state_message,
+)
+from agent.gallery import Gallery, Matcher
+from agent.messages import Message
+from agent.pipeline import Pipeline
+from agent.quality import QualityGate
+from agent.sd_notify import Notifier
+from agent.sources import Frame, FrameSource, open_camera
+from agent.track import Tracker, TrackerConfig
+
+log = logging.getLogger(__name__)
+
+PRESENCE_AWAY_S = 300.0  # a person is "away" this long after their last visit ended
+GALLERY_REFRESH_S = 5.0  # pick up `facelite enroll` changes made by another process
+
+
+class Sink(Protocol):
+    def publish(self, message: Message) -> None: ...
+
+    def stats(self) -> Any: ...
+
+    def close(self, timeout_s: float | None = None) -> None: ...
+
+
+def read_key(path: Path | None) -> bytes | None:
+    """Gallery key file: 32/24/16 raw bytes, or the same as hex text."""
+    if path is None:
+        return None
+    raw = Path(path).read_bytes()
+    text = raw.strip()
+    try:
+        if len(text) in (32, 48, 64) and all(c in b"0123456789abcdefABCDEF" for c in text):
+            return bytes.fromhex(text.decode())
+    except ValueError:
+        pass
+    if len(raw) not in (16, 24, 32):
+        raise ConfigError(f"gallery key must be 16, 24 or 32 bytes (or hex of them), got {len(raw)} bytes", str(path))
+    return raw
+
+
+@dataclass
+class Models:
+    detector: Detector
+    embedder: Embedder
+
+
+def load_models(config: AgentConfig) -> Models:
+    """Load and verify both artifacts (sha256 and shapes against their manifests)."""
+    m = config.models
+    detector = create_detector(
+        m.detector,
+        runtime=m.runtime,
+        num_threads=m.num_threads,
+        min_face=config.detection.min_face,
+        score_threshold=config.detection.score_threshold,
+    )
+    embedder = Embedder.from_model_dir(m.embedder, runtime=m.runtime, num_threads=m.num_threads)
+    return Models(detector, embedder)
+
+
+def open_gallery(config: AgentConfig, embedder: Embedder) -> Gallery:
+    size = int(embedder.manifest.embedding_size or 0)
+    return Gallery.open(
+        config.gallery.path, embedder_sha256=embedder.sha256, embedding_size=size, key=read_key(config.gallery.key_file)
+    )
+
+
+def make_matcher(config: AgentConfig, embedder: Embedder) -> Matcher:
+    threshold = config.matching.threshold
+    if threshold is None:
+        threshold = embedder.manifest.threshold(config.matching.target_far)
+    return Matcher(threshold=threshold, margin=config.matching.ambiguous_margin)
+
+
+def make_gate(config: AgentConfig) -> QualityGate:
+    q = config.quality
+    return QualityGate(min_size=q.min_size, min_sharpness=q.min_sharpness, max_yaw=q.max_yaw, max_pitch=q.max_pitch)
+
+
+def make_tracker(config: AgentConfig) -> Tracker:
+    t = config.tracking
+    return Tracker(
+        TrackerConfig(
+            iou_threshold=t.iou_threshold,
+            max_missed_frames=t.max_missed_frames,
+            max_missed_seconds=t.max_missed_seconds,
+            min_votes=t.min_votes,
+            recheck_interval_s=t.recheck_interval_s,
+        )
+    )
+
+
+@dataclass
+class _Camera:
+    name: str
+    source: FrameSource
+    pipeline: Pipeline
+    frames: queue.Queue[tuple[Frame, float] | None]
+    live: bool
+    dropped: int = 0
+    ended: bool = False
+    frame_size: tuple[int, int] = (1, 1)
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class RunSummary:
+    frames: int = 0
+    events: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+class Agent:
+    """One agent run. Side effects are passed in: sources, sink, clocks, notifier."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        models: Models,
+        gallery: Gallery,
+        sink: Sink,
+        sources: dict[str, FrameSource],
+        *,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.models = models
+        self.gallery = gallery
+        self.sink = sink
+        self.wall = wall
+        self.monotonic = monotonic
+        self.notifier = notifier or Notifier()
+        prefix = config.mqtt.base_topic if config.mqtt else "facelite"
+        discovery_prefix = config.mqtt.discovery_prefix if config.mqtt else "homeassistant"
+        self.topics = Topics(config.device_id, prefix, discovery_prefix)
+        self.matcher = make_matcher(config, models.embedder)
+        gate = make_gate(config)
+        self.cameras: list[_Camera] = []
+        for cam in config.cameras:
+            source = sources[cam.name]
+            live = bool(getattr(source, "live", True))
+            pipeline = Pipeline(models.detector, models.embedder, gallery, self.matcher, make_tracker(config), gate)
+            self.cameras.append(_Camera(cam.name, source, pipeline, queue.Queue(maxsize=2), live))
+        self.embedder_info = EmbedderInfo(models.embedder.manifest.name, models.embedder.sha256)
+        self.presence = PresenceTracker([p.name for p in gallery.people()], PRESENCE_AWAY_S)
+        self.summary = RunSummary()
+        self._stop = threading.Event()
+        self._started = monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Finish the frame in hand, then flush and exit (SIGTERM)."""
+        self._stop.set()
+
+    def _reader(self, cam: _Camera) -> None:
+        """Camera thread: live sources keep only the newest frames (older ones are dropped and counted);
+        files and folders are processed completely, so the reader waits for the pipeline."""
+        try:
+            while not self._stop.is_set():
+                frame = cam.source.read()
+                if frame is None:
+                    break
+                item = (frame, self.wall())
+                if cam.live:
+                    try:
+                        cam.frames.put_nowait(item)
+                    except queue.Full:
+                        try:
+                            cam.frames.get_nowait()
+                            cam.dropped += 1
+                        except queue.Empty:
+                            pass
+                        cam.frames.put_nowait(item)
+                else:
+                    while not self._stop.is_set():
+                        try:
+                            cam.frames.put(item, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+        except Exception:
+            log.exception("camera %s reader failed", cam.name)
+        finally:
+            cam.frames.put(None)
+
+    def _publish_all(self, messages: list[Message]) -> None:
+        for m in messages:
+            self.sink.publish(m)
+
+    def _announce(self) -> None:
+        mqtt = self.config.mqtt
+        if mqtt and mqtt.discovery:
+            self._publish_all(discovery_messages(self.topics, [p.name for p in self.gallery.people()]))
+        self._publish_all([presence_message(self.topics, p) for p in self.presence.snapshot()])
+
+    def _ctx(self, cam: _Camera) -> EventContext:
+        crops = bool(self.config.mqtt and self.config.mqtt.publish_crops)
+        return EventContext(self.topics, cam.name, self.embedder_info, include_face_crop=crops)
+
+    def _handle_events(self, cam: _Camera, events: list[Any], wall_ts: float, crops: dict[int, Any]) -> None:
+        for ev in events:
+            # The tracker runs on the stream's own time (media time for files); the contract wants the
+            # wall-clock moment the frame was read, so latency is frame-read -> publish.
+            shift = wall_ts - ev.ts
+            ev = dataclasses.replace(ev, ts=wall_ts, first_seen=ev.first_seen + shift, last_seen=ev.last_seen + shift)
+            jpeg = None
+            if ev.track_id in crops and self.config.mqtt and self.config.mqtt.publish_crops:
+                ok, buf = cv2.imencode(".jpg", crops[ev.track_id], [cv2.IMWRITE_JPEG_QUALITY, 85])
+                jpeg = buf.tobytes() if ok else None
+            msgs = event_messages(
+                ev,
+                self._ctx(cam),
+                frame_size=cam.frame_size,
+                gallery_version=self.gallery.version,
+                now=self.wall(),
+                face_jpeg=jpeg,
+            )
+            self._publish_all(msgs)
+            self._publish_all([presence_message(self.topics, p) for p in self.presence.on_event(ev)])
+            self.summary.events += 1
+            self.summary.by_type[ev.type] = self.summary.by_type.get(ev.type, 0) + 1
+            log.info(
+                "event %s camera=%s track=%d person=%s similarity=%.3f",
+                ev.type,
+                cam.name,
+                ev.track_id,
+                ev.person,
+                ev.similarity,
+            )
+
+    def state(self, fps: float) -> StateReport:
+        stage: dict[str, float] = {}
+        skipped: dict[str, int] = {}
+        frames = dropped = 0
+        for cam in self.cameras:
+            st = cam.pipeline.stats
+            frames += st.frames
+            for k, v in st.stage_ms.items():
+                stage[k] = max(stage.get(k, 0.0), v)
+            for k, v in st.skipped.items():
+                skipped[k] = skipped.get(k, 0) + v
+            status = cam.source.status
+            dropped += cam.dropped + status.dropped_fps
+            for k, v in status.skipped.items():
+                skipped[f"source:{k}"] = skipped.get(f"source:{k}", 0) + v
+        sink = self.sink.stats()
+        cams = {
+            c.name: c.source.status.state.value
+            if hasattr(c.source.status.state, "value")
+            else str(c.source.status.state)
+            for c in self.cameras
+        }
+        camera = next(iter(cams.values())) if len(cams) == 1 else ",".join(f"{k}:{v}" for k, v in cams.items())
+        det = self.models.detector.manifest
+        emb = self.models.embedder.manifest
+        return StateReport(
+            fps=fps,
+            stage_ms=stage,
+            frames=frames,
+            dropped_frames=dropped,
+            skipped=skipped,
+            spool=SpoolStats(pending=sink.pending, dropped=sink.dropped),
+            models={"detector": f"{det.name}/{det.variant}", "embedder": f"{emb.name}/{emb.variant}"},
+            uptime_s=self.monotonic() - self._started,
+            camera=camera,
+        )
+
+    def run(self) -> RunSummary:
+        for cam in self.cameras:
+            cam.thread = threading.Thread(target=self._reader, args=(cam,), name=f"camera-{cam.name}", daemon=True)
+            cam.thread.start()
+        self._announce()
+        self.notifier.ready(f"{len(self.cameras)} camera(s), {len(self.gallery.people())} people enrolled")
+        log.info(
+            "agent %s running: %d camera(s), %d people enrolled",
+            self.config.device_id,
+            len(self.cameras),
+            len(self.gallery.people()),
+        )
+        next_state = self.monotonic()
+        next_refresh = self.monotonic() + GALLERY_REFRESH_S
+        next_watchdog = self.monotonic()
+        window_start, window_frames = self.monotonic(), 0
+        while not self._stop.is_set() and not all(c.ended for c in self.cameras):
+            got_frame = False
+            for cam in self.cameras:
+                if cam.ended:
+                    continue
+                try:
+                    item = cam.frames.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    cam.ended = True
+                    self._handle_events(cam, cam.pipeline.finish(time.monotonic()), self.wall(), {})
+                    log.info("camera %s ended (%s)", cam.name, cam.source.status.detail or "end of stream")
+                    continue
+                frame, wall_ts = item
+                got_frame = True
+                cam.frame_size = (int(frame.image.shape[1]), int(frame.image.shape[0]))
+                result = cam.pipeline.process(frame)
+                self._handle_events(cam, result.events, wall_ts, result.crops)
+                window_frames += 1
+                self.summary.frames += 1
+            now = self.monotonic()
+            if now >= next_state:
+                fps = window_frames / max(now - window_start, 1e-6)
+                window_start, window_frames = now, 0
+                self.sink.publish(state_message(self.topics, self.state(fps), now=self.wall()))
+                self._publish_all([presence_message(self.topics, p) for p in self.presence.tick(self.wall())])
+                next_state = now + self.config.state_interval_s
+            if now >= next_refresh:
+                next_refresh = now + GALLERY_REFRESH_S
+                self._refresh_gallery()
+            if self.notifier.watchdog_interval_s and now >= next_watchdog:
+                self.notifier.watchdog()
+                next_watchdog = now + self.notifier.watchdog_interval_s
+            if not got_frame:
+                self._stop.wait(0.01)
+        return self._shutdown()
+
+    def _refresh_gallery(self) -> None:
+        try:
+            changed = self.gallery.refresh()
+        except FaceliteError as exc:
+            log.warning("gallery refresh failed: %s", exc.one_line())
+            return
+        if changed:
+            people = [p.name for p in self.gallery.people()]
+            log.info("gallery changed (version %d): %d people", self.gallery.version, len(people))
+            self._publish_all([presence_message(self.topics, p) for p in self.presence.set_people(people)])
+            if self.config.mqtt and self.config.mqtt.discovery:
+                self._publish_all(discovery_messages(self.topics, people))
+
+    def _shutdown(self) -> RunSummary:
+        self.notifier.stopping()
+        self._stop.set()
+        for cam in self.cameras:
+            cam.source.close()
+        for cam in self.cameras:
+            if not cam.ended:
+                self._handle_events(cam, cam.pipeline.finish(time.monotonic()), self.wall(), {})
+        elapsed = self.monotonic() - self._started
+        self.sink.publish(
+            state_message(self.topics, self.state(self.summary.frames / max(elapsed, 1e-6)), now=self.wall())
+        )
+        for cam in self.cameras:
+            if cam.thread is not None:
+                cam.thread.join(timeout=2.0)
+        log.info(
+            "agent stopped: %d frames, %d events %s", self.summary.frames, self.summary.events, self.summary.by_type
+        )
+        return self.summary
+
+
+def open_sources(config: AgentConfig) -> dict[str, FrameSource]:
+    return {cam.name: open_camera(cam) for cam in config.cameras}

@@ -1,0 +1,339 @@
+"""Command lines: `facelite-agent` (the service) and `facelite` (enroll, gallery, eval).
+
+Every user-facing failure is one line on stderr and a non-zero exit; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import FaceliteError
+
+log = logging.getLogger("agent")
+
+
+def _setup_logging(level: str) -> None:
+    # journald adds its own timestamps; keep one line per record with level and module.
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _fail(exc: FaceliteError) -> int:
+    print(f"error: {exc.one_line()}", file=sys.stderr)
+    return exc.exit_code
+
+
+# -- facelite-agent ------------------------------------------------------------------------------
+
+
+def agent_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="facelite-agent", description="Run face recognition on cameras, publish MQTT.")
+    ap.add_argument("--config", type=Path, help="agent configuration (TOML or YAML)")
+    ap.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    ap.add_argument("--example-config", action="store_true", help="print a complete example configuration")
+    ap.add_argument(
+        "--self-test",
+        type=Path,
+        metavar="IMAGE",
+        help="load models and gallery, run the pipeline on IMAGE, exit 0 if enough faces are found",
+    )
+    ap.add_argument("--expect-faces", type=int, default=1)
+    ap.add_argument("--log-level", default=None)
+    args = ap.parse_args(argv)
+    from agent.config import AgentConfig, load_config
+
+    if args.example_config:
+        print(AgentConfig.example_toml(), end="")
+        return 0
+    if args.config is None:
+        ap.error("--config is required")
+    try:
+        config = load_config(args.config)
+    except FaceliteError as exc:
+        print(str(exc) if "\n" in str(exc) else f"error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    _setup_logging(args.log_level or config.log_level)
+    if args.check_config:
+        print(f"{args.config}: ok")
+        return 0
+    try:
+        if args.self_test:
+            return self_test(config, args.self_test, args.expect_faces)
+        return run_agent(config)
+    except FaceliteError as exc:
+        return _fail(exc)
+
+
+def run_agent(config: Any) -> int:
+    from agent.app import Agent, load_models, open_gallery, open_sources
+    from agent.sinks.mqtt import MqttSink
+    from agent.sinks.stdout import StdoutSink
+    from agent.spool import Spool
+
+    models = load_models(config)
+    gallery = open_gallery(config, models.embedder)
+    if config.mqtt is not None:
+        spool = Spool(config.spool.path, config.spool.max_messages, config.spool.max_bytes)
+        sink: Any = MqttSink(config.mqtt, spool, device_id=config.device_id)
+        sink.start()
+    else:
+        sink = StdoutSink()
+    sources = open_sources(config)
+    agent = Agent(config, models, gallery, sink, sources)
+
+    def _term(signum: int, _frame: Any) -> None:
+        log.info("signal %d: finishing the frame in hand, then flushing", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    try:
+        agent.run()
+    finally:
+        sink.close()
+        gallery.close()
+    return 0
+
+
+def self_test(config: Any, image_path: Path, expect: int) -> int:
+    """Device self-test before a release goes live: models verify, gallery opens, faces are found."""
+    from agent.app import load_models, open_gallery
+    from agent.imageio import read_image
+
+    models = load_models(config)
+    with open_gallery(config, models.embedder) as gallery:
+        image = read_image(image_path)
+        faces = models.detector.detect(image)
+        vectors = [models.embedder.embed(image, f).vector for f in faces]
+        matches = [gallery.match(v) for v in vectors]
+    det, emb = models.detector.manifest, models.embedder.manifest
+    print(
+        json.dumps(
+            {
+                "detector": f"{det.name}/{det.variant}",
+                "embedder": f"{emb.name}/{emb.variant}",
+                "faces": len(faces),
+                "people_enrolled": len(gallery.people()),
+                "matches": [
+                    {"person": m.person, "decision": m.decision, "similarity": round(m.similarity, 4)} for m in matches
+                ],
+            }
+        )
+    )
+    if len(faces) < expect:
+        print(
+            f"error: self-test found {len(faces)} face(s) in {image_path}, expected at least {expect}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+# -- facelite (enroll, gallery, eval) ------------------------------------------------------------
+
+
+@dataclass
+class EnrollReport:
+    enrolled: list[str] = field(default_factory=list)
+    no_face: list[str] = field(default_factory=list)
+    several_faces: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+
+def _models_from(args: argparse.Namespace) -> tuple[Any, Any, Path]:
+    """Detector, embedder and gallery path from --config or from explicit flags."""
+    from agent.detect import create_detector
+    from agent.embed import Embedder
+
+    if args.config:
+        from agent.app import load_models
+        from agent.config import load_config
+
+        config = load_config(args.config)
+        models = load_models(config)
+        return models.detector, models.embedder, Path(config.gallery.path)
+    if not (args.detector and args.embedder and args.gallery):
+        raise FaceliteError("give --config, or all of --detector, --embedder and --gallery")
+    return create_detector(args.detector), Embedder.from_model_dir(args.embedder), args.gallery
+
+
+def _gallery_key(args: argparse.Namespace) -> bytes | None:
+    from agent.app import read_key
+
+    if getattr(args, "config", None):
+        from agent.config import load_config
+
+        return read_key(load_config(args.config).gallery.key_file)
+    return read_key(args.key_file) if getattr(args, "key_file", None) else None
+
+
+def _image_paths(items: list[Path]) -> list[Path]:
+    from agent.imageio import list_images
+
+    paths: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            paths.extend(list_images(item))
+        else:
+            paths.append(item)
+    return paths
+
+
+def enroll(args: argparse.Namespace) -> int:
+    from agent.gallery import Gallery
+    from agent.imageio import read_image
+
+    detector, embedder, gallery_path = _models_from(args)
+    report = EnrollReport()
+    vectors, sources = [], []
+    for path in _image_paths(args.images):
+        try:
+            image = read_image(path)
+        except FaceliteError as exc:
+            report.unreadable.append(exc.one_line())
+            continue
+        faces = detector.detect(image)
+        if not faces:
+            report.no_face.append(str(path))
+            continue
+        if len(faces) > 1 and not args.largest:
+            report.several_faces.append(f"{path} ({len(faces)} faces)")
+            continue
+        face = max(faces, key=lambda f: f.bbox.area)
+        vectors.append(embedder.embed(image, face).vector)
+        sources.append(path.name)
+        report.enrolled.append(str(path))
+    for line in report.unreadable:
+        print(f"skipped: {line}", file=sys.stderr)
+    for p in report.no_face:
+        print(f"skipped: no face found ({p})", file=sys.stderr)
+    for p in report.several_faces:
+        print(f"skipped: several faces, use --largest to take the biggest ({p})", file=sys.stderr)
+    if not vectors:
+        print(f"error: no usable photo of {args.name}: nothing enrolled", file=sys.stderr)
+        return 1
+    with Gallery.open(
+        gallery_path,
+        embedder_sha256=embedder.sha256,
+        embedding_size=int(embedder.manifest.embedding_size or 0),
+        key=_gallery_key(args),
+    ) as gallery:
+        added = gallery.enroll(args.name, vectors, sources)
+        version = gallery.version
+    print(
+        f"enrolled {args.name}: {added} template(s) from {len(report.enrolled)} photo(s); "
+        f"{len(report.no_face) + len(report.several_faces) + len(report.unreadable)} skipped; "
+        f"gallery version {version}"
+    )
+    return 0
+
+
+def gallery_cmd(args: argparse.Namespace) -> int:
+    from agent.gallery import Gallery
+
+    _, embedder, gallery_path = _models_from(args)
+    with Gallery.open(
+        gallery_path,
+        embedder_sha256=embedder.sha256,
+        embedding_size=int(embedder.manifest.embedding_size or 0),
+        key=_gallery_key(args),
+    ) as g:
+        if args.action == "list":
+            for p in g.people():
+                print(f"{p.name}\t{p.templates} template(s)\tslug={p.slug}")
+            print(f"{len(g.people())} people, gallery version {g.version}")
+        elif args.action == "remove":
+            g.remove(args.args[0])
+            print(f"removed {args.args[0]}")
+        elif args.action == "forget":
+            complete = g.forget(args.args[0])
+            print(
+                f"forgot {args.args[0]}"
+                + ("" if complete else " (another process holds the file: traces vanish when it closes)")
+            )
+        elif args.action == "rename":
+            g.rename(args.args[0], args.args[1])
+            print(f"renamed {args.args[0]} -> {args.args[1]}")
+        elif args.action == "export":
+            n = g.export(Path(args.args[0]))
+            print(f"exported {n} template(s) to {args.args[0]}")
+        elif args.action == "import":
+            n = g.import_(Path(args.args[0]))
+            print(f"imported {n} template(s) from {args.args[0]}")
+    return 0
+
+
+def eval_cmd(args: argparse.Namespace) -> int:
+    from agent.evaluate import evaluate, markdown, read_lfw_pairs, write_reports
+
+    detector, embedder, _ = _models_from(args) if args.config else (None, None, None)
+    if detector is None:
+        from agent.detect import create_detector
+        from agent.embed import Embedder
+
+        if not (args.detector and args.embedder):
+            raise FaceliteError("give --config, or --detector and --embedder")
+        detector, embedder = create_detector(args.detector), Embedder.from_model_dir(args.embedder)
+    pairs = None
+    if args.pairs:
+        if args.pairs.suffix == ".csv":
+            from agent.dataset import read_pairs_csv
+
+            pairs = read_pairs_csv(args.pairs)
+        else:
+            pairs = read_lfw_pairs(args.pairs, args.data)
+    result = evaluate(detector, embedder, args.data, pairs=pairs, far=args.far, enroll_k=args.enroll_k)
+    written = write_reports([result], args.out)
+    print(markdown([result]), end="")
+    print(f"reports: {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="facelite", description="Enroll people, manage the gallery, evaluate.")
+    ap.add_argument("--log-level", default="WARNING")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def model_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="agent configuration (models, gallery, key)")
+        p.add_argument("--detector", type=Path, help="detector artifact folder (without --config)")
+        p.add_argument("--embedder", type=Path, help="embedder artifact folder (without --config)")
+        p.add_argument("--gallery", type=Path, help="gallery file (without --config)")
+        p.add_argument("--key-file", type=Path, help="gallery encryption key (without --config)")
+
+    p = sub.add_parser("enroll", help="enroll a person from photos (files or folders)")
+    p.add_argument("name")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--largest", action="store_true", help="with several faces in a photo, take the largest")
+    model_flags(p)
+    p = sub.add_parser("gallery", help="list | remove NAME | forget NAME | rename OLD NEW | export FILE | import FILE")
+    p.add_argument("action", choices=("list", "remove", "forget", "rename", "export", "import"))
+    p.add_argument("args", nargs="*")
+    model_flags(p)
+    p = sub.add_parser("eval", help="accuracy of the full pipeline on a folder-per-person photo tree")
+    p.add_argument("data", type=Path, help="folder with one sub-folder of photos per person")
+    p.add_argument("--pairs", type=Path, help="pairs.csv (image_a,image_b,same_person) or LFW pairs.txt")
+    p.add_argument("--far", choices=("1e-2", "1e-3"), default="1e-3")
+    p.add_argument("--enroll-k", type=int, default=None, help="photos enrolled per person (default: half)")
+    p.add_argument("--out", type=Path, default=Path("build/eval"))
+    model_flags(p)
+    args = ap.parse_args(argv)
+    _setup_logging(args.log_level)
+    needs = {"remove": 1, "forget": 1, "rename": 2, "export": 1, "import": 1, "list": 0}
+    if args.command == "gallery" and len(args.args) != needs[args.action]:
+        ap.error(f"gallery {args.action} takes {needs[args.action]} argument(s)")
+    try:
+        return {"enroll": enroll, "gallery": gallery_cmd, "eval": eval_cmd}[args.command](args)
+    except FaceliteError as exc:
+        return _fail(exc)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""The per-frame recognition pipeline: detect -> track -> quality gate -> align + embed -> match -> vote.
+
+No I/O here: frames come in, tracker events come out, so the same code runs on the device, in
+tests (photos in, events out) and in the benchmarks. ``process`` never raises: a frame that cannot
+be processed is skipped and counted, because one bad frame must not stop a camera that runs for months.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from agent.detect import Detector
+from agent.embed import Embedder
+from agent.gallery import Matcher, TemplateIndex
+from agent.quality import QualityGate
+from agent.sources import Frame
+from agent.track import Tracker, TrackEvent
+
+log = logging.getLogger(__name__)
+
+STAGES = ("detect", "track", "quality", "embed", "match")
+
+
+class GalleryView(Protocol):
+    """What the pipeline needs of a gallery: the current template matrix and its version."""
+
+    @property
+    def index(self) -> TemplateIndex: ...
+
+    @property
+    def version(self) -> int: ...
+
+
+@dataclass
+class PipelineStats:
+    frames: int = 0
+    faces: int = 0
+    embeddings: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> count (quality, frame errors)
+    stage_ms: dict[str, float] = field(default_factory=dict)  # exponential moving average per stage
+
+    def observe(self, stage: str, ms: float, alpha: float = 0.1) -> None:
+        prev = self.stage_ms.get(stage)
+        self.stage_ms[stage] = ms if prev is None else prev + alpha * (ms - prev)
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    events: list[TrackEvent]
+    faces: int
+    embedded: int
+    crops: dict[int, np.ndarray]  # track id -> aligned crop embedded this frame (for optional event JPEGs)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        detector: Detector,
+        embedder: Embedder,
+        gallery: GalleryView,
+        matcher: Matcher,
+        tracker: Tracker,
+        gate: QualityGate,
+        *,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if gallery.index.dim != embedder.manifest.embedding_size and gallery.index.size:
+            raise ValueError(
+                f"gallery holds {gallery.index.dim}-d templates, embedder makes {embedder.manifest.embedding_size}-d"
+            )
+        self.detector = detector
+        self.embedder = embedder
+        self.gallery = gallery
+        self.matcher = matcher
+        self.tracker = tracker
+        self.gate = gate
+        self.stats = PipelineStats()
+        self._timer = timer
+
+    def _timed(self, stage: str, t0: float) -> float:
+        now = self._timer()
+        self.stats.observe(stage, (now - t0) * 1000)
+        return now
+
+    def process(self, frame: Frame) -> FrameResult:
+        self.stats.frames += 1
+        try:
+            return self._process(frame)
+        except Exception as exc:
+            reason = f"frame_error:{type(exc).__name__}"
+            self.stats.skipped[reason] += 1
+            log.warning(
+                "frame %d of %s skipped: %s",
+                frame.index,
+                frame.camera,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            return FrameResult(self.tracker.pop_events(), 0, 0, {})
+
+    def _process(self, frame: Frame) -> FrameResult:
+        image = frame.image
+        t = self._timer()
+        faces = self.detector.detect(image)
+        t = self._timed("detect", t)
+        qualities = [self.gate.assess(image, f) for f in faces]
+        t = self._timed("quality", t)
+        updates = self.tracker.update(frame.ts, faces, [q.score for q in qualities])
+        t = self._timed("track", t)
+        self.stats.faces += len(faces)
+        embedded = 0
+        crops: dict[int, np.ndarray] = {}
+        for u in updates:
+            if not u.needs_embedding:
+                continue
+            q = qualities[u.face_index]
+            if not q.passed:
+                self.stats.skipped[q.reason or "quality"] += 1
+                continue
+            crop = self.embedder.align(image, u.face)
+            emb = self.embedder.embed_crop(crop)
+            t = self._timed("embed", t)
+            match = self.matcher.match(self.gallery.index, emb.vector)
+            self.tracker.add_match(u.track_id, match, q.score)
+            t = self._timed("match", t)
+            crops[u.track_id] = crop
+            embedded += 1
+        self.stats.embeddings += embedded
+        return FrameResult(self.tracker.pop_events(), len(faces), embedded, crops)
+
+    def finish(self, ts: float) -> list[TrackEvent]:
+        """End every visit (stream ended, shutdown): their ``left`` events."""
+        return self.tracker.finish(ts)
