@@ -322,30 +322,44 @@ class MTCNNRecipe:
 
     def calibration_samples(self, graph: str, images: Sequence[np.ndarray], count: int) -> list[list[np.ndarray]]:
         """Real inputs of ``graph``: P-Net gets real pyramid levels of the photos, R-Net/O-Net real crops of
-        the candidates the float cascade hands them on these photos (faces and the background it rejects).
+        the candidates the float cascade hands them on these photos.
 
-        Samples are spread evenly over photos and over levels/candidates, so large and small scales and
-        confident and borderline candidates all shape the quantisation ranges.
+        P-Net levels are spread evenly over the photos' levels in order, so every photo and scale is
+        represented. Candidate crops are mostly background the stage rejects; half the R-Net/O-Net
+        samples are drawn from the candidates the float stage accepts, so the quantisation ranges also
+        fit the faces whose scores and box offsets the detector keeps.
         """
         if graph not in GRAPHS:
             raise ValueError(f"MTCNN has no graph {graph!r}")
-        pool: list[np.ndarray] = []
-        for image in images:
-            trace = self._trace(image)
-            if trace is None:
-                continue
-            if graph == "pnet":
-                pool.extend(level.image for level in trace.pyramid)
-            else:
-                cands = trace.rnet_candidates if graph == "rnet" else trace.onet_candidates
-                size = RNET_SIZE if graph == "rnet" else ONET_SIZE
-                pool.extend(crop_and_resize(trace.normalized, cands.boxes, size)[:, None])
-        if not pool or count <= 0:
+        if count <= 0:
             return []
         if graph == "pnet":
-            # Evenly spaced over the photos' levels in order: every photo and every scale is represented.
-            picks = np.unique(np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int))
-        else:
-            rng = np.random.default_rng(self.calibration_seed)
-            picks = np.sort(rng.choice(len(pool), size=min(count, len(pool)), replace=False))
-        return [[np.asarray(pool[i], np.float32)] for i in picks]
+            levels = [lvl.image for im in images if (t := self._trace(im)) is not None for lvl in t.pyramid]
+            if not levels:
+                return []
+            picks = np.unique(np.linspace(0, len(levels) - 1, min(count, len(levels))).round().astype(int))
+            return [[np.asarray(levels[i], np.float32)] for i in picks]
+        size = RNET_SIZE if graph == "rnet" else ONET_SIZE
+        stage = GRAPHS.index(graph)
+        crops = []
+        for im in images:
+            trace = self._trace(im)
+            if trace is not None:
+                cands = trace.rnet_candidates if graph == "rnet" else trace.onet_candidates
+                crops.append(crop_and_resize(trace.normalized, cands.boxes, size))
+        if not crops:
+            return []
+        pool = np.concatenate(crops)
+        prob = self.references()[graph].run(pool)[-1][:, 1]
+        accepted = np.nonzero(prob > DEFAULT_THRESHOLDS[stage])[0]
+        rejected = np.nonzero(prob <= DEFAULT_THRESHOLDS[stage])[0]
+        rng = np.random.default_rng(self.calibration_seed)
+        n_acc = min(len(accepted), (count + 1) // 2)
+        n_rej = min(len(rejected), count - n_acc)
+        n_acc = min(len(accepted), count - n_rej)
+        picks = np.sort(
+            np.concatenate(
+                [rng.choice(accepted, n_acc, replace=False), rng.choice(rejected, n_rej, replace=False)]
+            ).astype(int)
+        )
+        return [[pool[i : i + 1]] for i in picks]
