@@ -132,6 +132,7 @@ class _Camera:
     pipeline: Pipeline
     frames: queue.Queue[tuple[Frame, float] | None]
     live: bool
+    realtime: bool = False  # pace a file at its media time, like a camera
     dropped: int = 0
     ended: bool = False
     frame_size: tuple[int, int] = (1, 1)
@@ -177,7 +178,9 @@ class Agent:
             source = sources[cam.name]
             live = bool(getattr(source, "live", True))
             pipeline = Pipeline(models.detector, models.embedder, gallery, self.matcher, make_tracker(config), gate)
-            self.cameras.append(_Camera(cam.name, source, pipeline, queue.Queue(maxsize=2), live))
+            self.cameras.append(
+                _Camera(cam.name, source, pipeline, queue.Queue(maxsize=2), live, realtime=cam.realtime and not live)
+            )
         self.embedder_info = EmbedderInfo(models.embedder.manifest.name, models.embedder.sha256)
         self.presence = PresenceTracker([p.name for p in gallery.people()], PRESENCE_AWAY_S)
         self.summary = RunSummary()
@@ -192,11 +195,17 @@ class Agent:
     def _reader(self, cam: _Camera) -> None:
         """Camera thread: live sources keep only the newest frames (older ones are dropped and counted);
         files and folders are processed completely, so the reader waits for the pipeline."""
+        first: tuple[float, float] | None = None  # (media ts, monotonic) of the first frame, for realtime
         try:
             while not self._stop.is_set():
                 frame = cam.source.read()
                 if frame is None:
                     break
+                if cam.realtime:
+                    first = first or (frame.ts, self.monotonic())
+                    ahead = (frame.ts - first[0]) - (self.monotonic() - first[1])
+                    if ahead > 0 and self._stop.wait(ahead):
+                        break
                 item = (frame, self.wall())
                 if cam.live:
                     try:

@@ -114,6 +114,11 @@ class CameraConfig(_Strict):
     )
     fps_limit: float | None = Field(None, gt=0, le=120, description="Process at most this many frames per second.")
     reconnect: Backoff = Field(default_factory=Backoff, description="Backoff when the camera or stream is lost.")
+    realtime: bool = Field(
+        False,
+        description="Play a video file at its own frame rate, as a camera would deliver it (default: as fast as "
+        "the pipeline goes). No effect on live cameras and streams.",
+    )
 
     @field_validator("name")
     @classmethod

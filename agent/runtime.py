@@ -7,10 +7,13 @@ same class for verification, so "verified" means "verified the way the device ru
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -55,6 +58,34 @@ def resolve_runtime(choice: str = "auto") -> str:
     )
 
 
+@contextlib.contextmanager
+def _native_stderr(lines: list[str]) -> Iterator[None]:
+    """Collect what the runtime's C++ code prints on fd 2 while loading (e.g. "INFO: Created TensorFlow Lite
+    XNNPACK delegate"), so it goes to our log at debug level, or into the error message, instead of the
+    user's terminal or journal. Only around loading, before the agent starts its threads."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): leave it alone
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(line for line in tmp.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def _replay(runtime: str, lines: list[str]) -> None:
+    for line in lines:
+        # The runtime's own INFO chatter is debug for us; anything else someone may need to see.
+        log.log(logging.DEBUG if line.startswith("INFO:") else logging.WARNING, "%s: %s", runtime, line)
+
+
 def _interpreter_class(runtime: str) -> Any:
     return importlib.import_module(_MODULES[runtime]).Interpreter
 
@@ -91,12 +122,19 @@ class TFLiteModel:
         self.runtime = resolve_runtime(runtime)
         if not self.path.is_file():
             raise ModelError("model file not found", str(self.path))
+        native: list[str] = []
         try:
-            self._interp = _interpreter_class(self.runtime)(model_path=str(self.path), num_threads=num_threads)
-            self._interp.allocate_tensors()
-        except Exception as exc:
+            with _native_stderr(native):
+                self._interp = _interpreter_class(self.runtime)(model_path=str(self.path), num_threads=num_threads)
+                self._interp.allocate_tensors()
+        except Exception as exc:  # runtimes raise ValueError/RuntimeError with C++ text
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{self.runtime} cannot load the model: {first}", str(self.path)) from None
+            detail = next((n for n in native if "ERROR" in n), "")
+            raise ModelError(
+                f"{self.runtime} cannot load the model: {first}{'; ' + detail if detail else ''}", str(self.path)
+            ) from None
+        _replay(self.runtime, native)
+        self._first_invoke = True
         self._refresh_ports()
 
     def _refresh_ports(self) -> None:
@@ -116,6 +154,7 @@ class TFLiteModel:
             return
         self._interp.resize_tensor_input(self.inputs[i].index, list(shape), strict=False)
         self._interp.allocate_tensors()
+        self._first_invoke = True
         self._refresh_ports()
 
     def op_names(self) -> list[str]:
@@ -141,7 +180,14 @@ class TFLiteModel:
                     " (call resize_input first for variable-size inputs)"
                 )
             self._interp.set_tensor(port.index, x)
-        self._interp.invoke()
+        if self._first_invoke:  # the XNNPACK delegate is applied (and announced) on the first invoke
+            self._first_invoke = False
+            native: list[str] = []
+            with _native_stderr(native):
+                self._interp.invoke()
+            _replay(self.runtime, native)
+        else:
+            self._interp.invoke()
         out = []
         for port in self.outputs:
             y = self._interp.get_tensor(port.index)

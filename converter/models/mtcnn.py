@@ -246,7 +246,7 @@ class MTCNNRecipe:
             "batched_graphs": ["rnet", "onet"],
         }
     )
-    default_variants: Sequence[str] = ("fp32", "int8")
+    default_variants: Sequence[str] = ("fp32", "fp16")
     calibration_seed: int = 0
     _models: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _references: dict[str, KerasNetwork] = field(default_factory=dict, init=False, repr=False)
