@@ -63,8 +63,14 @@ data: $(VENV)/.stamp
 convert: setup data
 	$(VENV)/bin/facelite-convert --data-dir $(DATA_DIR) --out $(MODELS)
 
+# Agent-side tests that import no TensorFlow, run again under tflite-runtime 2.14 (numpy<2).
+DEVICE_TESTS := tests/test_recognition.py tests/test_manifest.py tests/test_gallery.py tests/test_track.py \
+	tests/test_events.py tests/test_spool.py tests/test_config.py tests/test_quality.py tests/test_sources.py \
+	tests/test_mqtt_sink.py
+
 test: setup setup-onnx data convert
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	FACELITE_RUNTIME=tflite-runtime $(LEGACY)/bin/python -m pytest -q -p no:cacheprovider $(DEVICE_TESTS)
 
 # The main job end to end: convert, enroll from the sample photos, run the agent on a video made of
 # other photos of them (and of strangers), print the MQTT events a subscriber received.
