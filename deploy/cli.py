@@ -5,6 +5,7 @@
     python -m deploy --device home                  # a group from deploy/devices/groups.toml, in parallel
     python -m deploy --device pi --set ssh.host=10.0.0.7 --set agent.camera=1
     python -m deploy --device pi --rollback         # back to the previous release
+    python -m deploy --device pi --bundle-only      # just build it (offline install, deploy/arm64_check.sh)
 
 Exit status: 0 when every device is deployed, unchanged or planned; 1 when any failed; 2 for bad arguments.
 """
@@ -21,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from agent.errors import FaceliteError
-from deploy.bundle import REPO, BundleInputs, build_agent_wheel, default_cache
+from deploy.bundle import REPO, BundleInputs, build_agent_wheel, build_bundle, default_cache
 from deploy.deployer import Deployer, DeviceResult, result_table
 from deploy.profile import DEVICES_DIR, DeviceProfile, load_profile, resolve_targets
 
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", required=True, help="profile name, comma list, or group (deploy/devices/groups.toml)")
     ap.add_argument("--dry-run", action="store_true", help="build the bundle and print the plan; change nothing")
     ap.add_argument("--rollback", action="store_true", help="switch the device back to its previous release")
+    ap.add_argument(
+        "--bundle-only", action="store_true", help="only build the bundle(s) and print their paths; no device contact"
+    )
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a profile value, e.g. ssh.host=10.0.0.7 (checked like the file)")  # fmt: skip
     ap.add_argument("--devices-dir", type=Path, default=DEVICES_DIR, help="where the profiles are")
@@ -77,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
                 wheel_cache=(args.wheel_cache or default_cache()).resolve(),
                 agent_wheel=build_agent_wheel(args.repo.resolve(), Path(tmp)),
             )
+
+        if args.bundle_only:
+            for profile in profiles:
+                bundle = build_bundle(profile, inputs)
+                print(f"bundle {profile.name} {bundle.version} {bundle.archive}")
+            return 0
 
         def one(profile: DeviceProfile) -> DeviceResult:
             deployer = Deployer(profile, inputs, emit=emit)
