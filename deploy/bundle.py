@@ -392,7 +392,6 @@ def build_bundle(profile: DeviceProfile, inputs: BundleInputs, runner: Runner = 
             "models": {m.role: m.label for m in models},
             "selftest": {"image": f"selftest/{image.name}", "expect_faces": profile.health.expect_faces},
             "gallery": "gallery/gallery.sqlite" if gallery is not None else None,
-            "gallery_policy": profile.agent.gallery_policy,
             "wheels_key": wheels_key(files_wo_info, profile),
             "credentials": [CREDENTIAL_NAME] if profile.mqtt.password_file else [],
         }

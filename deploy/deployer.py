@@ -365,7 +365,8 @@ class Deployer:
 def _self_test_summary(text: str) -> str:
     try:
         data = json.loads(text)
-        return f"{data['faces']} face(s) with {data['detector']} + {data['embedder']}"
+        people = f", {data['people_enrolled']} people enrolled" if "people_enrolled" in data else ""
+        return f"{data['faces']} face(s) with {data['detector']} + {data['embedder']}{people}"
     except (ValueError, KeyError, TypeError):
         return text[:120]
 

@@ -123,9 +123,9 @@ class AgentSection(_Strict):
     state_interval_s: float = Field(60.0, ge=1, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     num_threads: int = Field(2, ge=1, le=16)
-    gallery: str | None = Field(None, description="Host path of a gallery.sqlite shipped with the bundle.")
-    gallery_policy: Literal["if-missing", "replace"] = Field(
-        "if-missing", description="if-missing keeps people enrolled on the device; replace overwrites (backed up)."
+    gallery: str | None = Field(
+        None,
+        description="Host gallery.sqlite shipped with the bundle; seeds a device that has none (never overwrites).",
     )
 
     @field_validator("device_id", "camera_name")

@@ -543,23 +543,31 @@ def self_test(layout: Layout, release: Path, info: dict[str, Any]) -> str:
     return output
 
 
-def install_gallery(layout: Layout, release: Path, info: dict[str, Any], version: str) -> None:
-    if not info.get("gallery"):
-        return
+def install_gallery(layout: Layout, release: Path, info: dict[str, Any], version: str) -> bool:
+    """Seed the device with the bundle's gallery when it has none; True if we put it there.
+
+    A gallery already on the device (people enrolled there) is never overwritten: replacing a SQLite file under a
+    running agent (and next to its -wal/-shm files) would corrupt it. `facelite gallery import` merges instead.
+    Installed before the self-test, so the self-test proves the gallery matches the new release's embedder.
+    """
     target = layout.state_dir / "gallery.sqlite"
-    if target.exists() and info.get("gallery_policy") != "replace":
-        log.info("gallery kept: the device has its own (gallery_policy if-missing)")
-        return
+    if not info.get("gallery"):
+        return False
     if target.exists():
-        layout.deploy_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(target, layout.deploy_dir / f"gallery-before-{version}.sqlite")
-    shutil.copy2(release / info["gallery"], target)
+        log.info("gallery kept: the device has its own (%s)", target)
+        return False
+    tmp = target.with_name(f".gallery.{os.getpid()}.tmp")
+    shutil.copy2(release / info["gallery"], tmp)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, target)
+    log.info("gallery installed from the bundle: %s", target)
+    return True
 
 
-def restore_gallery(layout: Layout, version: str) -> None:
-    backup = layout.deploy_dir / f"gallery-before-{version}.sqlite"
-    if backup.is_file():
-        os.replace(backup, layout.state_dir / "gallery.sqlite")
+def remove_gallery(layout: Layout) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            (layout.state_dir / f"gallery.sqlite{suffix}").unlink()
 
 
 def activate(layout: Layout, version: str, service: Service) -> None:
@@ -696,6 +704,7 @@ def cmd_install(args: argparse.Namespace) -> dict[str, Any]:
             raise
         log.info("verified %d files against %s", count, SUMS)
         os.rename(partial, release)
+        seeded = False
         try:
             # The agent (and its self-test) keep gallery and spool here; systemd installs chown it later.
             layout.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -704,8 +713,11 @@ def cmd_install(args: argparse.Namespace) -> dict[str, Any]:
             venv = ensure_venv(layout, release, info)
             os.symlink(os.path.relpath(venv, release), release / "venv")
             write_credentials(layout, password)
+            seeded = install_gallery(layout, release, info, version)
             result["self_test"] = self_test(layout, release, info)
         except (StepError, OSError) as exc:
+            if seeded:
+                remove_gallery(layout)
             shutil.rmtree(release, ignore_errors=True)
             if isinstance(exc, OSError):
                 raise _no_space(exc, "installing the release") from None
@@ -714,13 +726,11 @@ def cmd_install(args: argparse.Namespace) -> dict[str, Any]:
         os.utime(release)  # prune() orders releases by install time
 
         try:
-            install_gallery(layout, release, info, version)
             activate(layout, version, service)
             result["service"] = settle(service, settle_s).detail
         except (StepError, OSError, subprocess.SubprocessError) as exc:
             check = exc.check if isinstance(exc, StepError) else "service"
             what = exc.what if isinstance(exc, StepError) else str(exc)
-            restore_gallery(layout, version)
             outcome = _rollback_to(layout, current, service, settle_s)
             shutil.rmtree(release, ignore_errors=True)
             _history(state, "failed", version, check=check, reason=what)
@@ -760,7 +770,6 @@ def cmd_rollback(args: argparse.Namespace) -> dict[str, Any]:
         info = json.loads((layout.release(current) / BUNDLE_JSON).read_text())
         previous = state.get("previous") if state.get("current") == current else None
         service = make_service(layout, info)
-        restore_gallery(layout, current)
         outcome = _rollback_to(layout, previous, service, float(info["service"]["settle_s"]))
         if args.failed:
             shutil.rmtree(layout.release(current), ignore_errors=True)

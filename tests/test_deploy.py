@@ -137,13 +137,30 @@ def bench(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, data_dir: 
                 device.stop()
 
 
+def _enrolled_gallery(bench: Bench, faces_dir: Path, path: Path) -> Path:
+    """A real gallery (one person, real photos) enrolled with the models the bundle will ship."""
+    index = json.loads((bench.models_dir / "index.json").read_text())["models"]
+    profile = load_profile("local-test")
+    det, emb = profile.models.detector, profile.models.embedder
+    person = sorted(p for p in (faces_dir / "people").iterdir() if p.is_dir())[0]
+    argv = [PY, "-c", "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))", "enroll",
+            "--detector", str(bench.models_dir / det / index[det]["recommended_variant"]),
+            "--embedder", str(bench.models_dir / emb / index[emb]["recommended_variant"]),
+            "--gallery", str(path), "alice", *map(str, sorted(person.glob("*.jpg"))[:3])]  # fmt: skip
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and path.is_file(), proc.stdout + proc.stderr
+    return path
+
+
 @pytest.fixture(scope="module")
-def first(bench: Bench) -> tuple[Device, str]:
-    """The first deploy onto an empty device; later tests start from the release it installed."""
-    device = bench.profile("local-test")
+def first(bench: Bench, faces_dir: Path) -> tuple[Device, str]:
+    """The first deploy onto an empty device (with a gallery to seed it); later tests start from its release."""
+    gallery = _enrolled_gallery(bench, faces_dir, bench.folder / "gallery.sqlite")
+    device = bench.profile("local-test", agent={"gallery": str(gallery)})
     with bench.subscriber("local-test") as sub:
         proc = bench.deploy("local-test")
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "1 people enrolled" in _row(proc, "local-test")
         sub.wait_for(1, timeout=10, topic="facelite/local-test/state")
     version = device.current()
     assert version is not None
@@ -240,6 +257,8 @@ def test_first_deploy_installs_offline_self_tests_and_serves(bench: Bench, first
     cmdline = Path(f"/proc/{status['child_pid']}/cmdline").read_bytes().split(b"\0")
     assert any(str(device.prefix / "current" / "venv" / "bin" / "facelite-agent").encode() in a for a in cmdline)
     assert (release / "venv").is_symlink() and (release / "venv" / ".facelite-complete").is_file()
+    gallery = device.state_dir / "gallery.sqlite"
+    assert gallery.stat().st_mode & 0o777 == 0o600 and (release / "gallery" / "gallery.sqlite").is_file()
     # The credential: 0600, only readable by its owner, and the agent used it (the broker requires it).
     cred = device.config_dir / "credentials" / "mqtt_password"
     assert cred.stat().st_mode & 0o777 == 0o600
