@@ -105,15 +105,16 @@ def run_agent(config: Any) -> int:
 
 def self_test(config: Any, image_path: Path, expect: int) -> int:
     """Device self-test before a release goes live: models verify, gallery opens, faces are found."""
-    from agent.app import load_models, open_gallery
+    from agent.app import load_models, make_matcher, open_gallery
     from agent.imageio import read_image
 
     models = load_models(config)
+    matcher = make_matcher(config, models.embedder)
     with open_gallery(config, models.embedder) as gallery:
         image = read_image(image_path)
         faces = models.detector.detect(image)
         vectors = [models.embedder.embed(image, f).vector for f in faces]
-        matches = [gallery.match(v) for v in vectors]
+        matches = [gallery.match(v, matcher) for v in vectors]
     det, emb = models.detector.manifest, models.embedder.manifest
     print(
         json.dumps(

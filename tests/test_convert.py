@@ -19,7 +19,7 @@ from converter.runtimes import legacy_python
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYABLE = {
     "blazeface": ["fp32"],
-    "mtcnn": ["fp32", "int8"],
+    "mtcnn": ["fp32", "fp16"],
     "facenet": ["fp32", "int8"],
     "mobilefacenet": ["fp32", "int8"],
 }
@@ -130,8 +130,27 @@ def all_variants(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, model
     return out
 
 
+@pytest.fixture(scope="module")
+def aligned_faces(models_dir: Path, faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four real faces aligned for MobileFaceNet, preprocessed, saved for both interpreters."""
+    from agent.detect import create_detector
+    from agent.embed import Embedder, preprocess
+    from agent.imageio import read_image
+
+    det = create_detector(models_dir / "mtcnn" / "fp32")
+    emb = Embedder.from_model_dir(models_dir / "mobilefacenet" / "fp32")
+    xs = []
+    for photo in sorted((faces_dir / "people").glob("*/*.jpg"))[::20][:4]:
+        image = read_image(photo)
+        face = max(det.detect(image), key=lambda f: f.bbox.area)
+        xs.append(preprocess(emb.align(image, face), emb.manifest.preprocessing))
+    path = tmp_path_factory.mktemp("faces") / "faces.npy"
+    np.save(path, np.concatenate(xs))
+    return path
+
+
 @pytest.mark.parametrize("variant", ["fp32", "fp16", "dynamic-int8", "int8", "uint8-io"])
-def test_every_variant_runs_in_both_runtimes(all_variants: Path, variant: str, faces_dir: Path) -> None:
+def test_every_variant_runs_in_both_runtimes(all_variants: Path, variant: str, aligned_faces: Path) -> None:
     vdir = all_variants / "mobilefacenet" / variant
     m = Manifest.load(vdir)
     spec = m.graphs["model"].inputs[0]
@@ -139,24 +158,27 @@ def test_every_variant_runs_in_both_runtimes(all_variants: Path, variant: str, f
         assert spec.dtype == "uint8" and spec.quantization is not None
     else:
         assert spec.dtype == "float32"
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 112, 112, 3)).astype(np.float32)
-    y = TFLiteModel(vdir / "model.tflite", runtime="ai-edge-litert").run(x)[0]
-    assert y.shape == (1, 192) and np.isfinite(y).all()
+    faces = np.load(aligned_faces)
+    model = TFLiteModel(vdir / "model.tflite", runtime="ai-edge-litert")
+    y = np.concatenate([model.run(x[None])[0] for x in faces])
+    assert y.shape == (len(faces), 192) and np.isfinite(y).all()
     py = legacy_python()
     assert py is not None, "make setup creates .venv-legacy with tflite-runtime 2.14"
     code = (
         "import numpy as np; from agent.runtime import TFLiteModel;"
         f"m = TFLiteModel({str(vdir / 'model.tflite')!r}, runtime='tflite-runtime');"
-        "x = np.random.default_rng(0).uniform(-1, 1, (1, 112, 112, 3)).astype(np.float32);"
-        "print(' '.join(f'{v:.6f}' for v in m.run(x)[0].ravel()))"
+        f"xs = np.load({str(aligned_faces)!r});"
+        "print(' '.join(f'{v:.6f}' for x in xs for v in m.run(x[None])[0].ravel()))"
     )
     out = subprocess.run(
         [str(py), "-c", code], capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    z = np.array([float(v) for v in out.stdout.split()], np.float32)
-    cos = float(z @ y.ravel() / (np.linalg.norm(z) * np.linalg.norm(y)))
-    assert cos > 0.99
+    z = np.array([float(v) for v in out.stdout.split()], np.float32).reshape(y.shape)
+    cos = (z * y).sum(1) / (np.linalg.norm(z, axis=1) * np.linalg.norm(y, axis=1))
+    # Float kernels agree to rounding; integer kernels (dynamic-range ones too) round differently per
+    # runtime (both are held to the float source by the build's gates): they agree to quantisation noise.
+    assert cos.min() > (0.999 if variant in ("fp32", "fp16") else 0.97), cos
 
 
 # -- gates fail the build ----------------------------------------------------------------------
