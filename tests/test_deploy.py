@@ -383,17 +383,24 @@ def test_a_tampered_bundle_is_refused_by_the_device(bench: Bench, first: tuple[D
         (["--set", "models.embedder=no-such-net"], "bundle",
          "model 'no-such-net' is missing from the converted models"),
         (["--set", "ssh.port=PORT"], "ssh", "connection refused (no ssh server on that port?) while running"),
+        (["--set", "ssh.identity_file=OTHERKEY"], "ssh", "authentication refused while running"),
+        (["--set", "ssh.known_hosts=EMPTYFILE"], "ssh", "host key unknown or not trusted while running"),
         (["--set", "paths.python=/usr/bin/python3.99"], "platform",
          "Python not found on the device at /usr/bin/python3.99"),
     ],
-    ids=["wrong-arch", "full-disk", "missing-model", "unreachable", "no-python"],
+    ids=["wrong-arch", "full-disk", "missing-model", "unreachable", "auth-refused", "unknown-host-key", "no-python"],
 )  # fmt: skip
 def test_failures_are_one_line_and_keep_the_running_release(
-    bench: Bench, first: tuple[Device, str], args: list[str], check: str, expected: str
+    bench: Bench, first: tuple[Device, str], args: list[str], check: str, expected: str, tmp_path: Path
 ) -> None:
     device, version = first
     child = device.status()["child_pid"]
-    args = [a.replace("PORT", str(free_port())) for a in args]
+    other_key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    (tmp_path / "empty").write_text("")
+    places = {"PORT": str(free_port()), "OTHERKEY": str(other_key), "EMPTYFILE": str(tmp_path / "empty")}
+    for placeholder, value in places.items():
+        args = [a.replace(f"={placeholder}", f"={value}") for a in args]
     proc = bench.deploy("local-test", *args)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     errors = _error_lines(proc, "local-test")
