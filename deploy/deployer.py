@@ -169,7 +169,8 @@ class Deployer:
         return ["--prefix", p.prefix, "--state-dir", p.state_dir, "--config-dir", p.config_dir]
 
     def _remote(self, argv: list[str], *, input: bytes | None, timeout: float, doing: str) -> dict[str, Any]:
-        result = self.ssh.run([*self._sudo, self.profile.paths.python, *argv], input=input, timeout=timeout)
+        command = [*self._sudo, self.profile.paths.python, *argv]
+        result = self.ssh.run(command, input=input, timeout=timeout, what=f"running the device {doing}")
         for line in reversed(result.stdout.splitlines()):
             if line.startswith("{"):
                 try:

@@ -105,8 +105,13 @@ class Ssh:
         what, fix = diagnose(stderr)
         return SshError(f"{what} while {doing}", self.target.label, fix)
 
-    def run(self, command: Sequence[str], *, input: bytes | None = None, timeout: float = 600.0) -> RemoteResult:
-        """Run ``command`` (argv, quoted for the remote shell); ssh failures raise SshError, the rest returns."""
+    def run(
+        self, command: Sequence[str], *, input: bytes | None = None, timeout: float = 600.0, what: str | None = None
+    ) -> RemoteResult:
+        """Run ``command`` (argv, quoted for the remote shell); ssh failures raise SshError, the rest returns.
+
+        ``what`` names the step in error messages ("the probe"); default: the program run.
+        """
         remote = shlex.join(command)
         argv = [self.ssh, *self.target.options(), "-p", str(self.target.port), "-l", self.target.user]
         argv += [self.target.host, "--", remote]
@@ -116,11 +121,11 @@ class Ssh:
         except FileNotFoundError:
             raise SshError(f"the ssh client ({self.ssh}) is not installed", fix="install openssh-client") from None
         except subprocess.TimeoutExpired:
-            raise SshError(f"no answer within {timeout:.0f} s while running {command[0]}", self.target.label) from None
+            raise SshError(f"no answer within {timeout:.0f} s during {what or command[0]}", self.target.label) from None
         out = proc.stdout.decode(errors="replace")
         err = proc.stderr.decode(errors="replace")
         if proc.returncode == SSH_FAILED:
-            raise self._fail(err, f"running {Path(command[0]).name}")
+            raise self._fail(err, what or f"running {Path(command[0]).name}")
         return RemoteResult(proc.returncode, out, err)
 
     def copy(self, files: Sequence[Path], remote_dir: str, *, timeout: float = 3600.0) -> None:
