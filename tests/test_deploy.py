@@ -296,8 +296,8 @@ def test_dry_run_prints_the_change_and_touches_nothing(bench: Bench, first: tupl
     assert device.status()["child_pid"] == child
 
 
-def _broken_models(models_dir: Path, target: Path) -> Path:
-    """A copy of the profile's models where the embedder is garbage with a matching manifest (a bad conversion)."""
+def _profile_models(models_dir: Path, target: Path) -> tuple[Path, Path]:
+    """A copy of index.json and the local-test profile's models (recommended variants); returns the embedder dir."""
     index = json.loads((models_dir / "index.json").read_text())
     target.mkdir()
     (target / "index.json").write_text(json.dumps(index))
@@ -305,8 +305,13 @@ def _broken_models(models_dir: Path, target: Path) -> Path:
     for name in (profile.models.detector, profile.models.embedder):
         variant = index["models"][name]["recommended_variant"]
         shutil.copytree(models_dir / name / variant, target / name / variant)
-    variant = index["models"][profile.models.embedder]["recommended_variant"]
-    folder = target / profile.models.embedder / variant
+    embedder = profile.models.embedder
+    return target, target / embedder / index["models"][embedder]["recommended_variant"]
+
+
+def _broken_models(models_dir: Path, target: Path) -> Path:
+    """The profile's models where the embedder is garbage with a matching manifest (a bad conversion)."""
+    target, folder = _profile_models(models_dir, target)
     manifest = Manifest.load(folder)
     graphs = {}
     for key, graph in manifest.graphs.items():
@@ -416,11 +421,9 @@ def test_a_model_that_does_not_match_its_manifest_never_leaves_the_host(
     bench: Bench, first: tuple[Device, str], tmp_path: Path
 ) -> None:
     device, version = first
-    models = tmp_path / "models"
-    shutil.copytree(bench.models_dir, models, ignore=shutil.ignore_patterns("*.onnx"))
-    embedder = load_profile("local-test").models.embedder
-    variant = json.loads((models / "index.json").read_text())["models"][embedder]["recommended_variant"]
-    graph = next((models / embedder / variant).glob("*.tflite"))
+    models, folder = _profile_models(bench.models_dir, tmp_path / "models")
+    embedder, variant = folder.parent.name, folder.name
+    graph = next(folder.glob("*.tflite"))
     data = bytearray(graph.read_bytes())
     data[100] ^= 0xFF
     graph.write_bytes(bytes(data))
