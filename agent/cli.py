@@ -115,6 +115,7 @@ def self_test(config: Any, image_path: Path, expect: int) -> int:
         faces = models.detector.detect(image)
         vectors = [models.embedder.embed(image, f).vector for f in faces]
         matches = [gallery.match(v, matcher) for v in vectors]
+        people = len(gallery.people())
     det, emb = models.detector.manifest, models.embedder.manifest
     print(
         json.dumps(
@@ -122,7 +123,7 @@ def self_test(config: Any, image_path: Path, expect: int) -> int:
                 "detector": f"{det.name}/{det.variant}",
                 "embedder": f"{emb.name}/{emb.variant}",
                 "faces": len(faces),
-                "people_enrolled": len(gallery.people()),
+                "people_enrolled": people,
                 "matches": [
                     {"person": m.person, "decision": m.decision, "similarity": round(m.similarity, 4)} for m in matches
                 ],

@@ -310,3 +310,30 @@ def test_enroll_reports_photos_without_exactly_one_face(
     assert f"skipped: no face found ({blank})" in proc.stderr
     assert "skipped: several faces" in proc.stderr and str(group) in proc.stderr
     assert "enrolled Barack: 1 template(s) from 1 photo(s); 2 skipped" in proc.stdout
+
+
+def test_self_test_finds_faces_or_fails_with_one_line(
+    tmp_path: Path, doorway: dict[str, object], faces_dir: Path
+) -> None:
+    config = write_config(tmp_path / "agent.toml", doorway, 1883, str(doorway["video"]))
+    scene = faces_dir / "scenes" / "couple.jpg"
+    ok = subprocess.run(
+        [sys.executable, "-m", "agent", "--config", str(config), "--self-test", str(scene), "--expect-faces", "2"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    report = json.loads(ok.stdout)
+    assert report["faces"] >= 2 and report["people_enrolled"] > 0
+    assert report["embedder"].startswith("mobilefacenet/") and len(report["matches"]) == report["faces"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "agent", "--config", str(config), "--self-test", str(scene), "--expect-faces", "9"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1] == (
+        f"error: self-test found {report['faces']} face(s) in {scene}, expected at least 9"
+    )
