@@ -1,0 +1,481 @@
+"""Fault injection on the real agent process: broker outages, SIGKILL, a full disk, a camera that goes away.
+
+Everything is real: `python -m agent` as a subprocess, the converted models, a gallery enrolled from the
+photos, mosquitto, an MJPEG-over-HTTP camera, and a tmpfs inside a private mount namespace for the disk.
+The agent logs every event right after handing it to the sink (``event <type> camera=.. track=..``), and a
+durable event is on disk by then, so its log is the ground truth the deliveries are compared with.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from broker import MosquittoBroker, Subscriber
+from soak import (
+    AgentProcess,
+    LoggedEvent,
+    MjpegCamera,
+    RecordingListener,
+    base_config,
+    doorway_frames,
+    enroll_gallery,
+    events_of,
+    pick,
+    state_messages,
+    unique_events,
+    wait_until,
+    write_config,
+)
+
+from agent.demo import Visit, plan, write_video
+from agent.spool import Spool
+
+DEVICE = "fault"
+EVENTS = f"facelite/{DEVICE}/events"
+STATE = f"facelite/{DEVICE}/state"
+EVENT_RX = r"event \w+ camera="
+
+
+@dataclass(frozen=True)
+class World:
+    detector: Path
+    embedder: Path
+    gallery: Path  # enrolled once; tests that may damage it work on a copy
+    people: dict[str, int]  # templates per enrolled person
+    visits: list[Visit]
+    faces: Path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, models_dir: Path) -> World:
+    work = tmp_path_factory.mktemp("world")
+    detector, embedder = pick(models_dir, "blazeface"), pick(models_dir, "mobilefacenet")
+    enroll_sets, visits = plan(faces_dir / "people")
+    people = enroll_gallery(work / "gallery.sqlite", detector, embedder, enroll_sets)
+    assert len(people) >= 10
+    return World(detector, embedder, work / "gallery.sqlite", people, visits, faces_dir)
+
+
+def copy_gallery(world: World, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "gallery.sqlite"
+    with sqlite3.connect(world.gallery) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)  # a consistent copy whatever the WAL holds
+    target.chmod(0o600)
+    return target
+
+
+def received(sub: Subscriber) -> list[LoggedEvent]:
+    return [LoggedEvent.of_payload(e) for e in unique_events(events_of(sub.messages, DEVICE))]
+
+
+def check_duplicates_are_identical(sub: Subscriber) -> int:
+    """At-least-once: a re-sent event has the id and the bytes of the first copy. Returns how many re-sends."""
+    by_id: dict[str, bytes] = {}
+    duplicates = 0
+    for m in sub.messages:
+        if m.topic != EVENTS:
+            continue
+        event_id = str(json.loads(m.payload)["event_id"])
+        if event_id in by_id:
+            assert by_id[event_id] == m.payload, f"event {event_id} re-sent with different content"
+            duplicates += 1
+        by_id.setdefault(event_id, m.payload)
+    return duplicates
+
+
+def no_traceback(agent: AgentProcess) -> None:
+    assert "Traceback" not in agent.stderr, agent.stderr[-3000:]
+
+
+def persistent_watcher(broker: MosquittoBroker, name: str) -> Subscriber:
+    """A subscriber whose session (and its queued QoS 1 messages) survives broker restarts."""
+    return Subscriber(broker, [EVENTS, STATE], client_id=f"watcher-{name}", clean_session=False).start()
+
+
+# -- broker outages --------------------------------------------------------------------------------------------
+def test_broker_outage_mid_stream_loses_no_event_and_keeps_their_order(tmp_path: Path, world: World) -> None:
+    """Five visits in real time (25 s); the broker is down from the first event until two more were spooled."""
+    visits = world.visits[:5]
+    video = tmp_path / "door.avi"
+    write_video(visits, video)
+    broker = MosquittoBroker(tmp_path / "b", persistence=True).start()
+    sub = persistent_watcher(broker, "outage")
+    config = base_config(
+        tmp_path,
+        detector=world.detector,
+        embedder=world.embedder,
+        source=str(video),
+        gallery=world.gallery,
+        port=broker.port,
+        camera={"realtime": True},
+        mqtt={"reconnect": {"initial_s": 0.5, "max_s": 2.0}},
+    )
+    try:
+        with AgentProcess(write_config(tmp_path / "agent.toml", config)) as agent:
+            wait_until(lambda: len(received(sub)) >= 1, timeout=120, what="the first event")
+            broker.stop()
+            down_at = len(agent.events())
+            agent.wait_line(EVENT_RX, count=down_at + 2, timeout=60)  # recognised while the broker is away
+            spooled_in_outage = len(agent.events()) - down_at
+            broker.start()
+            assert agent.wait(300) == 0, agent.stderr[-3000:]
+            logged = agent.events()
+            wait_until(lambda: len(received(sub)) >= len(logged), timeout=60, what="every logged event")
+            time.sleep(1.0)  # late duplicates, if any, arrive now
+        got = received(sub)
+        duplicates = check_duplicates_are_identical(sub)
+    finally:
+        sub.stop()
+        broker.kill()
+    no_traceback(agent)
+    assert spooled_in_outage >= 2
+    assert len(logged) >= 2 * len(visits) - 1
+    assert got == logged  # nothing lost, nothing invented, same order
+    print(f"outage: {len(logged)} events, {spooled_in_outage} spooled during the outage, {duplicates} duplicate(s)")
+
+
+def test_spool_overflow_drops_the_oldest_and_state_reports_the_count(tmp_path: Path, world: World) -> None:
+    """Broker away during four visits, spool.max_messages = 3: the newest 3 events survive, the rest counted."""
+    visits = world.visits[:4]
+    broker = MosquittoBroker(tmp_path / "b", persistence=True).start()
+    persistent_watcher(broker, "overflow").stop()  # the session exists; its messages queue while it is away
+    broker.stop()
+    sub = None
+    with MjpegCamera(doorway_frames(visits), loop=False) as camera:  # the visits, then an empty doorway
+        config = base_config(
+            tmp_path,
+            detector=world.detector,
+            embedder=world.embedder,
+            source=camera.url,
+            gallery=world.gallery,
+            port=broker.port,
+            mqtt={"reconnect": {"initial_s": 0.5, "max_s": 1.0}},
+            spool={"max_messages": 3},
+        )
+        try:
+            with AgentProcess(write_config(tmp_path / "agent.toml", config)) as agent:
+                agent.wait_line(EVENT_RX, count=2 * len(visits), timeout=180)
+                logged = agent.events()
+                broker.start()
+                sub = persistent_watcher(broker, "overflow")
+                wait_until(lambda: len(received(sub)) >= 3, timeout=30, what="the spooled events")
+                wait_until(lambda: state_messages(sub.messages, DEVICE), timeout=30, what="a state message")
+                time.sleep(1.0)
+                assert agent.terminate() == 0, agent.stderr[-3000:]
+            got = received(sub)
+            states = state_messages(sub.messages, DEVICE)
+        finally:
+            if sub is not None:
+                sub.stop()
+            broker.kill()
+    no_traceback(agent)
+    assert len(logged) == 2 * len(visits)
+    assert got == logged[-3:]  # the oldest were dropped, the newest delivered in order
+    reported = [s["spool"] for s in states]
+    # While the broker was away (the latest retained state, re-published on reconnect): a full spool, losses counted
+    assert reported[0]["pending"] == 3 and reported[0]["dropped"] >= 1
+    assert reported[-1] == {"pending": 0, "dropped": len(logged) - 3}  # delivered; the count of losses stays
+    assert all(r["pending"] <= 3 and r["dropped"] <= len(logged) - 3 for r in reported)
+    overflow_lines = [line for line in agent.lines if "dropping the oldest" in line]
+    assert len(overflow_lines) == 1, overflow_lines  # one line per episode, not one per event
+    print(f"overflow: {len(logged)} events, {len(got)} delivered, state spool {reported}")
+
+
+# -- SIGKILL ---------------------------------------------------------------------------------------------------
+def gallery_fingerprint(path: Path) -> tuple[str, list[tuple[str, int, bytes]]]:
+    """integrity_check, and every person with their template count and vector bytes."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        check = db.execute("PRAGMA integrity_check").fetchone()[0]
+        rows = db.execute(
+            "SELECT p.name, count(t.id), group_concat(hex(t.vector), '') FROM people p "
+            "JOIN templates t ON t.person_id = p.id GROUP BY p.id ORDER BY p.name"
+        ).fetchall()
+    return check, [(n, c, bytes.fromhex(v)) for n, c, v in rows]
+
+
+def test_sigkill_mid_stream_keeps_gallery_and_spool_and_the_next_run_delivers(tmp_path: Path, world: World) -> None:
+    """Broker down while the agent runs; SIGKILL; broker up; restart the agent -> the old events arrive."""
+    gallery = copy_gallery(world, tmp_path / "g")
+    before = gallery_fingerprint(gallery)
+    video = tmp_path / "door.avi"
+    write_video(world.visits[:6], video)
+    broker = MosquittoBroker(tmp_path / "b", persistence=True).start()
+    persistent_watcher(broker, "kill").stop()
+    broker.stop()
+    common = {
+        "detector": world.detector,
+        "embedder": world.embedder,
+        "gallery": gallery,
+        "port": broker.port,
+        "mqtt": {"reconnect": {"initial_s": 0.5, "max_s": 1.0}},
+    }
+    first = base_config(tmp_path, source=str(video), camera={"realtime": True}, **common)
+    with AgentProcess(write_config(tmp_path / "first.toml", first)) as agent:
+        agent.wait_line(EVENT_RX, count=3, timeout=120)
+        assert agent.kill() == -9
+    logged = agent.events()
+    assert not any("camera door ended" in line for line in agent.lines)  # killed mid-stream
+    assert gallery_fingerprint(gallery) == before
+    assert before[0] == "ok"
+    with Spool(tmp_path / "spool.sqlite", max_messages=10000, max_bytes=1 << 26) as spool:
+        spooled = [LoggedEvent.of_payload(json.loads(m.message.payload)) for m in spool.peek(1000)]
+    # Every logged event was committed before it was logged; one more may have been committed, not logged.
+    assert spooled[: len(logged)] == logged and len(spooled) - len(logged) <= 1
+
+    broker.start()
+    sub = persistent_watcher(broker, "kill")
+    try:
+        # The camera is gone after the restart: whatever arrives comes from the spool.
+        second = base_config(tmp_path, source="/dev/video-facelite-missing", **common)
+        with AgentProcess(write_config(tmp_path / "second.toml", second)) as again:
+            wait_until(lambda: len(received(sub)) >= len(spooled), timeout=60, what="the events of the killed run")
+            assert again.terminate() == 0, again.stderr[-3000:]
+        got = received(sub)
+    finally:
+        sub.stop()
+        broker.kill()
+    no_traceback(again)
+    assert any(f"{len(spooled)} pending message(s)" in line for line in again.lines)
+    assert any(f"{len(world.people)} people enrolled" in line for line in again.lines)
+    assert got == spooled
+    with Spool(tmp_path / "spool.sqlite", max_messages=10000, max_bytes=1 << 26) as spool:
+        assert spool.pending == 0
+    assert gallery_fingerprint(gallery) == before
+    print(f"sigkill: {len(logged)} logged before the kill, {len(spooled)} spooled, all delivered by the next run")
+
+
+# -- a full disk -----------------------------------------------------------------------------------------------
+def namespace_with_tmpfs(mount: Path, size: str, setup: str = "") -> list[str]:
+    """A wrapper: private mount namespace, a tmpfs of ``size`` on ``mount``, ``setup``, then exec the command."""
+    unshare = shutil.which("unshare")
+    assert unshare, "util-linux `unshare` is needed for the disk-full tests"
+    prefix = [unshare, "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        prefix[1:1] = ["--user", "--map-root-user"]
+    script = f'mount -t tmpfs -o size={size} tmpfs "$0" && {setup + " && " if setup else ""}exec "$@"'
+    return [*prefix, "sh", "-c", script, str(mount)]
+
+
+def fill(folder: Path) -> int:
+    """Write a ballast file until the filesystem says ENOSPC; returns bytes written."""
+    written = 0
+    fd = os.open(folder / "ballast", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for chunk in (1 << 16, 4096, 64, 1):
+            while True:
+                try:
+                    written += os.write(fd, b"\0" * chunk)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+    finally:
+        os.close(fd)
+    return written
+
+
+def inside(agent: AgentProcess, path: Path) -> Path:
+    """``path`` as the agent sees it (its mount namespace), through /proc/<pid>/root."""
+    return Path(f"/proc/{agent.pid}/root") / path.relative_to("/")
+
+
+def test_disk_full_while_spooling_keeps_running_says_so_once_and_keeps_committed_events(
+    tmp_path: Path, world: World
+) -> None:
+    mount = tmp_path / "var"
+    mount.mkdir()
+    video = tmp_path / "door.avi"
+    write_video(world.visits[:6], video)
+    broker = MosquittoBroker(tmp_path / "b", persistence=True).start()
+    sub = persistent_watcher(broker, "diskfull")
+    config = base_config(
+        mount,
+        detector=world.detector,
+        embedder=world.embedder,
+        source=str(video),
+        gallery=world.gallery,
+        port=broker.port,
+        camera={"realtime": True},
+        mqtt={"reconnect": {"initial_s": 0.5, "max_s": 1.0}},
+    )
+    try:
+        with AgentProcess(
+            write_config(tmp_path / "agent.toml", config), wrapper=namespace_with_tmpfs(mount, "2m")
+        ) as agent:
+            agent.wait_line(r"spool .*: 0 pending", timeout=60)
+            wait_until(lambda: len(received(sub)) >= 1, timeout=120, what="the first event")
+            broker.stop()
+            agent.wait_line(EVENT_RX, count=len(agent.events()) + 1, timeout=60)  # spooled: broker away
+            ballast = fill(inside(agent, mount))
+            full_line = agent.wait_line(r"disk is full; dropping", timeout=60)[0]
+            committed = agent.events()[: _events_before(agent, full_line)]
+            agent.wait_line(EVENT_RX, count=len(agent.events()) + 1, timeout=60)  # dropped: disk full
+            assert agent.alive()
+            broker.start()
+            wait_until(lambda: received(sub)[: len(committed)] == committed, timeout=60, what="the committed events")
+            (inside(agent, mount) / "ballast").unlink()
+            freed_at = len(agent.events())
+            agent.wait_line(EVENT_RX, count=freed_at + 1, timeout=60)
+            assert agent.wait(300) == 0, agent.stderr[-3000:]
+            logged = agent.events()
+            time.sleep(1.5)
+        got = received(sub)
+        states = state_messages(sub.messages, DEVICE)
+    finally:
+        sub.stop()
+        broker.kill()
+    no_traceback(agent)
+    assert ballast > 0
+    # One line per problem and episode, not one per event: the refused writes, and the acks the full disk refused
+    # while the broker was back (those events stay spooled and may be sent twice, never lost).
+    assert len([line for line in agent.lines if "disk is full; dropping" in line]) == 1
+    assert len([line for line in agent.lines if "ack failed" in line]) <= 1
+    assert got[: len(committed)] == committed  # nothing committed before the disk filled was lost
+    dropped = states[-1]["spool"]["dropped"]
+    assert dropped >= 1
+    assert len(got) + dropped == len(logged)  # every event was delivered or counted as dropped
+    assert set(got) <= set(logged) and got == [e for e in logged if e in set(got)]  # in order
+    assert got[-1] == logged[-1]  # space freed: delivering again
+    print(f"disk full (spool): {len(logged)} events, {len(got)} delivered, {dropped} dropped and counted")
+
+
+def _events_before(agent: AgentProcess, line: str) -> int:
+    """How many event lines the agent logged before ``line``."""
+    lines = agent.lines
+    return sum(1 for entry in lines[: lines.index(line)] if "event " in entry and " camera=" in entry)
+
+
+def run_in(agent: AgentProcess, *args: str, module: str = "agent.cli") -> subprocess.CompletedProcess[str]:
+    """A `facelite` command (or ``python -c``) in the agent's mount namespace: it sees the same tmpfs.
+
+    (SQLite resolves /proc/<pid>/root symlinks to the host's view, so databases are opened from inside.)
+    """
+    nsenter = shutil.which("nsenter")
+    assert nsenter, "util-linux `nsenter` is needed for the disk-full tests"
+    repo = Path(__file__).resolve().parents[1]
+    python = [sys.executable, "-m", module] if module != "-c" else [sys.executable, "-c"]
+    return subprocess.run(
+        [nsenter, "--target", str(agent.pid), "--mount", *python, *args],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        timeout=120,
+    )
+
+
+def test_disk_full_while_enrolling_fails_in_one_line_and_keeps_the_gallery(tmp_path: Path, world: World) -> None:
+    mount = tmp_path / "var"
+    mount.mkdir()
+    host_gallery = copy_gallery(world, tmp_path / "g")
+    before = gallery_fingerprint(host_gallery)
+    gallery = mount / "gallery.sqlite"
+    config = base_config(
+        tmp_path,
+        detector=world.detector,
+        embedder=world.embedder,
+        source="/dev/video-facelite-missing",  # idle: the agent only waits for its camera
+        gallery=gallery,
+        port=None,
+    )
+    newcomer = sorted((world.faces / "people").iterdir())[-1]
+    photos = [str(p) for p in sorted(newcomer.glob("*.jpg"))[:3]]
+    models = ["--detector", str(world.detector), "--embedder", str(world.embedder), "--gallery", str(gallery)]
+    setup = f'cp "{host_gallery}" "$0/gallery.sqlite"'
+    with AgentProcess(
+        write_config(tmp_path / "agent.toml", config), wrapper=namespace_with_tmpfs(mount, "4m", setup)
+    ) as agent:
+        agent.wait_line(r"agent fault running", timeout=60)
+        fill(inside(agent, mount))
+        failed = run_in(agent, "enroll", "Newcomer", *photos, *models)
+        listed = run_in(agent, "gallery", "list", *models)
+        time.sleep(6)  # a gallery refresh of the running agent happens meanwhile
+        assert agent.alive()
+        (inside(agent, mount) / "ballast").unlink()
+        ok = run_in(agent, "enroll", "Newcomer", *photos, *models)
+        agent.wait_line(rf"gallery changed \(version \d+\): {len(world.people) + 1} people", timeout=30)
+        # The committed state, WAL included, copied out before the tmpfs goes with the agent.
+        backup = "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))"
+        copied = run_in(agent, backup, str(gallery), str(tmp_path / "after.sqlite"), module="-c")
+        assert copied.returncode == 0, copied.stderr
+        assert agent.terminate() == 0
+    no_traceback(agent)
+    assert failed.returncode != 0
+    (line,) = failed.stderr.strip().splitlines()
+    assert line.startswith("error: gallery write failed") and "full" in line and str(gallery) in line
+    assert "Traceback" not in failed.stderr
+    assert listed.returncode == 0, listed.stderr
+    assert f"{len(world.people)} people" in listed.stdout  # readable while full, nothing lost
+    assert ok.returncode == 0, ok.stderr
+    assert "enrolled Newcomer" in ok.stdout
+    check, rows = gallery_fingerprint(tmp_path / "after.sqlite")
+    assert check == "ok"
+    assert [r for r in rows if r[0] != "Newcomer"] == before[1]  # committed people untouched
+    assert [r[0] for r in rows].count("Newcomer") == 1
+    print(f"disk full (enroll): refused in one line: {line}")
+
+
+# -- the camera goes away --------------------------------------------------------------------------------------
+def test_camera_lost_reports_reconnecting_backs_off_and_resumes(tmp_path: Path, world: World) -> None:
+    frames = doorway_frames(world.visits[:2])
+    backoff = {"initial_s": 0.5, "max_s": 4.0, "multiplier": 2.0, "jitter": 0.0}
+    with MosquittoBroker(tmp_path / "b") as broker, Subscriber(broker, [STATE]) as sub:
+        camera = MjpegCamera(frames).start()
+        config = base_config(
+            tmp_path,
+            detector=world.detector,
+            embedder=world.embedder,
+            source=camera.url,
+            gallery=world.gallery,
+            port=broker.port,
+            camera={"fps_limit": 5.0, "reconnect": backoff},
+        )
+        listener = None
+        try:
+            with AgentProcess(write_config(tmp_path / "agent.toml", config)) as agent:
+
+                def last_state() -> dict:
+                    states = state_messages(sub.messages, DEVICE)
+                    return states[-1] if states else {}
+
+                wait_until(lambda: last_state().get("camera") == "connected" and last_state()["frames"] > 5, 60)
+                camera.stop()  # unplugged: the stream ends, then the camera's web server only resets connections
+                listener = RecordingListener(camera.port)
+                wait_until(lambda: last_state().get("camera") == "reconnecting", 30, "state 'reconnecting'")
+                wait_until(lambda: len(listener.connections) >= 4, 30, "four reconnect attempts")
+                attempts = list(listener.connections)
+                listener.close()
+                listener = None
+                frames_while_lost = last_state()["frames"]
+                time.sleep(1.5)  # no frames while the camera is away
+                assert last_state()["camera"] == "reconnecting" and last_state()["frames"] == frames_while_lost
+                camera.start()  # plugged back in
+                wait_until(
+                    lambda: last_state().get("camera") == "connected" and last_state()["frames"] > frames_while_lost,
+                    30,
+                    "frames after the camera came back",
+                )
+                assert agent.terminate() == 0
+        finally:
+            if listener is not None:
+                listener.close()
+            camera.stop()
+    no_traceback(agent)
+    gaps = np.diff(attempts)
+    # jitter 0: 1 s, 2 s, 4 s between attempts (the first attempt comes 0.5 s after the loss)
+    assert np.allclose(gaps[:3], [1.0, 2.0, 4.0], atol=0.35), gaps
+    lost = [line for line in agent.lines if "reconnecting with backoff" in line]
+    assert len(lost) == 1  # one warning per outage, not one per attempt
+    back = [line for line in agent.lines if "reconnected after" in line]
+    assert len(back) == 1 and int(back[0].split("after ")[1].split()[0]) >= 4
+    print(f"camera: attempts {len(attempts)} with gaps {np.round(gaps, 2).tolist()} s; {back[0]}")
