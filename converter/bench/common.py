@@ -1,0 +1,140 @@
+"""Value objects and small helpers shared by the bench workers and the report.
+
+Kept free of TensorFlow and of anything numpy 2 only: the tflite-runtime worker imports this module in
+.venv-legacy (Python 3.11, numpy<2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from agent.errors import FaceliteError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class BenchError(FaceliteError):
+    """The bench cannot run a step (missing artifact, failed worker, bad option)."""
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds of one operation over ``runs`` timed repetitions (after a warm-up)."""
+
+    p50_ms: float
+    p95_ms: float
+    runs: int
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.p50_ms if self.p50_ms > 0 else 0.0
+
+
+def latency_of(times_ms: Sequence[float]) -> Latency:
+    if not times_ms:
+        raise BenchError("no timings to summarise")
+    arr = np.asarray(times_ms, np.float64)
+    return Latency(round(float(np.percentile(arr, 50)), 3), round(float(np.percentile(arr, 95)), 3), len(arr))
+
+
+def time_runs(fn: Callable[[], object], runs: int, warmup: int = 1) -> Latency:
+    """Run ``fn`` ``warmup`` times untimed (first-invoke delegate setup, caches), then ``runs`` times timed."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, runs)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return latency_of(times)
+
+
+def proc_status_mb(field: str) -> float:
+    """A memory line of /proc/self/status (VmHWM = peak RSS, VmRSS = now) in MiB; 0 where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+# -- JSON for frozen dataclasses ----------------------------------------------------------------------------------
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def from_jsonable(tp: Any, data: Any) -> Any:
+    """Rebuild a (nested) dataclass value from ``to_jsonable`` output, following the type hints."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if data is None:
+            return None
+        return from_jsonable(args[0], data)
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        kwargs = {f.name: from_jsonable(hints[f.name], data[f.name]) for f in dataclasses.fields(tp) if f.name in data}
+        return tp(**kwargs)
+    if origin in (list, Sequence):
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [from_jsonable(arg, v) for v in data]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(from_jsonable(args[0], v) for v in data)
+        return tuple(from_jsonable(a, v) for a, v in zip(args, data))
+    if origin is dict:
+        _, vt = typing.get_args(tp) or (Any, Any)
+        return {k: from_jsonable(vt, v) for k, v in data.items()}
+    if tp is Path:
+        return Path(data)
+    if tp is float and isinstance(data, int):
+        return float(data)
+    return data
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path, cls: type[T]) -> T:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BenchError("worker result not found", str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"worker result is not valid JSON: {exc.msg}", str(path)) from None
+    return typing.cast(T, from_jsonable(cls, data))
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -1,0 +1,161 @@
+"""`make bench` in --quick mode: the real bench (real photos, models, runtimes, mosquitto, peers) on a few photos.
+
+Checks the report's structure, and that every figure has its baseline beside it with positive numbers.
+Timings are not asserted: the machine is shared and --quick runs few repetitions.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, models_dir: Path) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "converter.bench", "--quick", "--models", str(models_dir), "--data-dir", str(data_dir),
+         "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    return {"out": out, "report": report, "stdout": proc.stdout, "models_dir": models_dir}
+
+
+def positive_latency(lat: dict[str, Any] | None) -> bool:
+    return lat is not None and lat["p50_ms"] > 0 and lat["p95_ms"] >= lat["p50_ms"] and lat["runs"] >= 1
+
+
+def positive_speed(speed: dict[str, Any] | None) -> bool:
+    return speed is not None and positive_latency(speed["frame"]) and positive_latency(speed["detect"])
+
+
+def good_accuracy(acc: dict[str, Any] | None) -> bool:
+    return acc is not None and 0 < acc["auc"] <= 1 and acc["faces_found"] > 0 and acc["pairs_same"] > 0
+
+
+def test_report_files_and_charts_are_written(bench: dict[str, Any]) -> None:
+    out, report = bench["out"], bench["report"]
+    for name in ("report.json", "report.md", "README-snippet.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert report["charts"], "no charts"
+    for chart in report["charts"]:
+        assert (out / chart).read_bytes()[:8] == PNG, chart
+    assert {"scaling_faces.png", "scaling_resolution.png"} <= set(report["charts"])
+    snippet = (out / "README-snippet.md").read_text()
+    assert "face_recognition" in snippet and "scaling_faces.png" in snippet
+    assert report["environment"]["quick"] is True
+
+
+def test_every_built_variant_is_timed_in_both_runtimes_beside_its_float_source(bench: dict[str, Any]) -> None:
+    models_dir: Path = bench["models_dir"]
+    built = {(p.parent.parent.name, p.parent.name) for p in models_dir.glob("*/*/manifest.json")}
+    rows = bench["report"]["models"]
+    for runtime in ("ai-edge-litert", "tflite-runtime"):
+        for threads in (1, 2):
+            got = {(r["model"], r["variant"]) for r in rows if r["runtime"] == runtime and r["threads"] == threads}
+            assert got == built, (runtime, threads)
+    for r in rows:
+        m, b = r["measured"], r["baseline"]
+        assert b["variant"] == "source" and b["threads"] == r["threads"] and not b["error"], r["model"]
+        assert b["size_bytes"] > 0 and b["load_ms"] > 0
+        if r["runtime"] == "ai-edge-litert":
+            assert not m["error"], (r["model"], r["variant"], m["error"])
+        if m["error"]:
+            continue  # a variant a runtime cannot run is reported with its reason
+        assert m["size_bytes"] > 0 and m["load_ms"] > 0
+        assert [g["graph"] for g in m["graphs"]] == [g["graph"] for g in b["graphs"]]
+        for g in [*m["graphs"], *b["graphs"]]:
+            assert positive_latency(g["latency"]) and all(s > 0 for s in g["input_shape"])
+
+
+def test_peers_are_measured_beside_our_pipeline_or_named_with_a_reason(bench: dict[str, Any]) -> None:
+    peers = bench["report"]["peers"]
+    names = " ".join(p["name"] for p in peers)
+    assert "HOG" in names and "CNN" in names and "YuNet" in names
+    for p in peers:
+        if p["status"] == "unavailable":
+            assert p["reason"], p["name"]
+            continue
+        assert positive_speed(p["speed"]) and positive_speed(p["baseline_speed"]), p["name"]
+        assert p["speed"]["faces_per_frame"] > 0 and p["baseline_speed"]["face_ms"] > 0
+        assert good_accuracy(p["baseline_accuracy"]), p["name"]
+        if p["status"] == "measured":
+            assert good_accuracy(p["accuracy"]), p["name"]
+        else:
+            assert p["reason"], p["name"]
+
+
+def test_pipelines_stand_beside_their_float_sources_with_quantisation_loss(bench: dict[str, Any]) -> None:
+    report = bench["report"]
+    pipelines = report["pipelines"]
+    assert {p["measured"]["spec"]["embedder"] for p in pipelines} == {"facenet", "mobilefacenet"}
+    facenet = next(p for p in pipelines if p["measured"]["spec"]["embedder"] == "facenet")
+    assert facenet["measured"]["spec"]["embedder_variant"] == "int8"
+    for p in pipelines:
+        assert p["baseline"]["spec"]["detector_variant"] == "source"
+        assert p["baseline"]["spec"]["embedder_variant"] == "source"
+        assert good_accuracy(p["measured"]["accuracy"]) and good_accuracy(p["baseline"]["accuracy"])
+        expected = p["measured"]["accuracy"]["auc"] - p["baseline"]["accuracy"]["auc"]
+        assert p["auc_delta"] == pytest.approx(expected)
+    int8 = {q["embedder"] for q in report["quantisation"] if q["variant"] == "int8"}
+    assert int8 == {"facenet", "mobilefacenet"}
+    for q in report["quantisation"]:
+        assert 0 < q["auc"] <= 1 and 0 < q["auc_float_source"] <= 1
+        assert q["loss"] == pytest.approx(q["auc"] - q["auc_float_source"])
+
+
+def test_agent_end_to_end_beside_the_float_agent(bench: dict[str, Any]) -> None:
+    report = bench["report"]
+    figures = report["agent_e2e"]
+    assert sorted(f["faces"] for f in figures) == [1, 5]
+    for f in figures:
+        for side in (f["measured"], f["baseline"]):
+            assert not side["error"], side["error"]
+            assert side["fps"] > 0 and side["pipeline_fps_in_view"] > 0 and side["faces_detected_in_view"] > 0
+            assert side["stage_ms"]["detect"] > 0 and side["stage_ms"]["embed"] > 0
+            assert side["events"] > 0
+            assert positive_latency(side["latency"]) and positive_latency(side["delivery"])
+            assert side["rss_peak_mb"] > 0
+        assert f["measured"]["tensorflow_imported"] is False  # the device agent never imports TensorFlow
+        assert f["baseline"]["tensorflow_imported"] is True
+    assert all(v > 0 for v in report["agent_rss_mb"].values())
+    names = [t["name"] for t in report["targets"]]
+    assert any("fps" in n for n in names) and any("RSS" in n for n in names)
+    for t in report["targets"]:
+        assert isinstance(t["passed"], bool) and t["op"] in (">=", "<=")
+
+
+def test_gallery_and_scaling_figures_have_their_baselines(bench: dict[str, Any]) -> None:
+    report = bench["report"]
+    assert report["gallery"]
+    for g in report["gallery"]:
+        assert g["templates"] > 0 and positive_latency(g["measured"]) and positive_latency(g["matcher_only"])
+        assert positive_latency(g["baseline"])
+    axes = {s["axis"] for s in report["scaling"]}
+    assert axes == {"faces", "resolution"}
+    for s in report["scaling"]:
+        assert len(s["measured"]) == 2, s["x"]
+        assert all(positive_speed(v) for v in s["measured"].values())
+        assert positive_speed(s["baseline"]), (s["axis"], s["x"])
+
+
+def test_headline_compares_our_fastest_gated_pipeline_with_face_recognition(bench: dict[str, Any]) -> None:
+    h = bench["report"]["headline"]
+    assert h is not None
+    gated = [c for c in h["candidates"] if c["passed_gates"] and c["auc"] is not None]
+    assert h["ours"] == min(gated, key=lambda c: c["frame_ms"])["name"]
+    assert h["ours_frame_ms"] > 0 and h["peer_frame_ms"] > 0
+    assert h["speedup"] == pytest.approx(h["peer_frame_ms"] / h["ours_frame_ms"], rel=1e-2)
+    assert 0 < h["ours_auc"] <= 1 and 0 < h["peer_auc"] <= 1
+    assert len(h["targets"]) == 2
+    assert "PASS" in bench["stdout"] or "FAIL" in bench["stdout"]
