@@ -13,6 +13,7 @@ import difflib
 import logging
 import random
 import re
+import reprlib
 import string
 import sys
 import types
@@ -440,8 +441,14 @@ def key_path(loc: Loc) -> str:
     """('cameras', 0, 'fps_limit') -> 'cameras[0].fps_limit'."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{_key_text(part)}" if out else _key_text(str(part)))
     return out
+
+
+def _key_text(key: str) -> str:
+    # Keys are the user's text: a newline or a terminal escape in an unknown key must not break the one-line
+    # report (or the terminal showing it).
+    return key if key.isprintable() else repr(key)
 
 
 def _toml_key_lines(text: str) -> dict[Loc, int]:
@@ -502,18 +509,30 @@ def _bracket_balance(text: str) -> int:
     return text.count("[") + text.count("{") - text.count("]") - text.count("}")
 
 
-def _yaml_key_lines(node: yaml.Node, path: Loc, out: dict[Loc, int], problems: list[tuple[Loc, int, str]]) -> None:
+def _yaml_key_lines(
+    node: yaml.Node,
+    path: Loc,
+    out: dict[Loc, int],
+    problems: list[tuple[Loc, int, str]],
+    seen: set[int] | None = None,
+) -> None:
+    # An alias is the very node object of its anchor: walk each node once, or ten lines of nested aliases
+    # ("billion laughs") would keep the agent busy forever.
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = (*path, str(key_node.value))
             if key in out:
                 problems.append((key, key_node.start_mark.line + 1, "duplicate key"))
             out.setdefault(key, key_node.start_mark.line + 1)
-            _yaml_key_lines(value_node, key, out, problems)
+            _yaml_key_lines(value_node, key, out, problems, seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             out.setdefault((*path, index), item.start_mark.line + 1)
-            _yaml_key_lines(item, (*path, index), out, problems)
+            _yaml_key_lines(item, (*path, index), out, problems, seen)
 
 
 def _line_for(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
@@ -548,8 +567,13 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 40, 40
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    # reprlib stops after a few items and levels: a value built from YAML aliases can hold billions of them.
+    text = _REPR.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -623,15 +647,19 @@ def _read(path: Path) -> tuple[Any, dict[Loc, int], list[ConfigProblem]]:
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark
             where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise ConfigError(f"invalid YAML: {exc.problem or exc}", where) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"invalid YAML: {exc}", str(path)) from None
+            raise ConfigError(f"invalid YAML: {_flat(exc.problem or exc)}", where) from None
+        except yaml.YAMLError as exc:  # e.g. a control character: PyYAML's text spans two lines
+            raise ConfigError(f"invalid YAML: {_flat(exc)}", str(path)) from None
         lines: dict[Loc, int] = {}
         dupes: list[tuple[Loc, int, str]] = []
         if node is not None:
             _yaml_key_lines(node, (), lines, dupes)
         return data, lines, [ConfigProblem(str(path), n, key_path(k), r) for k, n, r in dupes]
     raise ConfigError(f"unknown config format {suffix or '(no suffix)'!r}", str(path), "use .toml, .yaml or .yml")
+
+
+def _flat(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def load_config(path: str | Path, *, check_files: bool = True) -> AgentConfig:
