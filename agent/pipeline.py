@@ -91,6 +91,11 @@ class Pipeline:
 
     def process(self, frame: Frame) -> FrameResult:
         self.stats.frames += 1
+        if frame.image.size == 0:
+            # Counted, not taken for an empty doorway: a source delivering frames without pixels must show in state.
+            self.stats.skipped["empty_frame"] += 1
+            log.debug("frame %d of %s skipped: no pixels (shape %s)", frame.index, frame.camera, frame.image.shape)
+            return FrameResult(self.tracker.pop_events(), 0, 0, {})
         try:
             return self._process(frame)
         except Exception as exc:
