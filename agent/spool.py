@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -129,6 +130,11 @@ class Spool:
             raise FaceliteError(f"spool cannot be opened: {exc.strerror}", str(self.path)) from None
 
     def _connect(self) -> sqlite3.Connection:
+        # Events name people and may carry face crops: the file is private, and SQLite gives its WAL and
+        # shared-memory files the database file's mode (its own default is 0644 whatever the umask).
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        if stat.S_IMODE(self.path.stat().st_mode) & 0o077:
+            self.path.chmod(0o600)
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, one transaction per operation.
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
