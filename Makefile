@@ -15,7 +15,7 @@ export FACELITE_LEGACY_PYTHON := $(abspath $(LEGACY))/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-onnx system-deps data convert test lint demo eval deploy plan test-arm64 clean
+.PHONY: help setup setup-onnx system-deps data convert test lint demo eval deploy plan test-arm64 soak clean
 
 help:
 	@echo "make demo    convert models, enroll people from the sample photos, run the agent, print MQTT events"
@@ -97,6 +97,10 @@ plan: $(VENV)/.stamp
 # The pi bundle installs and passes its self-test in a Debian bookworm arm64 root under qemu-user.
 test-arm64: $(VENV)/.stamp
 	PY=$(abspath $(PY)) MODELS=$(abspath $(MODELS)) DATA_DIR=$(DATA_DIR) deploy/arm64_check.sh
+
+# A >= 20 minute realtime stream through the real agent: RSS growth after warm-up must stay under 5%.
+soak: setup data convert
+	$(PY) tests/soak.py --minutes 20
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check agent converter deploy tests

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +18,13 @@ from typing import Any
 from agent.errors import FaceliteError
 
 log = logging.getLogger("agent")
+
+
+def _quiet_native_logs() -> None:
+    """OpenCV and FFmpeg print their own warnings (every reconnect attempt) straight to stderr, around our
+    one-line logging: keep them to errors. Must run before cv2 is imported; the user's setting wins."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "16")  # AV_LOG_ERROR
 
 
 def _setup_logging(level: str) -> None:
@@ -35,6 +43,7 @@ def _fail(exc: FaceliteError) -> int:
 
 
 def agent_main(argv: list[str] | None = None) -> int:
+    _quiet_native_logs()
     ap = argparse.ArgumentParser(prog="facelite-agent", description="Run face recognition on cameras, publish MQTT.")
     ap.add_argument("--config", type=Path, help="agent configuration (TOML or YAML)")
     ap.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
@@ -299,6 +308,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _quiet_native_logs()
     ap = argparse.ArgumentParser(prog="facelite", description="Enroll people, manage the gallery, evaluate.")
     ap.add_argument("--log-level", default="WARNING")
     sub = ap.add_subparsers(dest="command", required=True)

@@ -337,3 +337,29 @@ def test_self_test_finds_faces_or_fails_with_one_line(
     assert bad.stderr.strip().splitlines()[-1] == (
         f"error: self-test found {report['faces']} face(s) in {scene}, expected at least 9"
     )
+
+
+def test_events_spooled_at_shutdown_are_delivered_before_exit_when_the_broker_returns(
+    tmp_path: Path, doorway: dict[str, object]
+) -> None:
+    """The stream ends while the broker is away: the agent keeps trying until mqtt.close_timeout_s."""
+    visits = doorway["visits"][:3]  # type: ignore[index]
+    video = tmp_path / "three.avi"
+    write_video(visits, video)
+    broker = MosquittoBroker(tmp_path / "b", persistence=True).start()
+    sub = Subscriber(broker, [f"facelite/{DEVICE}/events"], client_id="close-watcher", clean_session=False).start()
+    try:
+        broker.stop()
+        config = write_config(tmp_path / "agent.toml", doorway, broker.port, str(video))
+        proc = start_agent(config)
+        time.sleep(3.0)  # the whole (fast) stream is processed with the broker down
+        assert proc.poll() is None, "the agent must wait for the broker while events are spooled"
+        broker.start()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-3000:]
+        wait_until(lambda: len(unique(events_of(sub.messages))) >= 2 * len(visits), timeout=30, what="events")
+    finally:
+        sub.stop()
+        broker.kill()
+    check_visits(visits, unique(events_of(sub.messages)))
+    assert "still spooled" not in err

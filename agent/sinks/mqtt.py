@@ -139,6 +139,7 @@ class MqttSink:
         self._wake_w.setblocking(False)
         self._closing = threading.Event()
         self._close_deadline = 0.0
+        self._close_warned = False  # "closing with N event(s) still spooled" is said once
         self._thread = threading.Thread(target=self._run, name="mqtt-sink", daemon=True)
 
     @staticmethod
@@ -238,8 +239,11 @@ class MqttSink:
     def _wait(self, seconds: float) -> None:
         """Sleep for the backoff delay, but return at once when closing."""
         deadline = self._clock() + seconds
-        while not self._closing.is_set():
+        while True:
             remaining = deadline - self._clock()
+            if self._closing.is_set():
+                # Closing with events spooled: keep the backoff, but never past the close deadline.
+                remaining = min(remaining, self._close_deadline - self._clock())
             if remaining <= 0:
                 return
             select.select([self._wake_r], [], [], min(remaining, 1.0))
@@ -252,8 +256,20 @@ class MqttSink:
         except (BlockingIOError, OSError):
             pass
 
+    def _retry_while_closing(self) -> bool:
+        """Closing while the broker is away and events are still spooled: keep trying until the deadline."""
+        pending = self._spool.pending
+        if pending and self._clock() < self._close_deadline:
+            return True
+        if pending and not self._close_warned:
+            self._close_warned = True
+            log.warning(
+                "mqtt: closing with %d event(s) still spooled; they are delivered after the next start", pending
+            )
+        return False
+
     def _run(self) -> None:
-        while not self._closing.is_set():
+        while not self._closing.is_set() or self._retry_while_closing():
             try:
                 established = self._session()
             except Exception as exc:  # never let the thread die: a dead sink thread silently loses events
@@ -262,7 +278,7 @@ class MqttSink:
                 established = False
             if established:
                 self._failures = 0
-            if self._closing.is_set():
+            if self._closing.is_set() and not self._retry_while_closing():
                 break
             self._failures += 1
             delay = self._config.reconnect.delay(self._failures, self._rng)
