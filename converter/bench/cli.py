@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         started=started,
         wall_s=round(time.perf_counter() - t_start, 1),
         quick=settings.quick,
-        machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
+        machine=_cpu_model(),
         cpus=os.cpu_count() or 0,
         load_avg_at_start=[round(v, 2) for v in load_start],
         python=platform.python_version(),
@@ -253,6 +253,16 @@ def run(args: argparse.Namespace) -> int:
     for t in report.targets:
         print(f"  {'PASS' if t.passed else 'FAIL'}  {t.name}: {t.measured:g} {t.unit} (target {t.op} {t.limit:g})")
     return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{platform.machine()}, {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def _step(name: str, t0: float) -> StepTime:

@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 
 HOG = "face_recognition HOG (1 upsample) + dlib ResNet"
 CNN = "face_recognition CNN (1 upsample) + dlib ResNet"
-YUNET = "OpenCV YuNet (detector) + our embedder"
+YUNET = "OpenCV YuNet (detector, long side <= 640 px) + our embedder"
 UPSAMPLE = 1
 YUNET_SCORE = 0.9  # OpenCV zoo's default for YuNet
 YUNET_NMS = 0.3
+YUNET_MAX_SIDE = 640
 
 
 @dataclass(frozen=True)
@@ -166,9 +167,18 @@ class YuNetDetector:
         self.net = cv2.FaceDetectorYN.create(str(onnx), "", (320, 320), score, nms, 5000)
 
     def detect(self, image: np.ndarray) -> list[Face]:
+        # The model is trained at 640x640: large photos are scaled so the long side is at most 640 px
+        # (faces of 1000+ px are otherwise missed), and the faces scaled back.
         h, w = image.shape[:2]
-        self.net.setInputSize((w, h))
+        scale = min(1.0, YUNET_MAX_SIDE / max(h, w))
+        if scale < 1.0:
+            image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        self.net.setInputSize((image.shape[1], image.shape[0]))
         _, rows = self.net.detect(image)
+        return [f.scaled(1.0 / scale) for f in self._faces(rows)]
+
+    @staticmethod
+    def _faces(rows: Any) -> list[Face]:
         faces = []
         for r in rows if rows is not None else []:
             x, y, bw, bh = (float(v) for v in r[:4])
