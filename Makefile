@@ -15,7 +15,7 @@ export FACELITE_LEGACY_PYTHON := $(abspath $(LEGACY))/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-onnx system-deps data convert test lint demo eval deploy plan test-arm64 soak clean
+.PHONY: help setup setup-onnx system-deps data convert test lint demo eval deploy plan test-arm64 soak bench clean
 
 help:
 	@echo "make demo    convert models, enroll people from the sample photos, run the agent, print MQTT events"
@@ -39,6 +39,10 @@ $(VENV)/.stamp: pyproject.toml
 	$(PY_HOST) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[host,device,test]'
+	# Benchmark peers: face_recognition (dlib HOG/CNN + ResNet). --no-deps, or pip compiles dlib from source;
+	# dlib-bin is the prebuilt wheel, and face_recognition_models still needs pkg_resources (setuptools<81).
+	$(VENV)/bin/pip install -q --no-deps face-recognition==1.3.0 face-recognition-models==0.3.0
+	$(VENV)/bin/pip install -q dlib-bin==20.0.1.post1 'setuptools<81' Pillow
 	touch $@
 
 $(LEGACY)/.stamp: pyproject.toml
@@ -81,9 +85,12 @@ test: setup setup-onnx data convert
 demo: setup data convert
 	$(PY) -m agent.demo --data-dir $(DATA_DIR) --models $(MODELS) --work build/demo
 
+# One run, one report: build/bench/report.md + report.json + PNG charts, every figure beside its baseline.
+bench: setup data convert
+	$(PY) -m converter.bench --models $(MODELS) --data-dir $(DATA_DIR) --out build/bench
+
 eval: setup data convert
-	$(VENV)/bin/facelite eval $(or $(DATA),$(DATA_DIR)/faces/people) --detector $(MODELS)/blazeface/fp32 \
-	  --embedder $(MODELS)/mobilefacenet/fp32 --out build/eval
+	$(VENV)/bin/facelite eval $(or $(DATA),$(DATA_DIR)/faces/people) --models $(MODELS) --out build/eval
 
 # Ship agent, models, config and gallery to a device profile in deploy/devices/ (or a group of them).
 DEVICE ?= pi

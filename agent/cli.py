@@ -281,17 +281,34 @@ def gallery_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_pipelines(args: argparse.Namespace) -> list[tuple[Any, Any]]:
+    """(detector, embedder) pairs to evaluate: every built embedder variant (with --models), or one pipeline."""
+    from agent.detect import create_detector
+    from agent.embed import Embedder
+
+    if args.models:
+        index = json.loads((args.models / "index.json").read_text())["models"]
+        det_name = args.detector_model
+        if det_name not in index:
+            raise FaceliteError(f"no built detector {det_name!r}", str(args.models), "run `make convert`")
+        detector = create_detector(args.models / det_name / index[det_name]["recommended_variant"])
+        return [
+            (detector, Embedder.from_model_dir(args.models / name / variant))
+            for name, entry in index.items()
+            if entry["kind"] == "embedder"
+            for variant in entry["variants"]
+        ]
+    if args.config:
+        detector, embedder, _ = _models_from(args)
+        return [(detector, embedder)]
+    if not (args.detector and args.embedder):
+        raise FaceliteError("give --models, --config, or --detector and --embedder")
+    return [(create_detector(args.detector), Embedder.from_model_dir(args.embedder))]
+
+
 def eval_cmd(args: argparse.Namespace) -> int:
-    from agent.evaluate import evaluate, markdown, read_lfw_pairs, write_reports
+    from agent.evaluate import evaluate, markdown, quantisation_loss, read_lfw_pairs, write_reports
 
-    detector, embedder, _ = _models_from(args) if args.config else (None, None, None)
-    if detector is None:
-        from agent.detect import create_detector
-        from agent.embed import Embedder
-
-        if not (args.detector and args.embedder):
-            raise FaceliteError("give --config, or --detector and --embedder")
-        detector, embedder = create_detector(args.detector), Embedder.from_model_dir(args.embedder)
     pairs = None
     if args.pairs:
         if args.pairs.suffix == ".csv":
@@ -300,9 +317,15 @@ def eval_cmd(args: argparse.Namespace) -> int:
             pairs = read_pairs_csv(args.pairs)
         else:
             pairs = read_lfw_pairs(args.pairs, args.data)
-    result = evaluate(detector, embedder, args.data, pairs=pairs, far=args.far, enroll_k=args.enroll_k)
-    written = write_reports([result], args.out)
-    print(markdown([result]), end="")
+    results = [
+        evaluate(detector, embedder, args.data, pairs=pairs, far=args.far, enroll_k=args.enroll_k)
+        for detector, embedder in _eval_pipelines(args)
+    ]
+    written = write_reports(results, args.out)
+    print(markdown(results), end="")
+    quant = quantisation_loss(results)
+    if quant:
+        print("\nQuantisation loss (same images, same detector):\n" + quant, end="")
     print(f"reports: {', '.join(str(p) for p in written)}")
     return 0
 
@@ -335,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--far", choices=("1e-2", "1e-3"), default="1e-3")
     p.add_argument("--enroll-k", type=int, default=None, help="photos enrolled per person (default: half)")
     p.add_argument("--out", type=Path, default=Path("build/eval"))
+    p.add_argument("--models", type=Path, help="evaluate every built embedder variant in this `make convert` folder")
+    p.add_argument("--detector-model", default="blazeface", help="with --models: the detector (recommended variant)")
     model_flags(p)
     args = ap.parse_args(argv)
     _setup_logging(args.log_level)

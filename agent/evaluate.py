@@ -234,10 +234,41 @@ def markdown(results: Sequence[EvalResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def quantisation_loss(results: Sequence[EvalResult]) -> str:
+    """Each integer variant beside its fp32 twin (the float source, converted losslessly) on the same images."""
+    by_model: dict[str, dict[str, EvalResult]] = {}
+    for r in results:
+        detector, _, embedder = r.model.rpartition(" + ")
+        name, _, variant = embedder.partition("/")
+        by_model.setdefault(f"{detector} + {name}", {})[variant] = r
+    lines = [
+        "| pipeline | variant | AUC | fp32 AUC | AUC change | TAR@1e-3 change | top-1 change |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for pipeline, variants in by_model.items():
+        base = variants.get("fp32")
+        if base is None:
+            continue
+        for variant, r in variants.items():
+            if variant == "fp32":
+                continue
+            v, b = r.verification, base.verification
+            lines.append(
+                f"| {pipeline} | {variant} | {v['auc']:.5f} | {b['auc']:.5f} | {v['auc'] - b['auc']:+.5f} | "
+                f"{v['tar_at_far']['1e-3'] - b['tar_at_far']['1e-3']:+.4f} | "
+                f"{r.identification['top1'] - base.identification['top1']:+.4f} |"
+            )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def write_reports(results: Sequence[EvalResult], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
-    (out / "eval.md").write_text("# facelite eval\n\n" + markdown(results))
+    quant = quantisation_loss(results)
+    text = "# facelite eval\n\n" + markdown(results)
+    if quant:
+        text += "\n## Quantisation loss (same images, same detector)\n\n" + quant
+    (out / "eval.md").write_text(text)
     written = [out / "eval.json", out / "eval.md"]
     try:
         written += plots(results, out)

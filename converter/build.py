@@ -103,13 +103,37 @@ class ModelReport:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
+# The code an artifact depends on: conversion, verification and the agent modules verification runs.
+# A change anywhere here rebuilds (correct, if not minimal); CLIs, the app, bench and tests do not.
+BUILD_CODE = (
+    "converter/build.py",
+    "converter/variants.py",
+    "converter/recipe.py",
+    "converter/faceset.py",
+    "converter/runtimes.py",
+    "converter/sources.py",
+    "converter/formats",
+    "converter/models",
+    "agent/runtime.py",
+    "agent/manifest.py",
+    "agent/embed.py",
+    "agent/align.py",
+    "agent/geometry.py",
+    "agent/metrics.py",
+    "agent/imageio.py",
+    "agent/dataset.py",
+    "agent/detect",
+    "agent/runcheck.py",
+)
+
+
 def code_hash() -> str:
-    """Changes whenever converter or agent code changes: any such change rebuilds (correct, if not minimal)."""
     digest = hashlib.sha256()
-    for pkg in ("converter", "agent"):
-        for path in sorted((REPO / pkg).rglob("*.py")):
-            digest.update(path.relative_to(REPO).as_posix().encode())
-            digest.update(path.read_bytes())
+    for entry in BUILD_CODE:
+        path = REPO / entry
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(REPO).as_posix().encode())
+            digest.update(file.read_bytes())
     return digest.hexdigest()
 
 

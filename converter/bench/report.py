@@ -321,16 +321,18 @@ def _headline(artifacts: Sequence[Artifact], c: Collected) -> Headline | None:
     eligible = [k for k in candidates if k.passed_gates and k.auc is not None]
     if not eligible or peer is None or peer.speed is None or peer.accuracy is None:
         return None
-    best = min(eligible, key=lambda k: k.frame_ms)
+    peer_ms, peer_auc = peer.speed.frame.p50_ms, peer.accuracy.auc
+    both = [k for k in eligible if peer_ms / k.frame_ms >= SPEEDUP_TARGET and (k.auc or 0.0) >= peer_auc]
+    meets = min(both, key=lambda k: k.frame_ms) if both else None
+    # "Our best Pi-class pipeline": the fastest combination (every model in a gate-passing variant) that
+    # meets both targets; when none does, the fastest one, and the targets say FAIL.
+    best = meets or min(eligible, key=lambda k: k.frame_ms)
     assert best.auc is not None
-    speedup = peer.speed.frame.p50_ms / best.frame_ms
+    speedup = peer_ms / best.frame_ms
     targets = [
         Target.check(f"{best.name} vs face_recognition HOG: per-frame speed-up", speedup, ">=", SPEEDUP_TARGET, "x"),
         Target.check(f"{best.name}: AUC minus face_recognition's AUC", best.auc - peer.accuracy.auc, ">=", 0.0, ""),
     ]
-    peer_ms, peer_auc = peer.speed.frame.p50_ms, peer.accuracy.auc
-    both = [k for k in eligible if peer_ms / k.frame_ms >= SPEEDUP_TARGET and (k.auc or 0.0) >= peer_auc]
-    meets = min(both, key=lambda k: k.frame_ms) if both else None
     return Headline(
         best.name,
         best.frame_ms,
@@ -508,7 +510,8 @@ def markdown(r: Report) -> str:
             "",
             snippet_table(r),
             "",
-            "Candidates (recommended variants; 'our best' = fastest whose variants pass the converter's gates):",
+            "Candidates (recommended variants, every model in a variant that passes the converter's gates; "
+            "'our best' = the fastest candidate meeting both targets, else the fastest candidate):",
             "",
             "| pipeline | frame ms p50 | AUC | gates |",
             "|---|---|---|---|",
