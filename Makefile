@@ -27,7 +27,8 @@ help:
 system-deps:
 	@missing=""; \
 	  for tool in mosquitto:mosquitto sshd:openssh-server ssh:openssh-client systemd-analyze:systemd \
-	              openssl:openssl unshare:util-linux; do \
+	              openssl:openssl unshare:util-linux qemu-aarch64-static:qemu-user-static \
+	              debootstrap:debootstrap; do \
 	    command -v $${tool%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool##*:}"; \
 	  done; \
 	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
@@ -79,6 +80,7 @@ DEVICE_TESTS := tests/test_recognition.py tests/test_manifest.py tests/test_gall
 test: setup setup-onnx data convert
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	FACELITE_RUNTIME=tflite-runtime $(LEGACY)/bin/python -m pytest -q -p no:cacheprovider $(DEVICE_TESTS)
+	$(MAKE) --no-print-directory test-arm64
 
 # The main job end to end: convert, enroll from the sample photos, run the agent on a video made of
 # other photos of them (and of strangers), print the MQTT events a subscriber received.
