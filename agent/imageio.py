@@ -92,6 +92,43 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def jpeg_is_complete(data: bytes) -> bool:
+    """Walk a JPEG's segments to its end-of-image marker; False when the file stops before it.
+
+    Some libjpeg builds (OpenCV 4.x) decode a truncated JPEG into a half-grey picture with only a warning,
+    others refuse it: checking the structure ourselves gives the same answer on every device. The walk
+    follows segment lengths (so an EXIF thumbnail's own end marker is skipped) and scans entropy-coded
+    data for the next real marker (0xFF00 is a stuffed byte, 0xFFD0-D7 restart markers).
+    """
+    n = len(data)
+    i = 2  # after SOI
+    while i + 2 <= n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+            continue
+        if i + 4 > n:
+            return False
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+        if marker == 0xDA:  # start of scan: entropy-coded data until the next non-stuffed, non-RST marker
+            while True:
+                i = data.find(b"\xff", i)
+                if i < 0 or i + 1 >= n:
+                    return False
+                follower = data[i + 1]
+                if follower != 0x00 and not 0xD0 <= follower <= 0xD7:
+                    break
+                i += 2
+    return False
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as 8-bit BGR."""
     path = Path(path)
@@ -110,6 +147,8 @@ def read_image(path: str | Path) -> np.ndarray:
     declared = _declared_size(data[: 1 << 20].tobytes())
     if declared is not None and declared[0] * declared[1] > MAX_PIXELS:
         raise ImageError(f"image is too large ({declared[0]}x{declared[1]} px, max {MAX_PIXELS} px)", str(path))
+    if data[:3].tobytes() == b"\xff\xd8\xff" and not jpeg_is_complete(data.tobytes()):
+        raise ImageError("image is corrupt or truncated (JPEG ends before its end marker)", str(path))
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # e.g. OpenCV's own size limit on a format we do not sniff
