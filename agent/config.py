@@ -332,10 +332,6 @@ class AgentConfig(_Strict):
             raise ValueError(f"camera names must be unique (repeated: {', '.join(duplicates)})")
         return value
 
-    @property
-    def mqtt_client_id(self) -> str:
-        return (self.mqtt.client_id if self.mqtt and self.mqtt.client_id else None) or f"facelite-{self.device_id}"
-
     @staticmethod
     def example_toml() -> str:
         """A complete, commented example (README and `facelite-agent --example-config`)."""

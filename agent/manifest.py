@@ -50,18 +50,6 @@ class Quantization:
     scale: float
     zero_point: int
 
-    def quantize(self, x: Any, dtype: Any) -> Any:
-        import numpy as np
-
-        info = np.iinfo(dtype)
-        q = np.round(np.asarray(x, np.float32) / self.scale + self.zero_point)
-        return np.clip(q, info.min, info.max).astype(dtype)
-
-    def dequantize(self, q: Any) -> Any:
-        import numpy as np
-
-        return (np.asarray(q, np.float32) - self.zero_point) * self.scale
-
 
 @dataclass(frozen=True)
 class TensorSpec:

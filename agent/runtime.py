@@ -28,17 +28,6 @@ RuntimeName = Literal["auto", "ai-edge-litert", "tflite-runtime"]
 _MODULES = {"ai-edge-litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
 
 
-def available_runtimes() -> list[str]:
-    found = []
-    for name, module in _MODULES.items():
-        try:
-            importlib.import_module(module)
-        except Exception:
-            continue
-        found.append(name)
-    return found
-
-
 def resolve_runtime(choice: str = "auto") -> str:
     """Pick the runtime: explicit choice, else FACELITE_RUNTIME, else ai-edge-litert, else tflite-runtime."""
     choice = os.environ.get("FACELITE_RUNTIME", choice) if choice == "auto" else choice

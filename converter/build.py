@@ -22,7 +22,7 @@ import numpy as np
 from agent.embed import l2_normalize, preprocess
 from agent.errors import FaceliteError
 from agent.geometry import Face
-from agent.manifest import MANIFEST_NAME, GraphSpec, Manifest, Quantization, TensorSpec, sha256_file
+from agent.manifest import GraphSpec, Manifest, Quantization, TensorSpec, sha256_file
 from agent.metrics import verification_scores
 from agent.runtime import Network, TFLiteModel
 from converter import __version__
@@ -210,11 +210,6 @@ def make_manifest(recipe: Recipe, variant: str, graphs: dict[str, GraphSpec], **
         versions={"converter": __version__, "tensorflow": tf.__version__},
         **extra,
     )
-
-
-def _provisional_manifest(recipe: Recipe) -> Manifest:
-    """Enough of a manifest for a detector object wired to arbitrary networks (reference or candidate)."""
-    return make_manifest(recipe, "fp32", {})
 
 
 # -- the build -------------------------------------------------------------------------------------
@@ -743,7 +738,3 @@ def _rt(v: VariantResult) -> str:
     if "mean_cosine_to_source" in r:
         return f"{r['mean_cosine_to_source']:.4f} (to source)"
     return f"{r['min_cosine_to_litert']:.5f}"
-
-
-def manifest_path(out_dir: Path, name: str, variant: str) -> Path:
-    return out_dir / name / variant / MANIFEST_NAME

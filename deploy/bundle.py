@@ -95,9 +95,6 @@ class Bundle:
     size_bytes: int
     wheels_key: str
 
-    def manifest_text(self) -> str:
-        return (self.directory / SUMS).read_text()
-
 
 # -- helpers -------------------------------------------------------------------------------------------------------
 def default_cache() -> Path:
