@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import FaceliteError
-from agent.manifest import sha256_file
+from agent.manifest import Source, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,19 @@ class ModelSource:
     format: str
     license: str
     note: str = ""
+
+    def manifest_source(self, file: str | None = None) -> Source:
+        """The manifest's ``source`` block: the pinned package and the file(s) the model was built from
+        (default: the first file; multi-graph models name theirs)."""
+        return Source(
+            registry=self.package.registry,
+            package=self.package.name,
+            version=self.package.version,
+            file=self.files[0] if file is None else file,
+            sha256=self.package.sha256,
+            format=self.format,
+            license=self.license,
+        )
 
 
 PACKAGES = {

@@ -129,16 +129,7 @@ class BlazeFaceRecipe:
         return [1, size, size, 3]
 
     def source(self) -> Source:
-        src = CATALOGUE[self.name]
-        return Source(
-            registry=src.package.registry,
-            package=src.package.name,
-            version=src.package.version,
-            file=src.files[0],
-            sha256=src.package.sha256,
-            format=src.format,
-            license=src.license,
-        )
+        return CATALOGUE[self.name].manifest_source()
 
     def tflite_file(self) -> Path:
         """The shipped model file, fetched and checked against the pinned package."""

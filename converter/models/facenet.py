@@ -29,16 +29,7 @@ class FaceNetRecipe:
     default_variants: Sequence[str] = ("fp32", "int8")
 
     def source(self) -> Source:
-        src = CATALOGUE["facenet"]
-        return Source(
-            registry=src.package.registry,
-            package=src.package.name,
-            version=src.package.version,
-            file=src.files[0],
-            sha256=src.package.sha256,
-            format=src.format,
-            license=src.license,
-        )
+        return CATALOGUE["facenet"].manifest_source()
 
     def graphs(self) -> list[GraphSource]:
         (pb,) = source_files("facenet")

@@ -275,16 +275,7 @@ class MobileFaceNetRecipe:
     default_variants: Sequence[str] = ("fp32", "int8")
 
     def source(self) -> Source:
-        src = CATALOGUE[SOURCE]
-        return Source(
-            registry=src.package.registry,
-            package=src.package.name,
-            version=src.package.version,
-            file=src.files[0],
-            sha256=src.package.sha256,
-            format=src.format,
-            license=src.license,
-        )
+        return CATALOGUE[SOURCE].manifest_source()
 
     def graphs(self) -> list[GraphSource]:
         model_json = source_files(SOURCE)[0]

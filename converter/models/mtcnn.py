@@ -253,16 +253,7 @@ class MTCNNRecipe:
     _traces: dict[str, CascadeTrace] = field(default_factory=dict, init=False, repr=False)
 
     def source(self) -> Source:
-        src = CATALOGUE["mtcnn"]
-        return Source(
-            registry=src.package.registry,
-            package=src.package.name,
-            version=src.package.version,
-            file=";".join(src.files),
-            sha256=src.package.sha256,
-            format=src.format,
-            license=src.license,
-        )
+        return CATALOGUE["mtcnn"].manifest_source(file=";".join(CATALOGUE["mtcnn"].files))
 
     def models(self) -> dict[str, Any]:
         """The three Keras stages with the package's real weights (loaded once per recipe)."""
