@@ -88,6 +88,12 @@ def write_video(visits: list[Visit], path: Path) -> int:
     return frames
 
 
+def enroll_command(name: str, photos: list[Path], detector: Path, embedder: Path, gallery: Path) -> list[str]:
+    """`facelite enroll` as a subprocess: enrolment runs exactly as a user would run it."""
+    return [sys.executable, "-m", "agent.cli", "enroll", name, *map(str, photos), "--detector", str(detector),
+            "--embedder", str(embedder), "--gallery", str(gallery)]  # fmt: skip
+
+
 def pick(models: Path, name: str) -> Path:
     index = json.loads((models / "index.json").read_text())
     entry = index["models"].get(name)
@@ -130,20 +136,7 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     for name, photos in enroll_sets.items():
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "enroll",
-                name,
-                *map(str, photos),
-                "--detector",
-                str(detector),
-                "--embedder",
-                str(embedder),
-                "--gallery",
-                str(work / "gallery.sqlite"),
-            ],
+            enroll_command(name, photos, detector, embedder, work / "gallery.sqlite"),
             capture_output=True,
             text=True,
             env=env,

@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 from broker import MosquittoBroker, Subscriber
 
-from agent.demo import Visit, plan, write_video
+from agent.demo import Visit, enroll_command, plan, write_video
 from agent.events import EVENT_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,20 +47,7 @@ def doorway(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, models_di
     write_video(visits, video)
     for name, photos in enroll_sets.items():
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "enroll",
-                name,
-                *map(str, photos),
-                "--detector",
-                str(detector),
-                "--embedder",
-                str(embedder),
-                "--gallery",
-                str(work / "gallery.sqlite"),
-            ],
+            enroll_command(name, photos, detector, embedder, work / "gallery.sqlite"),
             capture_output=True,
             text=True,
             cwd=REPO,

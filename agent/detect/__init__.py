@@ -9,6 +9,7 @@ import numpy as np
 
 from agent.geometry import Face
 from agent.manifest import Manifest
+from agent.runtime import Network
 
 
 class Detector(Protocol):
@@ -17,6 +18,21 @@ class Detector(Protocol):
     manifest: Manifest
 
     def detect(self, image: np.ndarray) -> list[Face]: ...
+
+
+def load_detector_graphs(
+    model_dir: str | Path, detector_type: str, *, runtime: str = "auto", num_threads: int = 1
+) -> tuple[Manifest, dict[str, Network]]:
+    """A detector artifact's manifest and verified graphs, refusing an artifact of another detector type."""
+    from agent.errors import ModelError
+    from agent.runtime import load_graphs
+
+    manifest = Manifest.load(model_dir)
+    if manifest.detector_type != detector_type:
+        raise ModelError(
+            f"{manifest.name} is a {manifest.detector_type!r} detector, not {detector_type}", str(model_dir)
+        )
+    return manifest, dict(load_graphs(manifest, model_dir, num_threads=num_threads, runtime=runtime))
 
 
 def create_detector(

@@ -20,11 +20,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.detect import load_detector_graphs
 from agent.errors import ImageError, ModelError
 from agent.geometry import BBox, Face
 from agent.imageio import to_bgr
 from agent.manifest import Manifest, Preprocessing
-from agent.runtime import Network, load_graphs
+from agent.runtime import Network
 
 log = logging.getLogger(__name__)
 
@@ -361,10 +362,7 @@ class BlazeFaceDetector:
         min_face: int = 20,
         score_threshold: float | None = None,
     ) -> BlazeFaceDetector:
-        manifest = Manifest.load(model_dir)
-        if manifest.detector_type != "blazeface":
-            raise ModelError(f"{manifest.name} is a {manifest.detector_type!r} detector, not blazeface", str(model_dir))
-        networks: dict[str, Network] = dict(load_graphs(manifest, model_dir, num_threads=num_threads, runtime=runtime))
+        manifest, networks = load_detector_graphs(model_dir, "blazeface", runtime=runtime, num_threads=num_threads)
         return cls(manifest, networks, min_face=min_face, score_threshold=score_threshold)
 
     @property

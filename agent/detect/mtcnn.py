@@ -25,11 +25,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.detect import load_detector_graphs
 from agent.errors import ImageError, ModelError
 from agent.geometry import BBox, Face, nms
 from agent.imageio import to_bgr
 from agent.manifest import Manifest, Preprocessing
-from agent.runtime import Network, load_graphs
+from agent.runtime import Network
 
 log = logging.getLogger(__name__)
 
@@ -301,10 +302,7 @@ class MTCNNDetector:
         min_face: int = 20,
         score_threshold: float | None = None,
     ) -> MTCNNDetector:
-        manifest = Manifest.load(model_dir)
-        if manifest.detector_type != "mtcnn":
-            raise ModelError(f"{manifest.name} is a {manifest.detector_type!r} detector, not mtcnn", str(model_dir))
-        networks: dict[str, Network] = dict(load_graphs(manifest, model_dir, num_threads=num_threads, runtime=runtime))
+        manifest, networks = load_detector_graphs(model_dir, "mtcnn", runtime=runtime, num_threads=num_threads)
         return cls(manifest, networks, min_face=min_face, score_threshold=score_threshold)
 
     # -- running the graphs --------------------------------------------------------------------
