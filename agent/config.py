@@ -1,41 +1,30 @@
 """The agent's configuration: strict, typed, and explained one line per problem.
 
-Every section is a frozen pydantic model that refuses unknown keys (a typo must not silently fall back to a
-default on a device nobody watches). Numbers and booleans are strict: ``port = "1883"`` or ``discovery = "no"``
-are errors, not guesses. ``load_config`` reads TOML or YAML and turns every validation problem into one line
-naming the file, the line, the key path (``mqtt.port``, ``cameras[0].fps_limit``) and the reason.
+Every section is a frozen dataclass checked by :mod:`agent.schema` that refuses unknown keys (a typo must not
+silently fall back to a default on a device nobody watches). Numbers and booleans are strict: ``port = "1883"``
+or ``discovery = "no"`` are errors, not guesses. ``load_config`` reads TOML or YAML and turns every problem into
+one line naming the file, the line, the key path (``mqtt.port``, ``cameras[0].fps_limit``) and the reason.
 Relative paths are resolved against the folder of the config file, so a config works wherever it is run from.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import random
 import re
-import reprlib
 import string
 import sys
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
-
-import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent.errors import ConfigError
+from agent.schema import Context, Loc, Problem, Section, key_path, setting, short, validate
+
+if TYPE_CHECKING:
+    import yaml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,60 +33,60 @@ else:  # Python 3.10 (older device images): same API from the tomli backport
 
 log = logging.getLogger(__name__)
 
+__all__ = ["AgentConfig", "ConfigErrors", "ConfigProblem", "key_path", "load_config"]
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SECTION = dataclass(frozen=True, kw_only=True)
 
 
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    """Resolve a relative path against the config file's folder (passed as validation context)."""
-    base = (info.context or {}).get("base_dir")
+def _resolve_path(value: Path, ctx: Context) -> Path:
+    """Resolve a relative path against the config file's folder."""
     value = value.expanduser()
-    if base is not None and not value.is_absolute() and "$" not in str(value):
-        return (Path(base) / value).resolve()
+    if ctx.base_dir is not None and not value.is_absolute() and "$" not in str(value):
+        return (ctx.base_dir / value).resolve()
     return value
 
 
-def _existing_file(value: Path, info: ValidationInfo) -> Path:
+def _existing_file(value: Path, ctx: Context) -> Path:
     # Files read deep inside a network thread (TLS, keys) are checked here, so the mistake surfaces at
     # start-up with its key path instead of as a reconnect loop.
     if "$" in str(value):
         return value  # expanded from the environment at use (systemd credentials), checked then
-    if (info.context or {}).get("check_files", True) and not value.is_file():
+    if ctx.check_files and not value.is_file():
         raise ValueError(f"file not found: {value}")
     return value
 
 
-# Paths are given as strings in TOML/YAML: lax for the Path conversion only, strict everywhere else.
-RelPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve_path)]
-ExistingFile = Annotated[Path, Field(strict=False), AfterValidator(_resolve_path), AfterValidator(_existing_file)]
+RELATIVE = (_resolve_path,)
+EXISTING_FILE = (_resolve_path, _existing_file)
 
 
-def _check_name(value: str, what: str) -> str:
+def _check_name(what: str, value: str, ctx: Context) -> str:
     if not _NAME_RE.match(value):
         raise ValueError(f"{what} must be 1-64 characters of letters, digits, '_' or '-' (got {value!r})")
     return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+_camera_name = partial(_check_name, "camera name")
+_device_id = partial(_check_name, "device_id")
 
 
-class Backoff(_Strict):
+@SECTION
+class Backoff(Section):
     """Exponential reconnect backoff with jitter (jitter spreads reconnects of many devices after an outage)."""
 
-    initial_s: float = Field(1.0, gt=0, le=60, description="First delay after a failure, seconds.")
-    max_s: float = Field(60.0, gt=0, le=3600, description="Upper bound of the delay, seconds.")
-    multiplier: float = Field(2.0, ge=1, le=10, description="Delay growth per failed attempt.")
-    jitter: float = Field(
+    initial_s: float = setting(1.0, gt=0, le=60, description="First delay after a failure, seconds.")
+    max_s: float = setting(60.0, gt=0, le=3600, description="Upper bound of the delay, seconds.")
+    multiplier: float = setting(2.0, ge=1, le=10, description="Delay growth per failed attempt.")
+    jitter: float = setting(
         0.5, ge=0, le=1, description="Fraction of each delay that is random: 0 = fixed delays, 1 = full jitter."
     )
 
-    @model_validator(mode="after")
-    def _max_not_below_initial(self) -> Backoff:
+    def _check(self) -> None:
         if self.max_s < self.initial_s:
             raise ValueError(f"max_s ({self.max_s}) must be >= initial_s ({self.initial_s})")
-        return self
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Delay before reconnect attempt ``attempt`` (1-based); deterministic when ``rng`` is None."""
@@ -108,159 +97,171 @@ class Backoff(_Strict):
         return base * (1.0 - self.jitter) + rng.uniform(0.0, base * self.jitter)
 
 
-class CameraConfig(_Strict):
-    name: str = Field(description="Camera name used in topics and events.")
-    source: int | str = Field(
-        description="Camera index (0), V4L2 device (/dev/video0), rtsp:// or http(s):// URL, video file or folder."
+def _camera_source(value: Any, ctx: Context) -> int | str:
+    # One clear message for every wrong kind of value, instead of one per member of int | str.
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"must be a camera index, device path, URL, file or folder (got {short(value)})")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"camera index must be >= 0 (got {value})")
+        return value
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if value.isdigit() or value.startswith("/dev/") or _URL_RE.match(value):
+        return value
+    return str(_resolve_path(Path(value), ctx))
+
+
+@SECTION
+class CameraConfig(Section):
+    name: str = setting(
+        description="Camera name used in topics and events.", after=(partial(_check_name, "camera name"),)
     )
-    fps_limit: float | None = Field(None, gt=0, le=120, description="Process at most this many frames per second.")
-    reconnect: Backoff = Field(default_factory=Backoff, description="Backoff when the camera or stream is lost.")
-    realtime: bool = Field(
+    source: int | str = setting(
+        description="Camera index (0), V4L2 device (/dev/video0), rtsp:// or http(s):// URL, video file or folder.",
+        before=_camera_source,
+    )
+    fps_limit: float | None = setting(None, gt=0, le=120, description="Process at most this many frames per second.")
+    reconnect: Backoff = setting(default_factory=Backoff, description="Backoff when the camera or stream is lost.")
+    realtime: bool = setting(
         False,
         description="Play a video file at its own frame rate, as a camera would deliver it (default: as fast as "
         "the pipeline goes). No effect on live cameras and streams.",
     )
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return _check_name(value, "camera name")
 
-    @field_validator("source", mode="before")
-    @classmethod
-    def _source(cls, value: Any, info: ValidationInfo) -> int | str:
-        # One clear message instead of pydantic's per-union-member errors.
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ValueError(f"must be a camera index, device path, URL, file or folder (got {value!r})")
-        if isinstance(value, int):
-            if value < 0:
-                raise ValueError(f"camera index must be >= 0 (got {value})")
-            return value
-        if not value.strip():
-            raise ValueError("must not be empty")
-        if value.isdigit() or value.startswith("/dev/") or _URL_RE.match(value):
-            return value
-        return str(_resolve_path(Path(value), info))
-
-
-class ModelsConfig(_Strict):
-    detector: RelPath = Field(description="Folder of the converted detector (holds manifest.json).")
-    embedder: RelPath = Field(description="Folder of the converted embedder (holds manifest.json).")
-    runtime: Literal["auto", "ai-edge-litert", "tflite-runtime"] = Field(
+@SECTION
+class ModelsConfig(Section):
+    detector: Path = setting(description="Folder of the converted detector (holds manifest.json).", after=RELATIVE)
+    embedder: Path = setting(description="Folder of the converted embedder (holds manifest.json).", after=RELATIVE)
+    runtime: Literal["auto", "ai-edge-litert", "tflite-runtime"] = setting(
         "auto", description="TFLite runtime: auto tries ai-edge-litert first, then tflite-runtime."
     )
-    num_threads: int = Field(2, ge=1, le=16, description="Interpreter threads per model.")
+    num_threads: int = setting(2, ge=1, le=16, description="Interpreter threads per model.")
 
 
-class DetectionConfig(_Strict):
-    min_face: int = Field(40, ge=8, le=4096, description="Smallest face side to detect, pixels.")
-    score_threshold: float = Field(0.7, gt=0, lt=1, description="Detector confidence needed to keep a face.")
+@SECTION
+class DetectionConfig(Section):
+    min_face: int = setting(40, ge=8, le=4096, description="Smallest face side to detect, pixels.")
+    score_threshold: float = setting(0.7, gt=0, lt=1, description="Detector confidence needed to keep a face.")
 
 
-class QualityConfig(_Strict):
-    min_size: int = Field(60, ge=8, le=4096, description="Smallest face side used for recognition, pixels.")
-    min_sharpness: float = Field(
+@SECTION
+class QualityConfig(Section):
+    min_size: int = setting(60, ge=8, le=4096, description="Smallest face side used for recognition, pixels.")
+    min_sharpness: float = setting(
         0.0, ge=0, le=10000, description="Minimum variance of the Laplacian of the aligned face."
     )
-    max_yaw: float = Field(45.0, ge=0, le=90, description="Largest head turn (left/right) accepted, degrees.")
-    max_pitch: float = Field(30.0, ge=0, le=90, description="Largest head tilt (up/down) accepted, degrees.")
+    max_yaw: float = setting(45.0, ge=0, le=90, description="Largest head turn (left/right) accepted, degrees.")
+    max_pitch: float = setting(30.0, ge=0, le=90, description="Largest head tilt (up/down) accepted, degrees.")
 
 
-class MatchingConfig(_Strict):
-    target_far: Literal["1e-2", "1e-3"] = Field(
-        "1e-3", description="False-accept rate the embedder's calibrated threshold was chosen for."
+def _far(value: Any, ctx: Context) -> Any:
+    # TOML reads 1e-3 as a float and YAML 1.1 reads it as a string: accept both spellings.
+    if isinstance(value, float):
+        return {0.01: "1e-2", 0.001: "1e-3"}.get(value, value)
+    return value
+
+
+@SECTION
+class MatchingConfig(Section):
+    target_far: Literal["1e-2", "1e-3"] = setting(
+        "1e-3", description="False-accept rate the embedder's calibrated threshold was chosen for.", before=_far
     )
-    threshold: float | None = Field(
+    threshold: float | None = setting(
         None, ge=-1, le=1, description="Cosine similarity threshold; overrides the manifest's calibrated one."
     )
-    ambiguous_margin: float = Field(
+    ambiguous_margin: float = setting(
         0.05, ge=0, le=1, description="Best match must beat the second person by this much, else 'ambiguous'."
     )
 
-    @field_validator("target_far", mode="before")
-    @classmethod
-    def _far(cls, value: Any) -> Any:
-        # TOML reads 1e-3 as a float and YAML 1.1 reads it as a string: accept both spellings.
-        if isinstance(value, float) and not isinstance(value, bool):
-            return {0.01: "1e-2", 0.001: "1e-3"}.get(value, value)
-        return value
+
+@SECTION
+class TrackingConfig(Section):
+    iou_threshold: float = setting(0.3, gt=0, le=1, description="Box overlap to continue a track.")
+    max_missed_frames: int = setting(10, ge=0, le=10000, description="Frames a track survives without a detection.")
+    max_missed_seconds: float = setting(2.0, gt=0, le=3600, description="Seconds a track survives without a detection.")
+    min_votes: int = setting(3, ge=1, le=100, description="Agreeing recognitions before an identity is announced.")
+    recheck_interval_s: float = setting(
+        5.0, gt=0, le=3600, description="Re-run recognition on a known track this often."
+    )
 
 
-class TrackingConfig(_Strict):
-    iou_threshold: float = Field(0.3, gt=0, le=1, description="Box overlap to continue a track.")
-    max_missed_frames: int = Field(10, ge=0, le=10000, description="Frames a track survives without a detection.")
-    max_missed_seconds: float = Field(2.0, gt=0, le=3600, description="Seconds a track survives without a detection.")
-    min_votes: int = Field(3, ge=1, le=100, description="Agreeing recognitions before an identity is announced.")
-    recheck_interval_s: float = Field(5.0, gt=0, le=3600, description="Re-run recognition on a known track this often.")
+@SECTION
+class TlsConfig(Section):
+    ca_file: Path | None = setting(
+        None, description="CA bundle to verify the broker; None = system CAs.", after=EXISTING_FILE
+    )
+    cert_file: Path | None = setting(None, description="Client certificate (mutual TLS).", after=EXISTING_FILE)
+    key_file: Path | None = setting(None, description="Client private key (mutual TLS).", after=EXISTING_FILE)
 
-
-class TlsConfig(_Strict):
-    ca_file: ExistingFile | None = Field(None, description="CA bundle to verify the broker; None = system CAs.")
-    cert_file: ExistingFile | None = Field(None, description="Client certificate (mutual TLS).")
-    key_file: ExistingFile | None = Field(None, description="Client private key (mutual TLS).")
-
-    @model_validator(mode="after")
-    def _cert_and_key(self) -> TlsConfig:
+    def _check(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file must be given together")
-        return self
 
 
-class MqttConfig(_Strict):
-    host: str = Field(min_length=1, max_length=253, description="Broker host name or address.")
-    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS).")
-    client_id: str | None = Field(
+def _topic_prefix(value: str, ctx: Context) -> str:
+    if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "+#\0"):
+        raise ValueError(f"must be a topic prefix without '+', '#' or leading/trailing '/' (got {value!r})")
+    return value
+
+
+def _env_name(value: str, ctx: Context) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(f"must be an environment variable name (got {value!r})")
+    return value
+
+
+def _password_file(value: str, ctx: Context) -> str:
+    path = _resolve_path(Path(value), ctx)
+    if "$" not in value:
+        _existing_file(path, ctx)
+    return str(path)
+
+
+@SECTION
+class MqttConfig(Section):
+    host: str = setting(min_length=1, max_length=253, description="Broker host name or address.")
+    port: int = setting(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS).")
+    client_id: str | None = setting(
         None, min_length=1, max_length=128, description="MQTT client id; default facelite-<device_id>."
     )
-    base_topic: str = Field("facelite", description="Topic prefix: <base_topic>/<device_id>/...")
-    tls: TlsConfig | None = Field(None, description="Enable TLS (an empty table uses the system CAs).")
-    username: str | None = Field(None, min_length=1, description="Broker user name.")
-    password_env: str | None = Field(None, description="Name of the environment variable holding the password.")
-    password_file: str | None = Field(
+    base_topic: str = setting(
+        "facelite", description="Topic prefix: <base_topic>/<device_id>/...", after=(_topic_prefix,)
+    )
+    tls: TlsConfig | None = setting(None, description="Enable TLS (an empty table uses the system CAs).")
+    username: str | None = setting(None, min_length=1, description="Broker user name.")
+    password_env: str | None = setting(
+        None, description="Name of the environment variable holding the password.", after=(_env_name,)
+    )
+    password_file: str | None = setting(
         None,
         description="File holding the password, e.g. '$CREDENTIALS_DIRECTORY/mqtt_password' for systemd credentials.",
+        after=(_password_file,),
     )
-    keepalive: int = Field(60, ge=5, le=3600, description="MQTT keepalive, seconds.")
-    qos: int = Field(1, ge=0, le=2, description="QoS for events (durable events always use at least 1).")
-    discovery: bool = Field(True, description="Publish Home Assistant MQTT discovery.")
-    discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery topic prefix.")
-    publish_crops: bool = Field(False, description="Attach face crops (JPEG) to events.")
-    reconnect: Backoff = Field(
+    keepalive: int = setting(60, ge=5, le=3600, description="MQTT keepalive, seconds.")
+    qos: int = setting(1, ge=0, le=2, description="QoS for events (durable events always use at least 1).")
+    discovery: bool = setting(True, description="Publish Home Assistant MQTT discovery.")
+    discovery_prefix: str = setting(
+        "homeassistant", description="Home Assistant discovery topic prefix.", after=(_topic_prefix,)
+    )
+    publish_crops: bool = setting(False, description="Attach face crops (JPEG) to events.")
+    reconnect: Backoff = setting(
         default_factory=lambda: Backoff(initial_s=1.0, max_s=120.0), description="Backoff when the broker is lost."
     )
-    close_timeout_s: float = Field(5.0, ge=0, le=120, description="On shutdown, wait this long to flush the spool.")
+    close_timeout_s: float = setting(5.0, ge=0, le=120, description="On shutdown, wait this long to flush the spool.")
 
-    @field_validator("base_topic", "discovery_prefix")
-    @classmethod
-    def _topic(cls, value: str) -> str:
-        if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "+#\0"):
-            raise ValueError(f"must be a topic prefix without '+', '#' or leading/trailing '/' (got {value!r})")
-        return value
-
-    @field_validator("password_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(f"must be an environment variable name (got {value!r})")
-        return value
-
-    @field_validator("password_file")
-    @classmethod
-    def _password_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        path = _resolve_path(Path(value), info)
-        if "$" not in value:
-            _existing_file(path, info)
-        return str(path)
-
-    @model_validator(mode="after")
-    def _auth(self) -> MqttConfig:
+    def _check(self) -> None:
         if self.password_env and self.password_file:
             raise ValueError("give password_env or password_file, not both")
         if (self.password_env or self.password_file) and not self.username:
             raise ValueError("a password needs a username")
-        return self
+
+    @classmethod
+    def unknown_key_reason(cls, key: str) -> str:
+        if key == "password":
+            return "unknown key: never put a password in the config; use password_env or password_file"
+        return super().unknown_key_reason(key)
 
     def password(self, environ: Mapping[str, str]) -> str | None:
         """Read the password from its env var or file; the value is never logged or stored in the config."""
@@ -286,51 +287,60 @@ class MqttConfig(_Strict):
         return None
 
 
-class SpoolConfig(_Strict):
-    path: RelPath = Field(Path("/var/lib/facelite/spool.sqlite"), description="SQLite file holding undelivered events.")
-    max_messages: int = Field(10000, ge=1, le=10_000_000, description="Oldest events are dropped beyond this.")
-    max_bytes: int = Field(
+@SECTION
+class SpoolConfig(Section):
+    path: Path = setting(
+        Path("/var/lib/facelite/spool.sqlite"), description="SQLite file holding undelivered events.", after=RELATIVE
+    )
+    max_messages: int = setting(10000, ge=1, le=10_000_000, description="Oldest events are dropped beyond this.")
+    max_bytes: int = setting(
         64 * 1024 * 1024, ge=1024, le=16 * 1024**3, description="Oldest events are dropped beyond this size."
     )
 
 
-class GalleryConfig(_Strict):
-    path: RelPath = Field(Path("/var/lib/facelite/gallery.sqlite"), description="SQLite file of enrolled people.")
-    key_file: ExistingFile | None = Field(None, description="Key that encrypts embeddings at rest (optional).")
+@SECTION
+class GalleryConfig(Section):
+    path: Path = setting(
+        Path("/var/lib/facelite/gallery.sqlite"), description="SQLite file of enrolled people.", after=RELATIVE
+    )
+    key_file: Path | None = setting(
+        None, description="Key that encrypts embeddings at rest (optional).", after=EXISTING_FILE
+    )
 
 
-class AgentConfig(_Strict):
-    device_id: str = Field(description="Unique device name, used in topics and as MQTT client id.")
-    cameras: list[CameraConfig] = Field(min_length=1, max_length=16, description="Frame sources ([[cameras]]).")
-    models: ModelsConfig = Field(description="Converted model folders and runtime.")
-    detection: DetectionConfig = Field(default_factory=DetectionConfig, description="Face detection.")
-    quality: QualityConfig = Field(default_factory=QualityConfig, description="Quality gate before recognition.")
-    matching: MatchingConfig = Field(default_factory=MatchingConfig, description="Gallery matching.")
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Tracking and identity voting.")
-    mqtt: MqttConfig | None = Field(None, description="Broker; without it events are printed as JSON lines.")
-    spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Disk queue for events during outages.")
-    gallery: GalleryConfig = Field(default_factory=GalleryConfig, description="Enrolled people.")
-    state_interval_s: float = Field(60.0, ge=1, le=3600, description="Publish the state message this often.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Agent log level.")
+def _upper(value: Any, ctx: Context) -> Any:
+    return value.upper() if isinstance(value, str) else value
 
-    @field_validator("device_id")
-    @classmethod
-    def _device_id(cls, value: str) -> str:
-        return _check_name(value, "device_id")
 
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _level(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
+def _unique_names(value: list[CameraConfig], ctx: Context) -> list[CameraConfig]:
+    names = [c.name for c in value]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"camera names must be unique (repeated: {', '.join(duplicates)})")
+    return value
 
-    @field_validator("cameras")
-    @classmethod
-    def _unique_names(cls, value: list[CameraConfig]) -> list[CameraConfig]:
-        names = [c.name for c in value]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"camera names must be unique (repeated: {', '.join(duplicates)})")
-        return value
+
+@SECTION
+class AgentConfig(Section):
+    device_id: str = setting(
+        description="Unique device name, used in topics and as MQTT client id.",
+        after=(partial(_check_name, "device_id"),),
+    )
+    cameras: list[CameraConfig] = setting(
+        min_length=1, max_length=16, description="Frame sources ([[cameras]]).", after=(_unique_names,)
+    )
+    models: ModelsConfig = setting(description="Converted model folders and runtime.")
+    detection: DetectionConfig = setting(default_factory=DetectionConfig, description="Face detection.")
+    quality: QualityConfig = setting(default_factory=QualityConfig, description="Quality gate before recognition.")
+    matching: MatchingConfig = setting(default_factory=MatchingConfig, description="Gallery matching.")
+    tracking: TrackingConfig = setting(default_factory=TrackingConfig, description="Tracking and identity voting.")
+    mqtt: MqttConfig | None = setting(None, description="Broker; without it events are printed as JSON lines.")
+    spool: SpoolConfig = setting(default_factory=SpoolConfig, description="Disk queue for events during outages.")
+    gallery: GalleryConfig = setting(default_factory=GalleryConfig, description="Enrolled people.")
+    state_interval_s: float = setting(60.0, ge=1, le=3600, description="Publish the state message this often.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
+        "INFO", description="Agent log level.", before=_upper
+    )
 
     @staticmethod
     def example_toml() -> str:
@@ -430,23 +440,6 @@ class ConfigErrors(ConfigError):
         return "\n".join(str(p) for p in self.problems)
 
 
-Loc = tuple[str | int, ...]
-
-
-def key_path(loc: Loc) -> str:
-    """('cameras', 0, 'fps_limit') -> 'cameras[0].fps_limit'."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{_key_text(part)}" if out else _key_text(str(part)))
-    return out
-
-
-def _key_text(key: str) -> str:
-    # Keys are the user's text: a newline or a terminal escape in an unknown key must not break the one-line
-    # report (or the terminal showing it).
-    return key if key.isprintable() else repr(key)
-
-
 def _toml_key_lines(text: str) -> dict[Loc, int]:
     """Map key paths to the line that defines them, by scanning the TOML text (tomllib keeps no positions)."""
     lines: dict[Loc, int] = {}
@@ -514,6 +507,8 @@ def _yaml_key_lines(
 ) -> None:
     # An alias is the very node object of its anchor: walk each node once, or ten lines of nested aliases
     # ("billion laughs") would keep the agent busy forever.
+    import yaml  # already loaded by _read
+
     seen = set() if seen is None else seen
     if id(node) in seen:
         return
@@ -539,87 +534,6 @@ def _line_for(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
     return None
 
 
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    """The model class that owns the last key of ``loc`` (for 'did you mean' suggestions)."""
-    model: Any = AgentConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
-            return None
-        model = _unwrap(model.model_fields[part].annotation)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _unwrap(annotation: Any) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _unwrap(members[0]) if len(members) == 1 else None
-    if origin is list:
-        return _unwrap(typing.get_args(annotation)[0])
-    if origin is Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    return annotation
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 40, 40
-
-
-def _short(value: Any) -> str:
-    # reprlib stops after a few items and levels: a value built from YAML aliases can hold billions of them.
-    text = _REPR.repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _reason(error: Mapping[str, Any]) -> str:
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    loc: Loc = tuple(error["loc"])
-    got = f" (got {_short(error.get('input'))})"
-    if kind == "extra_forbidden":
-        name = str(loc[-1]) if loc else ""
-        if name == "password" and loc[:1] == ("mqtt",):
-            return "unknown key: never put a password in the config; use password_env or password_file"
-        model = _model_at(loc)
-        close = difflib.get_close_matches(name, list(model.model_fields), n=1) if model else []
-        return "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
-    if kind == "missing":
-        return "required key is missing"
-    bounds = {"less_than_equal": "<=", "less_than": "<", "greater_than_equal": ">=", "greater_than": ">"}
-    if kind in bounds:
-        limit = next(iter(ctx.values()))
-        return f"must be {bounds[kind]} {limit}{got}"
-    simple = {
-        "int_type": "must be an integer",
-        "float_type": "must be a number",
-        "bool_type": "must be true or false",
-        "string_type": "must be a string",
-        "list_type": "must be a list",
-        "model_type": "must be a table",
-        "dict_type": "must be a table",
-        "path_type": "must be a path",
-        "int_from_float": "must be an integer",
-    }
-    if kind in simple:
-        return simple[kind] + got
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}{got}"
-    if kind == "too_short":
-        return f"must have at least {ctx.get('min_length')} item(s)"
-    if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} item(s)"
-    if kind == "string_too_short":
-        return f"must not be empty{got}" if ctx.get("min_length") == 1 else f"is too short{got}"
-    if kind == "string_too_long":
-        return f"must be at most {ctx.get('max_length')} characters"
-    if kind in ("value_error", "assertion_error"):
-        return str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    msg = str(error["msg"])
-    return msg[:1].lower() + msg[1:]
-
-
 def _read(path: Path) -> tuple[Any, dict[Loc, int], list[ConfigProblem]]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -637,6 +551,8 @@ def _read(path: Path) -> tuple[Any, dict[Loc, int], list[ConfigProblem]]:
             raise ConfigError(f"invalid TOML: {exc}", str(path)) from None
         return data, _toml_key_lines(text), []
     if suffix in (".yaml", ".yml"):
+        import yaml  # only YAML configs pay for it
+
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             data = yaml.safe_load(text)
@@ -666,16 +582,10 @@ def load_config(path: str | Path, *, check_files: bool = True) -> AgentConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a table of keys, not {type(data).__name__}", str(path))
-    try:
-        config = AgentConfig.model_validate(
-            data, context={"base_dir": path.resolve().parent, "check_files": check_files}
-        )
-    except ValidationError as exc:
-        for error in exc.errors():
-            loc: Loc = tuple(error["loc"])
-            problems.append(ConfigProblem(str(path), _line_for(loc, lines), key_path(loc), _reason(error)))
-        problems.sort(key=lambda p: (p.line is None, p.line or 0))
-        raise ConfigErrors(problems) from None
+    found: list[Problem] = []
+    config = validate(AgentConfig, data, Context(path.resolve().parent, check_files), (), found)
+    problems += [ConfigProblem(str(path), _line_for(p.loc, lines), key_path(p.loc), p.reason) for p in found]
+    problems.sort(key=lambda p: (p.line is None, p.line or 0))
     if problems:
         raise ConfigErrors(problems)
     log.debug("config %s loaded: device %s, %d camera(s)", path, config.device_id, len(config.cameras))

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
-import typing
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
 
 from agent.config import AgentConfig, Backoff, ConfigErrors, MqttConfig, load_config
 from agent.errors import ConfigError
+from agent.schema import Section, rule_of, sections_of
 
 BASE = """\
 device_id = "frontdoor"
@@ -217,7 +217,7 @@ def test_cross_field_rules(config_dir: Path) -> None:
     assert "camera names must be unique (repeated: door)" in by_key["cameras"].reason
     assert by_key["cameras"].line == lines.index("[[cameras]]") + 1
 
-    # A section's own rules run once its fields are valid (pydantic order), so this one is checked alone.
+    # A section's own rules run once its fields are valid, so this one is checked alone.
     text, _ = set_key(BASE, "mqtt", "password_env", '"MQTT_PW"')  # no username
     file.write_text(text)
     (problem,) = problems_of(file)
@@ -337,43 +337,52 @@ def test_example_config_is_valid_and_covers_every_section(tmp_path: Path) -> Non
     config = load_config(file)
     assert config.device_id == "frontdoor" and config.mqtt is not None
     text = AgentConfig.example_toml()
-    for name, field in AgentConfig.model_fields.items():
-        annotation = _model_of(field.annotation)
-        if annotation is None:
-            assert re.search(rf"^{name} = ", text, re.M), name
+    sections = sections_of(AgentConfig)
+    for field in dataclasses.fields(AgentConfig):
+        if field.name not in sections:
+            assert re.search(rf"^{field.name} = ", text, re.M), field.name
         else:
-            assert f"[{name}]" in text or f"[[{name}]]" in text, name
+            assert f"[{field.name}]" in text or f"[[{field.name}]]" in text, field.name
 
 
-def _model_of(annotation: object) -> type[BaseModel] | None:
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-        for inner in typing.get_args(candidate):
-            if isinstance(inner, type) and issubclass(inner, BaseModel):
-                return inner
-    return None
-
-
-def _all_models(model: type[BaseModel], seen: set[type[BaseModel]]) -> set[type[BaseModel]]:
-    seen.add(model)
-    for field in model.model_fields.values():
-        inner = _model_of(field.annotation)
-        if inner is not None and inner not in seen:
-            _all_models(inner, seen)
+def _all_sections(section: type[Section], seen: set[type[Section]]) -> set[type[Section]]:
+    seen.add(section)
+    for inner in sections_of(section).values():
+        if inner not in seen:
+            _all_sections(inner, seen)
     return seen
 
 
 def test_every_field_is_described_and_every_number_bounded() -> None:
-    for model in _all_models(AgentConfig, set()):
-        assert model.model_config.get("extra") == "forbid", model.__name__
-        for name, field in model.model_fields.items():
-            assert field.description, f"{model.__name__}.{name} has no description"
-            types_ = {field.annotation, *typing.get_args(field.annotation)}
-            if types_ & {int, float} and str not in types_:  # int | str (camera source) has its own validator
-                lower = any(getattr(m, b, None) is not None for m in field.metadata for b in ("ge", "gt"))
-                upper = any(getattr(m, b, None) is not None for m in field.metadata for b in ("le", "lt"))
-                assert lower and upper, f"{model.__name__}.{name} is not bounded on both sides"
+    sections = _all_sections(AgentConfig, set())
+    assert len(sections) == 12  # every table of the example config, Backoff included
+    for section in sections:
+        numbers = {name: t for name, t in typing_hints(section).items() if t in (int, float, int | None, float | None)}
+        for field in dataclasses.fields(section):
+            rule = rule_of(field)
+            assert rule.description, f"{section.__name__}.{field.name} has no description"
+            if field.name in numbers:  # int | str (camera source) has its own validator
+                assert rule.bounded == (True, True), f"{section.__name__}.{field.name} is not bounded on both sides"
+
+
+def typing_hints(section: type[Section]) -> dict[str, object]:
+    import typing
+
+    return typing.get_type_hints(section)
+
+
+def test_every_section_refuses_unknown_keys_and_checks_values_built_in_code() -> None:
+    from agent.config import TrackingConfig
+    from agent.schema import SchemaError
+
+    with pytest.raises(SchemaError, match=r"TrackingConfig: min_votes: must be >= 1 \(got 0\)"):
+        TrackingConfig(min_votes=0)
+    with pytest.raises(SchemaError, match=r"MqttConfig: port: must be an integer \(got '1883'\)"):
+        MqttConfig(host="h", port="1883")  # type: ignore[arg-type]
+    with pytest.raises(SchemaError, match=r"Backoff: max_s \(1.0\) must be >= initial_s \(5.0\)"):
+        Backoff(initial_s=5, max_s=1)
+    with pytest.raises(TypeError):
+        TrackingConfig(min_vote=3)  # type: ignore[call-arg]
 
 
 def test_backoff_grows_exponentially_is_capped_and_jittered() -> None:

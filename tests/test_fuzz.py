@@ -29,7 +29,6 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
 from soak import AgentProcess, enroll_gallery, pick, toml_text, write_config
 
 from agent.config import AgentConfig, ConfigError, ConfigErrors, key_path, load_config
@@ -40,6 +39,7 @@ from agent.gallery import Gallery, Matcher
 from agent.imageio import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_bgr
 from agent.pipeline import Pipeline
 from agent.quality import QualityGate
+from agent.schema import Section, sections_of
 from agent.sources import Frame
 from agent.track import Tracker, TrackerConfig
 
@@ -581,25 +581,20 @@ BASE: dict[str, Any] = {
 Loc = tuple[str | int, ...]
 
 
-def field_paths(model: type[BaseModel], prefix: Loc = ()) -> list[Loc]:
+def field_paths(section: type[Section], prefix: Loc = ()) -> list[Loc]:
     """Every key of the config schema, nested tables included (list items as index 0)."""
-    import types
+    import dataclasses
     import typing
 
     out: list[Loc] = []
-    for name, info in model.model_fields.items():
-        path = (*prefix, name)
+    inner = sections_of(section)
+    hints = typing.get_type_hints(section)
+    for field in dataclasses.fields(section):
+        path = (*prefix, field.name)
         out.append(path)
-        annotation = info.annotation
-        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-        args = [a for a in typing.get_args(annotation) if a is not type(None)] if union else [annotation]
-        for arg in args:
-            if typing.get_origin(arg) is list:
-                inner = typing.get_args(arg)[0]
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    out += field_paths(inner, (*path, 0))
-            elif isinstance(arg, type) and issubclass(arg, BaseModel):
-                out += field_paths(arg, path)
+        if field.name in inner:
+            is_list = typing.get_origin(hints[field.name]) is list
+            out += field_paths(inner[field.name], (*path, 0) if is_list else path)
     return out
 
 

@@ -1,4 +1,5 @@
-"""The agent never imports TensorFlow, directly or through a helper (it costs ~520 MB RSS on a Pi)."""
+"""The agent never imports TensorFlow, directly or through a helper (it costs ~520 MB RSS on a Pi), and the
+service's own imports stay inside its 120 MB budget (no pydantic; no PyYAML unless the config is YAML)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,20 @@ print(len(faces), v.shape[0], round(float((v * v).sum()), 3))
     assert int(n_faces) >= 1
     assert int(dim) == 512
     assert float(norm) == 1.0
+
+
+def test_the_service_with_a_toml_config_loads_no_pydantic_and_no_yaml(tmp_path: Path) -> None:
+    # pydantic and its schemas cost ~14 MB of the agent's 120 MB RSS budget; PyYAML ~1 MB: only for .yaml configs.
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'device_id = "d"\n[[cameras]]\nname = "c"\nsource = 0\n[models]\ndetector = "det"\nembedder = "emb"\n'
+    )
+    code = (
+        "import sys\n"
+        "import agent.app, agent.cli, agent.sinks.mqtt, agent.sinks.stdout\n"
+        "from agent.config import load_config\n"
+        f"load_config({str(config)!r})\n"
+        "print(','.join(sorted(k for k in sys.modules if k.split('.')[0] in ('pydantic', 'pydantic_core', 'yaml'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "", f"the agent service pulled in: {out.stdout.strip()}"
