@@ -27,7 +27,7 @@ help:
 system-deps:
 	@missing=""; \
 	  for tool in mosquitto:mosquitto sshd:openssh-server ssh:openssh-client systemd-analyze:systemd \
-	              openssl:openssl unshare:util-linux qemu-aarch64-static:qemu-user-static \
+	              openssl:openssl unshare:util-linux fincore:util-linux-extra qemu-aarch64-static:qemu-user-static \
 	              debootstrap:debootstrap; do \
 	    command -v $${tool%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool##*:}"; \
 	  done; \

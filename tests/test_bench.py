@@ -7,6 +7,7 @@ Timings are not asserted: the machine is shared and --quick runs few repetitions
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,8 @@ def test_agent_end_to_end_beside_the_float_agent(bench: dict[str, Any]) -> None:
         assert f["measured"]["tensorflow_imported"] is False  # the device agent never imports TensorFlow
         assert f["baseline"]["tensorflow_imported"] is True
     assert all(v > 0 for v in report["agent_rss_mb"].values())
+    assert any(k.startswith("agent service (python -m agent") for k in report["agent_rss_mb"])
+    assert report["environment"]["page_cache"].startswith("page cache dropped for ")
     names = [t["name"] for t in report["targets"]]
     assert any("fps" in n for n in names) and any("RSS" in n for n in names)
     for t in report["targets"]:
@@ -159,3 +162,23 @@ def test_headline_compares_our_fastest_gated_pipeline_with_face_recognition(benc
     assert 0 < h["ours_auc"] <= 1 and 0 < h["peer_auc"] <= 1
     assert len(h["targets"]) == 2
     assert "PASS" in bench["stdout"] or "FAIL" in bench["stdout"]
+
+
+def _cached_bytes(path: Path) -> int:
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return int(out.stdout.strip())
+
+
+def test_page_cache_of_shared_libraries_is_dropped_and_other_files_are_left(tmp_path: Path) -> None:
+    from converter.bench.pagecache import evict
+
+    lib, versioned, other = tmp_path / "libx.so", tmp_path / "deep" / "liby.so.1.2", tmp_path / "notes.txt"
+    versioned.parent.mkdir()
+    for path in (lib, versioned, other):
+        path.write_bytes(os.urandom(1 << 20))  # just written: in the page cache
+    assert all(_cached_bytes(p) > 0 for p in (lib, versioned, other))
+    result = evict([tmp_path])
+    assert (result.files, result.mb) == (2, 2.0)
+    assert _cached_bytes(lib) == 0 and _cached_bytes(versioned) == 0
+    assert _cached_bytes(other) > 0

@@ -6,7 +6,9 @@ frames; the orchestrator runs mosquitto and the subscriber that reads ``latency_
 The float baseline is the same Agent with the recipe's TF models wired in (``float_models``), so
 its peak RSS carries TensorFlow, as a device running the sources would.
 
-Peak RSS (VmHWM) is read after the streams and before any other figure, so it is the agent's own.
+Peak RSS (VmHWM) is read after the streams and before any other figure, so it is the agent's own. The
+device side also runs the service itself (``python -m agent --config``, as systemd starts it) over the
+one-face stream in a process of its own: its peak RSS is the figure held against the 120 MB target.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ class E2EResult:
     cpus: list[int]
     speed: SpeedResult | None
     source: SourceResult | None
+    service_rss_mb: float = 0.0  # `python -m agent` in its own process (device side only)
+    service_error: str = ""
 
 
 def _models(job: E2EJob, config: Any) -> Any:
@@ -264,6 +268,14 @@ def run_e2e(job: E2EJob) -> E2EResult:
             )
     rss = proc_status_mb("VmHWM")
     tf_loaded = "tensorflow" in sys.modules
+    service_rss, service_error = 0.0, ""
+    one_face = next((s for s in job.streams if s.faces == 1), None)
+    if not job.float_models and one_face is not None:
+        try:
+            service_rss = service_rss_mb(one_face.config)
+        except Exception as exc:
+            service_error = first_line(exc)
+            log.warning("agent service run: %s", service_error)
     spec = PipelineSpec(job.detector, job.detector_variant, job.embedder, job.embedder_variant)
     speed = run_speed(job.speed, job.models_dir) if job.speed else None
     source = None
@@ -272,8 +284,45 @@ def run_e2e(job: E2EJob) -> E2EResult:
 
         source = run_source(job.source_after)
     return E2EResult(
-        job.label, spec.name, results, round(rss, 1), tf_loaded, sorted(os.sched_getaffinity(0)), speed, source
+        job.label,
+        spec.name,
+        results,
+        round(rss, 1),
+        tf_loaded,
+        sorted(os.sched_getaffinity(0)),
+        speed,
+        source,
+        service_rss,
+        service_error,
     )
+
+
+def service_rss_mb(config: Path) -> float:
+    """Peak RSS (ru_maxrss of the exited child) of ``python -m agent --config``, the stream's config under its
+    own device id and spool, so its events are not counted as the stream's. The child inherits the
+    worker's single-core affinity."""
+    import re
+    import subprocess
+
+    text = config.read_text()
+    text = re.sub(r'^device_id = "([^"]+)"', r'device_id = "\1-service"', text, count=1, flags=re.M)
+    text = text.replace('-spool.sqlite"', '-service-spool.sqlite"')
+    own = config.with_name(config.stem + "-service.toml")
+    own.write_text(text)
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    errors = own.with_suffix(".stderr")
+    with open(errors, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--config", str(own)], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+            stderr=err,
+        )  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = errors.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"agent exited {proc.returncode}: {tail[0]}")
+    return round(usage.ru_maxrss / 1024.0, 1)  # KiB on Linux
 
 
 # -- single-core speed: per frame, scaling, gallery ----------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from agent.errors import FaceliteError
 from converter.bench.common import BenchError, read_json, write_json
 from converter.bench.frames import Prepared, PrepOptions, size_key
+from converter.bench.pagecache import Eviction
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def _agent_toml(
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, eviction: Eviction | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m converter.bench", description=__doc__)
     ap.add_argument("--models", type=Path, default=Path("build/models"), help="converted artifacts (make convert)")
     ap.add_argument("--data-dir", type=Path, default=None, help="holds faces/ and models/ (or FACELITE_DATA_DIR)")
@@ -184,14 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
+    if eviction is not None:
+        log.info("%s", eviction.describe())
     try:
-        return run(args)
+        return run(args, eviction)
     except FaceliteError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, eviction: Eviction | None = None) -> int:
     from agent.dataset import data_dir as resolve_data_dir
     from agent.detect import create_detector
     from agent.manifest import Manifest
@@ -246,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
         photos=prep.photos,
         steps_s={s.step: s.seconds for s in workers.steps},
         settings={"runs": settings.runs, "reps": settings.reps, "scaling_reps": settings.scaling_reps},
+        page_cache=eviction.describe() if eviction else "not dropped (RSS includes file pages as cached)",
     )
     report = build_report(env, plan, artifacts, prep, results)
     written = write_outputs(report, out)

@@ -56,6 +56,7 @@ class Environment:
     photos: int
     steps_s: dict[str, float]
     settings: dict[str, int]
+    page_cache: str = ""  # how the agent's libraries were cached when RSS was measured (pagecache.py)
     versions: dict[str, str] = field(default_factory=dict)
 
 
@@ -400,7 +401,13 @@ def build_report(env: Environment, plan: Any, artifacts: Sequence[Artifact], pre
                 "fps",
             )
         )
-        targets.append(Target.check("agent peak RSS (VmHWM)", one.measured.rss_peak_mb, "<=", RSS_TARGET_MB, "MB"))
+        device = c.e2e_device
+        name = "agent service (python -m agent) peak RSS"
+        if device.service_rss_mb > 0:
+            targets.append(Target.check(name, device.service_rss_mb, "<=", RSS_TARGET_MB, "MB"))
+        else:  # a target that could not be measured is not met
+            why = device.service_error or "not measured"
+            targets.append(Target(f"{name} ({why})", 0.0, "<=", RSS_TARGET_MB, "MB", passed=False))
     headline = _headline(artifacts, c)
     if headline:
         targets.extend(headline.targets)
@@ -436,7 +443,8 @@ def build_report(env: Environment, plan: Any, artifacts: Sequence[Artifact], pre
         headline,
         {
             "imports only (python, numpy, cv2, ai-edge-litert, agent modules)": c.import_rss_mb,
-            "agent run, peak (VmHWM)": one.measured.rss_peak_mb if one else 0.0,
+            "bench worker running the agent in-process, peak (VmHWM)": one.measured.rss_peak_mb if one else 0.0,
+            "agent service (python -m agent, one-face stream), peak (ru_maxrss)": c.e2e_device.service_rss_mb,
         },
         targets,
         [],
@@ -612,7 +620,8 @@ def markdown(r: Report) -> str:
             )
     L += [
         "",
-        "Agent RSS: " + "; ".join(f"{k}: {v:.0f} MB" for k, v in r.agent_rss_mb.items()) + ".",
+        "Agent RSS: " + "; ".join(f"{k}: {v:.0f} MB" for k, v in r.agent_rss_mb.items()) + ". "
+        f"Shared libraries as after boot (converter/bench/pagecache.py): {r.environment.page_cache}.",
         "",
         "Gallery matching (one probe against every template, ms p50 / p95):",
         "",
