@@ -33,11 +33,9 @@ else:  # Python 3.10 (older device images): same API from the tomli backport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AgentConfig", "ConfigErrors", "ConfigProblem", "key_path", "load_config"]
-
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Every table: immutable, and built by keyword only, so required and defaulted keys keep the example's order.
 SECTION = dataclass(frozen=True, kw_only=True)
 
 
