@@ -297,12 +297,13 @@ def run_e2e(job: E2EJob) -> E2EResult:
     )
 
 
-def service_rss_mb(config: Path) -> float:
+def service_rss_mb(config: Path, timeout_s: float = 300.0) -> float:
     """Peak RSS (ru_maxrss of the exited child) of ``python -m agent --config``, the stream's config under its
     own device id and spool, so its events are not counted as the stream's. The child inherits the
     worker's single-core affinity."""
     import re
     import subprocess
+    import threading
 
     text = config.read_text()
     text = re.sub(r'^device_id = "([^"]+)"', r'device_id = "\1-service"', text, count=1, flags=re.M)
@@ -317,7 +318,13 @@ def service_rss_mb(config: Path) -> float:
             [sys.executable, "-m", "agent", "--config", str(own)], cwd=repo, env=env, stdout=subprocess.DEVNULL,
             stderr=err,
         )  # fmt: skip
-        _, status, usage = os.wait4(proc.pid, 0)
+        # wait4 has no timeout and is the only way to the child's own rusage: a timer kills a hung agent.
+        watchdog = threading.Timer(timeout_s, proc.kill)
+        watchdog.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            watchdog.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = errors.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
