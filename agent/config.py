@@ -112,9 +112,7 @@ def _camera_source(value: Any, ctx: Context) -> int | str:
 
 @SECTION
 class CameraConfig(Section):
-    name: str = setting(
-        description="Camera name used in topics and events.", after=(partial(_check_name, "camera name"),)
-    )
+    name: str = setting(description="Camera name used in topics and events.", after=(_camera_name,))
     source: int | str = setting(
         description="Camera index (0), V4L2 device (/dev/video0), rtsp:// or http(s):// URL, video file or folder.",
         before=_camera_source,
@@ -211,10 +209,8 @@ def _env_name(value: str, ctx: Context) -> str:
 
 
 def _password_file(value: str, ctx: Context) -> str:
-    path = _resolve_path(Path(value), ctx)
-    if "$" not in value:
-        _existing_file(path, ctx)
-    return str(path)
+    # A str field (it may hold $CREDENTIALS_DIRECTORY) with the checks of an existing-file path.
+    return str(_existing_file(_resolve_path(Path(value), ctx), ctx))
 
 
 @SECTION
@@ -322,7 +318,7 @@ def _unique_names(value: list[CameraConfig], ctx: Context) -> list[CameraConfig]
 class AgentConfig(Section):
     device_id: str = setting(
         description="Unique device name, used in topics and as MQTT client id.",
-        after=(partial(_check_name, "device_id"),),
+        after=(_device_id,),
     )
     cameras: list[CameraConfig] = setting(
         min_length=1, max_length=16, description="Frame sources ([[cameras]]).", after=(_unique_names,)

@@ -289,19 +289,16 @@ def _bounds(rule: Rule, value: Any) -> str:
             if bound is not None and not ok(bound):
                 shown = float(bound) if as_float else bound
                 return f"must be {op} {shown} (got {short(value)})"
-    if isinstance(value, str | list):
-        n = len(value)
-        what = "characters" if isinstance(value, str) else "item(s)"
-        if rule.min_length is not None and n < rule.min_length:
-            if isinstance(value, str):
-                return f"must not be empty (got {short(value)})" if rule.min_length == 1 else "is too short"
-            return f"must have at least {rule.min_length} {what}"
-        if rule.max_length is not None and n > rule.max_length:
-            return (
-                f"must be at most {rule.max_length} {what}"
-                if isinstance(value, str)
-                else (f"must have at most {rule.max_length} {what}")
-            )
+    if isinstance(value, str):
+        if rule.min_length is not None and len(value) < rule.min_length:
+            return f"must not be empty (got {short(value)})" if rule.min_length == 1 else "is too short"
+        if rule.max_length is not None and len(value) > rule.max_length:
+            return f"must be at most {rule.max_length} characters"
+    if isinstance(value, list):
+        if rule.min_length is not None and len(value) < rule.min_length:
+            return f"must have at least {rule.min_length} item(s)"
+        if rule.max_length is not None and len(value) > rule.max_length:
+            return f"must have at most {rule.max_length} item(s)"
     return ""
 
 

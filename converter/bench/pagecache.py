@@ -29,53 +29,57 @@ class Eviction:
         return f"page cache dropped for {self.files} shared libraries ({self.mb:.0f} MB) under {', '.join(self.roots)}"
 
 
-def library_roots(legacy_python: str | None = None) -> list[Path]:
-    """Where the agent's code is loaded from: this environment's site-packages, the interpreter's own
-    libraries and extension modules, and the tflite-runtime venv when there is one."""
+def library_paths(legacy_python: str | None = None) -> list[Path]:
+    """Where the agent's code is loaded from: this environment's site-packages, the interpreter's extension
+    modules and libpython, and the tflite-runtime venv when there is one."""
     paths = sysconfig.get_paths()
-    roots = {Path(paths["purelib"]), Path(paths["platlib"]), Path(paths["stdlib"]) / "lib-dynload"}
+    found = {Path(paths["purelib"]), Path(paths["platlib"]), Path(paths["stdlib"]) / "lib-dynload"}
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir:
-        roots.add(Path(libdir))
+        found.update(Path(libdir).glob("libpython*.so*"))  # not the rest of LIBDIR (the whole stdlib)
     if legacy_python:
-        prefix = Path(legacy_python).parent.parent
-        roots.update(prefix.glob("lib/python3*/site-packages"))
-    return sorted(r for r in roots if r.is_dir())
+        found.update(Path(legacy_python).parent.parent.glob("lib/python3*/site-packages"))
+    return sorted(p for p in found if p.exists())
 
 
 def _is_library(name: str) -> bool:
     return name.endswith(".so") or ".so." in name
 
 
-def evict(roots: list[Path]) -> Eviction:
+def _libraries(paths: list[Path]) -> list[str]:
+    out = []
+    for path in paths:
+        if path.is_file():
+            out.append(str(path))
+            continue
+        for folder, _, names in os.walk(path):
+            out += [os.path.join(folder, n) for n in names if _is_library(n)]
+    return out
+
+
+def evict(paths: list[Path]) -> Eviction:
+    """Drop the cached pages of the given library files and of every library under the given folders."""
     files, size = 0, 0
-    for root in roots:
-        # The interpreter's LIBDIR holds much else (lib/python3.x): only its top-level libpython*.so.
-        walk = [(str(root), [], os.listdir(root))] if root.name == "lib" else os.walk(root)
-        for folder, _, names in walk:
-            for name in names:
-                if not _is_library(name):
-                    continue
-                path = os.path.join(folder, name)
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError:
-                    continue
-                try:
-                    if not os.path.isfile(path):
-                        continue
-                    os.fdatasync(fd)  # dirty pages cannot be dropped
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                    files += 1
-                    size += os.fstat(fd).st_size
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
-    return Eviction(files, round(size / 2**20, 1), tuple(str(r) for r in roots))
+    for path in _libraries(paths):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if not os.path.isfile(path):
+                continue
+            os.fdatasync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            files += 1
+            size += os.fstat(fd).st_size
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return Eviction(files, round(size / 2**20, 1), tuple(str(p) for p in paths))
 
 
 def evict_agent_libraries() -> Eviction | None:
     if not hasattr(os, "posix_fadvise") or not sys.platform.startswith("linux"):
         return None
-    return evict(library_roots(os.environ.get("FACELITE_LEGACY_PYTHON")))
+    return evict(library_paths(os.environ.get("FACELITE_LEGACY_PYTHON")))
