@@ -37,6 +37,7 @@ from agent.events import (
 )
 from agent.gallery import Gallery, Matcher
 from agent.messages import Message
+from agent.openset import OpenSetThreshold, resolve_threshold
 from agent.pipeline import Pipeline
 from agent.quality import QualityGate
 from agent.sd_notify import Notifier
@@ -100,11 +101,20 @@ def open_gallery(config: AgentConfig, embedder: Embedder) -> Gallery:
     )
 
 
-def make_matcher(config: AgentConfig, embedder: Embedder) -> Matcher:
-    threshold = config.matching.threshold
-    if threshold is None:
-        threshold = embedder.manifest.threshold(config.matching.target_far)
-    return Matcher(threshold=threshold, margin=config.matching.ambiguous_margin)
+def open_set_threshold(config: AgentConfig, models: Models, templates: int) -> OpenSetThreshold:
+    """The threshold that holds ``matching.stranger_accept_rate`` per visit for a gallery of ``templates``."""
+    return resolve_threshold(
+        models.embedder.manifest,
+        detector=models.detector.manifest.name,
+        stranger_accept_rate=config.matching.stranger_accept_rate,
+        templates=templates,
+        fixed=config.matching.threshold,
+    )
+
+
+def make_matcher(config: AgentConfig, models: Models, templates: int) -> tuple[Matcher, OpenSetThreshold]:
+    resolved = open_set_threshold(config, models, templates)
+    return Matcher(threshold=resolved.threshold, margin=config.matching.ambiguous_margin), resolved
 
 
 def make_gate(config: AgentConfig) -> QualityGate:
@@ -171,7 +181,8 @@ class Agent:
         prefix = config.mqtt.base_topic if config.mqtt else "facelite"
         discovery_prefix = config.mqtt.discovery_prefix if config.mqtt else "homeassistant"
         self.topics = Topics(config.device_id, prefix, discovery_prefix)
-        self.matcher = make_matcher(config, models.embedder)
+        self.matcher, self.open_set = make_matcher(config, models, gallery.index.size)
+        self._log_threshold()
         gate = make_gate(config)
         self.cameras: list[_Camera] = []
         for cam in config.cameras:
@@ -309,6 +320,7 @@ class Agent:
             models={"detector": f"{det.name}/{det.variant}", "embedder": f"{emb.name}/{emb.variant}"},
             uptime_s=self.monotonic() - self._started,
             camera=camera,
+            matching=self.open_set.as_dict(),
         )
 
     def run(self) -> RunSummary:
@@ -374,9 +386,33 @@ class Agent:
         if changed:
             people = [p.name for p in self.gallery.people()]
             log.info("gallery changed (version %d): %d people", self.gallery.version, len(people))
+            self._rematch()
             self._publish_all([presence_message(self.topics, p) for p in self.presence.set_people(people)])
             if self.config.mqtt and self.config.mqtt.discovery:
                 self._publish_all(discovery_messages(self.topics, people))
+
+    def _rematch(self) -> None:
+        """A gallery of another size needs another threshold to hold the same per-visit stranger rate."""
+        try:
+            matcher, resolved = make_matcher(self.config, self.models, self.gallery.index.size)
+        except FaceliteError as exc:
+            log.warning("open-set threshold not updated: %s", exc.one_line())
+            return
+        self.matcher, self.open_set = matcher, resolved
+        for cam in self.cameras:
+            cam.pipeline.matcher = matcher  # read once per frame by the pipeline: a plain swap is enough
+        self._log_threshold()
+
+    def _log_threshold(self) -> None:
+        o = self.open_set
+        expected = f"{o.expected_visit_far:.2g}" if o.expected_visit_far is not None else "unknown"
+        log.info(
+            "match threshold %.4f for %d template(s): expected stranger accept rate per visit %s (%s)",
+            o.threshold,
+            o.templates,
+            expected,
+            o.source,
+        )
 
     def _shutdown(self) -> RunSummary:
         self.notifier.stopping()

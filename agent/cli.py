@@ -118,8 +118,8 @@ def self_test(config: Any, image_path: Path, expect: int) -> int:
     from agent.imageio import read_image
 
     models = load_models(config)
-    matcher = make_matcher(config, models.embedder)
     with open_gallery(config, models.embedder) as gallery:
+        matcher, _ = make_matcher(config, models, gallery.index.size)
         image = read_image(image_path)
         faces = models.detector.detect(image)
         vectors = [models.embedder.embed(image, f).vector for f in faces]
@@ -249,7 +249,7 @@ def enroll(args: argparse.Namespace) -> int:
 def gallery_cmd(args: argparse.Namespace) -> int:
     from agent.gallery import Gallery
 
-    _, embedder, gallery_path = _models_from(args)
+    detector, embedder, gallery_path = _models_from(args)
     with Gallery.open(
         gallery_path,
         embedder_sha256=embedder.sha256,
@@ -260,6 +260,7 @@ def gallery_cmd(args: argparse.Namespace) -> int:
             for p in g.people():
                 print(f"{p.name}\t{p.templates} template(s)\tslug={p.slug}")
             print(f"{len(g.people())} people, gallery version {g.version}")
+            print(_threshold_line(args, detector, embedder, g.index.size))
         elif args.action == "remove":
             g.remove(args.args[0])
             print(f"removed {args.args[0]}")
@@ -279,6 +280,31 @@ def gallery_cmd(args: argparse.Namespace) -> int:
             n = g.import_(Path(args.args[0]))
             print(f"imported {n} template(s) from {args.args[0]}")
     return 0
+
+
+def _threshold_line(args: argparse.Namespace, detector: Any, embedder: Any, templates: int) -> str:
+    """The open-set threshold this gallery gets, as the agent would compute it (agent/openset.py)."""
+    from agent.openset import resolve_threshold
+
+    rate, fixed = 1e-3, None
+    if args.config:
+        from agent.config import load_config
+
+        matching = load_config(args.config).matching
+        rate, fixed = matching.stranger_accept_rate, matching.threshold
+    o = resolve_threshold(
+        embedder.manifest,
+        detector=detector.manifest.name,
+        stranger_accept_rate=rate,
+        templates=templates,
+        fixed=fixed,
+    )
+    expected = f"{o.expected_visit_far:.2g}" if o.expected_visit_far is not None else "unknown"
+    return (
+        f"match threshold {o.threshold:.4f} for {templates} template(s): expected stranger accept rate per visit "
+        f"{expected} (target {o.target_visit_far if o.target_visit_far is not None else 'none: fixed threshold'}; "
+        f"{o.source})"
+    )
 
 
 def _eval_pipelines(args: argparse.Namespace) -> list[tuple[Any, Any]]:

@@ -152,17 +152,27 @@ class QualityConfig(Section):
     max_pitch: float = setting(30.0, ge=0, le=90, description="Largest head tilt (up/down) accepted, degrees.")
 
 
-def _far(value: Any, ctx: Context) -> Any:
-    # TOML reads 1e-3 as a float and YAML 1.1 reads it as a string: accept both spellings.
-    if isinstance(value, float):
-        return {0.01: "1e-2", 0.001: "1e-3"}.get(value, value)
+def _exponent_float(value: Any, ctx: Context) -> Any:
+    # YAML 1.1 (PyYAML) reads 1e-3 as a string, as it wants a dot before the exponent; TOML reads a float.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
     return value
 
 
 @SECTION
 class MatchingConfig(Section):
-    target_far: Literal["1e-2", "1e-3"] = setting(
-        "1e-3", description="False-accept rate the embedder's calibrated threshold was chosen for.", before=_far
+    stranger_accept_rate: float = setting(
+        1e-3,
+        gt=0,
+        lt=0.5,
+        before=_exponent_float,
+        description=(
+            "Chance that a stranger's visit is announced as someone enrolled. The agent turns it into a "
+            "similarity threshold from the embedder's calibration curve for the gallery's size (README)."
+        ),
     )
     threshold: float | None = setting(
         None, ge=-1, le=1, description="Cosine similarity threshold; overrides the manifest's calibrated one."
@@ -371,9 +381,9 @@ max_yaw = 45
 max_pitch = 30
 
 [matching]
-target_far = "1e-3"        # "1e-2" | "1e-3": which calibrated threshold of the embedder to use
+stranger_accept_rate = 1e-3 # chance a stranger's visit is announced as someone enrolled (per visit)
 ambiguous_margin = 0.05
-# threshold = 0.45         # overrides the calibrated threshold
+# threshold = 0.45          # a fixed similarity threshold instead (then the rate above is not held)
 
 [tracking]
 iou_threshold = 0.3

@@ -25,7 +25,7 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -416,6 +416,9 @@ class StateReport:
     models: Mapping[str, str]  # role -> "name/variant", e.g. {"detector": "blazeface-full/fp32"}
     uptime_s: float
     camera: str  # "ok", "reconnecting", "failed", ...
+    # The open-set threshold in force: agent.openset.OpenSetThreshold.as_dict() (threshold, templates,
+    # target and expected stranger accept rate per visit, where it came from).
+    matching: Mapping[str, Any] = field(default_factory=dict)
 
 
 def state_message(topics: Topics, report: StateReport, *, now: float) -> Message:
@@ -432,6 +435,7 @@ def state_message(topics: Topics, report: StateReport, *, now: float) -> Message
         "models": dict(sorted(report.models.items())),
         "uptime_s": _r(report.uptime_s, 1),
         "camera": report.camera,
+        "matching": dict(report.matching),
     }
     return Message(topics.state, _json(payload), qos=1, retain=True)
 

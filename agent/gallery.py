@@ -32,15 +32,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from agent.errors import ConfigError, GalleryError
 from agent.events import slugify
-
-if TYPE_CHECKING:
-    from agent.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +94,8 @@ class Match:
 
 @dataclass(frozen=True)
 class Matcher:
-    """Open-set decision rule: ``threshold`` from the manifest (calibrated FAR), ``margin`` from config."""
+    """Open-set decision rule: a person is announced at similarity >= ``threshold`` (agent/openset.py computes
+    it for the gallery's size; agent/metrics.py uses the same >= rule), ``margin`` from config."""
 
     threshold: float
     margin: float
@@ -107,10 +105,6 @@ class Matcher:
             raise ConfigError(f"match threshold must be a cosine in [-1, 1], got {self.threshold}", "matcher.threshold")
         if not (math.isfinite(self.margin) and 0.0 <= self.margin <= 2.0):
             raise ConfigError(f"match margin must be in [0, 2], got {self.margin}", "matcher.margin")
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, *, far: str = "1e-3", margin: float) -> Matcher:
-        return cls(threshold=manifest.threshold(far), margin=margin)
 
     def match(self, index: TemplateIndex, vector: np.ndarray) -> Match:
         """Decide on an already validated, unit-length float32 ``vector`` of ``index.dim`` values."""

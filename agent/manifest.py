@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.errors import ModelError
+from agent.metrics import CurvePoint
 
 MANIFEST_SCHEMA = 1
 MANIFEST_NAME = "manifest.json"
@@ -42,6 +43,12 @@ def _strict(cls: type, data: Any, where: str) -> dict[str, Any]:
     missing = sorted(required - set(data))
     if missing:
         raise ModelError(f"manifest is missing key(s) {missing} at {where or 'root'}")
+    return data
+
+
+def _strict_map(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ModelError(f"manifest field {where} must be an object, got {type(data).__name__}")
     return data
 
 
@@ -141,6 +148,45 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Threshold versus per-comparison false-accept rate, measured through one detector and aligner.
+
+    ``people`` says on whom: people disjoint from every reported evaluation (see agent/lfw.py).
+    """
+
+    detector: str  # "<name>/<variant>" of the detector whose faces were embedded
+    people: str  # e.g. "LFW View 2 folds 1-5: 2,083 people"
+    photos: int
+    faces: int  # photos where the detector found a face
+    comparisons_same: int
+    comparisons_diff: int
+    curve: list[CurvePoint]  # false-accept rate descending, thresholds ascending
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Calibration:
+        d = _strict(cls, d, where)
+        curve = []
+        for i, point in enumerate(d["curve"]):
+            point = _strict(CurvePoint, point, f"{where}.curve[{i}]")
+            curve.append(
+                CurvePoint(float(point["far"]), float(point["threshold"]), float(point["tar"]), str(point["method"]))
+            )
+        fars = [p.far for p in curve]
+        thresholds = [p.threshold for p in curve]
+        if not curve or fars != sorted(fars, reverse=True) or thresholds != sorted(thresholds):
+            raise ModelError("calibration curve must list falling rates with rising thresholds", f"{where}.curve")
+        return cls(
+            detector=str(d["detector"]),
+            people=str(d["people"]),
+            photos=int(d["photos"]),
+            faces=int(d["faces"]),
+            comparisons_same=int(d["comparisons_same"]),
+            comparisons_diff=int(d["comparisons_diff"]),
+            curve=curve,
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     kind: Kind
@@ -155,6 +201,8 @@ class Manifest:
     thresholds: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)  # {"p50": .., "fp32_p50": ..}
     recommended_variant: str | None = None
+    # Embedders: per detector name ("blazeface", "mtcnn", ...), the open-set calibration (agent/openset.py).
+    calibration: dict[str, Calibration] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)  # converter, tensorflow, runtime
     extra: dict[str, Any] = field(default_factory=dict)  # model-specific settings (anchors, pnet scales, ...)
     schema: int = MANIFEST_SCHEMA
@@ -187,6 +235,10 @@ class Manifest:
             thresholds={str(k): float(v) for k, v in d.get("thresholds", {}).items()},
             latency_ms={str(k): float(v) for k, v in d.get("latency_ms", {}).items()},
             recommended_variant=d.get("recommended_variant"),
+            calibration={
+                str(k): Calibration.from_dict(v, f"calibration.{k}")
+                for k, v in _strict_map(d.get("calibration", {}), "calibration").items()
+            },
             versions={str(k): str(v) for k, v in d.get("versions", {}).items()},
             extra=dict(d.get("extra", {})),
             schema=int(d.get("schema", MANIFEST_SCHEMA)),

@@ -85,6 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--no-legacy-check", action="store_true", help="skip the tflite-runtime 2.14 check (not for release builds)"
     )
+    ap.add_argument(
+        "--no-open-set-calibration",
+        action="store_true",
+        help="skip the threshold curve on LFW folds 1-5 (then the agent has no per-visit stranger rate to hold)",
+    )
     # A user's own model.
     ap.add_argument("--source", type=Path, default=None, help="convert your own model file or folder")
     ap.add_argument("--name", default=None, help="name of your model (with --source)")
@@ -205,6 +210,13 @@ def run(args: argparse.Namespace) -> int:
         reports.append(ModelBuild(recipe, opts).run())
     write_summary(args.out, reports)
     print(summary_table(reports))
+    rows = open_set_calibration(args, reports)
+    if rows:
+        from converter.calibrate import summary_md
+
+        text = summary_md(rows)
+        (args.out / "calibration.md").write_text("# Open-set calibration (LFW View 2 folds 1-5)\n\n" + text)
+        print("\nOpen-set calibration (per-comparison false-accept rate, LFW folds 1-5):\n" + text)
     failed = [(r.name, v) for r in reports for v in r.variants if not v.passed]
     log.info("done in %.0f s", time.perf_counter() - t_start)
     if failed:
@@ -213,6 +225,31 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"Reports: {args.out}/*/report.md. Next: make demo   (or: make deploy DEVICE=pi)")
     return 0
+
+
+def open_set_calibration(args: argparse.Namespace, reports: list[Any]) -> list[Any]:
+    """Calibrate every installed embedder variant on LFW folds 1-5 (converter/calibrate.py)."""
+    from agent.dataset import data_dir
+    from agent.lfw import lfw_dir
+    from converter.calibrate import calibrate
+
+    built_embedder = any(r.kind == "embedder" and any(v.passed for v in r.variants) for r in reports)
+    if args.no_open_set_calibration or not built_embedder:
+        return []
+    try:
+        root: Path | None = data_dir(args.data_dir)
+    except FaceliteError:
+        root = None
+    if root is None or not (lfw_dir(root) / "pairs.txt").is_file():
+        log.warning(
+            "no faces/lfw in the data directory: embedder thresholds come from the sample photos and are not "
+            "calibrated for open-set use (run `make data`, or pass --data-dir with faces/lfw)"
+        )
+        return []
+    t0 = time.perf_counter()
+    rows = calibrate(args.out.resolve(), root, args.out.resolve().parent / "cache" / "lfw")
+    log.info("open-set calibration in %.0f s", time.perf_counter() - t0)
+    return rows
 
 
 def summary_table(reports: list[Any]) -> str:

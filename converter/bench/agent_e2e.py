@@ -188,7 +188,8 @@ def _pipeline_pass(config: Any, models: Any, gallery: Any) -> tuple[float, float
     from agent.pipeline import Pipeline
 
     pipeline = Pipeline(
-        models.detector, models.embedder, gallery, make_matcher(config, models.embedder), make_tracker(config),
+        models.detector, models.embedder, gallery, make_matcher(config, models, gallery.index.size)[0],
+        make_tracker(config),
         make_gate(config),
     )  # fmt: skip
     source = next(iter(open_sources(config).values()))
