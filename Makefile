@@ -15,12 +15,13 @@ export FACELITE_LEGACY_PYTHON := $(abspath $(LEGACY))/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-onnx system-deps data convert test lint demo eval deploy plan test-arm64 soak bench clean
+.PHONY: help setup setup-onnx system-deps data convert test lint demo eval eval-lfw deploy plan test-arm64 soak bench clean
 
 help:
 	@echo "make demo    convert models, enroll people from the sample photos, run the agent, print MQTT events"
 	@echo "make test    run the test suite (real broker, real models, real photos)"
 	@echo "make convert build verified .tflite artifacts into $(MODELS)"
+	@echo "make eval-lfw LFW 10-fold and open-set figures for every pipeline (build/eval-lfw/report.md)"
 	@echo "make setup   create $(VENV) (host: TensorFlow + runtimes) and $(LEGACY) (tflite-runtime 2.14, numpy<2)"
 
 # Debian tools the tests and the demo start themselves (mosquitto is never left running).
@@ -90,6 +91,12 @@ demo: setup data convert
 # One run, one report: build/bench/report.md + report.json + PNG charts, every figure beside its baseline.
 bench: setup data convert
 	$(PY) -m converter.bench --models $(MODELS) --data-dir $(DATA_DIR) --out build/bench
+
+# LFW View 2 end to end: every pipeline (detector x embedder variant) and face_recognition (dlib) on the
+# standard 10-fold protocol, the calibration checked on people it never saw, open set at 10/100/1,000 people.
+# Writes build/eval-lfw/report.md|json + charts; exits 1 when a target is missed.
+eval-lfw: setup data convert
+	$(PY) -m converter.bench.lfw --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw
 
 eval: setup data convert
 	$(VENV)/bin/facelite eval $(or $(DATA),$(DATA_DIR)/faces/people) --models $(MODELS) --out build/eval

@@ -332,9 +332,53 @@ def _eval_pipelines(args: argparse.Namespace) -> list[tuple[Any, Any]]:
     return [(create_detector(args.detector), Embedder.from_model_dir(args.embedder))]
 
 
+def eval_lfw(args: argparse.Namespace) -> int:
+    """``facelite eval faces/lfw --protocol lfw``: LFW View 2 for each pipeline (agent/lfw_eval.py)."""
+    from dataclasses import asdict
+
+    from agent.lfw import LfwView2, read_view2
+    from agent.lfw_eval import evaluate_pipeline, photo_groups, pipeline_vectors
+
+    view2 = read_view2(args.data)
+    folds = args.folds or list(range(1, view2.folds + 1))
+    view2 = LfwView2(view2.root, tuple(p for p in view2.pairs if p.fold in folds), view2.folds)
+    groups = photo_groups(view2, folds)
+    results = []
+    for detector, embedder in _eval_pipelines(args):
+        det, emb = detector.manifest, embedder.manifest
+        name = f"{det.name}/{det.variant} + {emb.name}/{emb.variant}"
+        cal = emb.calibration.get(det.name)
+        if cal is None:
+            raise FaceliteError(
+                f"{emb.name}/{emb.variant} has no calibration through {det.name}", fix="re-run `make convert`"
+            )
+        pv = pipeline_vectors(detector, det.sha256, embedder, groups, args.out / "cache")
+        r = evaluate_pipeline(name, pv, groups, view2, cal, cal.people, stranger_accept_rate=args.stranger_accept_rate)
+        results.append(r)
+        tf = r.ten_fold
+        print(
+            f"{name}: LFW accuracy {100 * tf.mean:.2f}% ± {100 * tf.std:.2f} over {len(tf.fold_accuracy)} folds "
+            f"(95% CI {100 * tf.ci95[0]:.2f}-{100 * tf.ci95[1]:.2f}), {tf.failed_pairs} of {tf.pairs} pairs failed "
+            f"(no face), AUC {tf.auc:.4f}"
+        )
+        for o in r.open_set:
+            print(
+                f"  gallery of {o.gallery_people}: strangers accepted {o.stranger_false_accepts}/{o.stranger_probes} "
+                f"= {o.stranger_far:.2g} (95% CI {o.stranger_far_ci[0]:.2g}-{o.stranger_far_ci[1]:.2g}), "
+                f"TAR {o.tar:.3f}, threshold {o.threshold:.4f}"
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "lfw.json"
+    path.write_text(json.dumps([asdict(r) for r in results], indent=2, default=str) + "\n")
+    print(f"report: {path}")
+    return 0
+
+
 def eval_cmd(args: argparse.Namespace) -> int:
     from agent.evaluate import evaluate, markdown, quantisation_loss, read_lfw_pairs, write_reports
 
+    if args.protocol == "lfw":
+        return eval_lfw(args)
     pairs = None
     if args.pairs:
         if args.pairs.suffix == ".csv":
@@ -344,7 +388,14 @@ def eval_cmd(args: argparse.Namespace) -> int:
         else:
             pairs = read_lfw_pairs(args.pairs, args.data)
     results = [
-        evaluate(detector, embedder, args.data, pairs=pairs, far=args.far, enroll_k=args.enroll_k)
+        evaluate(
+            detector,
+            embedder,
+            args.data,
+            pairs=pairs,
+            stranger_accept_rate=args.stranger_accept_rate,
+            enroll_k=args.enroll_k,
+        )
         for detector, embedder in _eval_pipelines(args)
     ]
     written = write_reports(results, args.out)
@@ -378,10 +429,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=("list", "remove", "forget", "rename", "export", "import"))
     p.add_argument("args", nargs="*")
     model_flags(p)
-    p = sub.add_parser("eval", help="accuracy of the full pipeline on a folder-per-person photo tree")
-    p.add_argument("data", type=Path, help="folder with one sub-folder of photos per person")
+    p = sub.add_parser("eval", help="accuracy of the full pipeline on a folder-per-person photo tree, or on LFW")
+    p.add_argument("data", type=Path, help="folder with one sub-folder of photos per person (lfw: faces/lfw)")
+    p.add_argument(
+        "--protocol",
+        choices=("folders", "lfw"),
+        default="folders",
+        help="lfw: LFW View 2 10-fold, calibration check and open set (DATA is faces/lfw with pairs.txt)",
+    )
+    p.add_argument("--folds", type=lambda v: [int(f) for f in v.split(",")], default=None, help="lfw: folds to run")
     p.add_argument("--pairs", type=Path, help="pairs.csv (image_a,image_b,same_person) or LFW pairs.txt")
-    p.add_argument("--far", choices=("1e-2", "1e-3"), default="1e-3")
+    p.add_argument(
+        "--stranger-accept-rate",
+        type=float,
+        default=1e-3,
+        help="per-visit stranger rate the match threshold is set for (as matching.stranger_accept_rate)",
+    )
     p.add_argument("--enroll-k", type=int, default=None, help="photos enrolled per person (default: half)")
     p.add_argument("--out", type=Path, default=Path("build/eval"))
     p.add_argument("--models", type=Path, help="evaluate every built embedder variant in this `make convert` folder")

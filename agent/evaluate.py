@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ from agent.embed import Embedder
 from agent.errors import FaceliteError, ImageError
 from agent.gallery import Matcher, _IndexBuilder
 from agent.imageio import read_image
-from agent.metrics import best_accuracy, verification_scores
+from agent.metrics import best_accuracy, roc_points, verification_scores
+from agent.openset import resolve_threshold
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,14 @@ def split_people(tree: dict[str, list[Path]], stranger_every: int) -> tuple[list
 
 
 def identification(
-    embedded: Sequence[EmbeddedPhoto], matcher: Matcher, dim: int, enroll_k: int | None, stranger_every: int
+    embedded: Sequence[EmbeddedPhoto],
+    matcher_for: Callable[[int], Matcher],
+    dim: int,
+    enroll_k: int | None,
+    stranger_every: int,
 ) -> dict[str, Any]:
+    """Open-set identification; ``matcher_for(templates)`` gives the matcher the agent would use for a
+    gallery of that many templates."""
     by_person: dict[str, list[EmbeddedPhoto]] = {}
     for e in embedded:
         by_person.setdefault(e.person, []).append(e)
@@ -118,6 +125,7 @@ def identification(
             builder.add(person, e.vector)
         probes.extend(photos[k:])
     index = builder.build()
+    matcher = matcher_for(index.size)
     enrolled = set(index.names)
     stranger_probes = [e for p in strangers for e in by_person[p]]
     correct_top1 = accepted_right = accepted_wrong = rejected = ambiguous = 0
@@ -168,7 +176,7 @@ def evaluate(
     people_dir: Path,
     *,
     pairs: list[Pair] | None = None,
-    far: str = "1e-3",
+    stranger_accept_rate: float = 1e-3,
     margin: float = 0.05,
     enroll_k: int | None = None,
     stranger_every: int = 5,
@@ -192,9 +200,18 @@ def evaluate(
         raise FaceliteError("the pairs need at least one same and one different pair with faces found")
     v = verification_scores(np.array(same), np.array(diff))
     acc, acc_thr = best_accuracy(np.array(same), np.array(diff))
-    matcher = Matcher(threshold=embedder.manifest.threshold(far), margin=margin)
-    ident = identification(embedded, matcher, int(embedder.manifest.embedding_size or 0), enroll_k, stranger_every)
     det_m = getattr(detector, "manifest", None)
+
+    def matcher_for(templates: int) -> Matcher:
+        resolved = resolve_threshold(
+            embedder.manifest,  # type: ignore[arg-type]
+            detector=getattr(det_m, "name", ""),
+            stranger_accept_rate=stranger_accept_rate,
+            templates=templates,
+        )
+        return Matcher(threshold=resolved.threshold, margin=margin)
+
+    ident = identification(embedded, matcher_for, int(embedder.manifest.embedding_size or 0), enroll_k, stranger_every)
     model = f"{det_m.name}/{det_m.variant} + " if det_m else ""
     model += f"{embedder.manifest.name}/{embedder.manifest.variant}"
     return EvalResult(
@@ -210,8 +227,8 @@ def evaluate(
             "best_accuracy_threshold": acc_thr,
             "pairs_same": v.n_same,
             "pairs_diff": v.n_diff,
-            "manifest_threshold": matcher.threshold,
-            "far_target": far,
+            "match_threshold": ident["threshold"],
+            "stranger_accept_rate_target": stranger_accept_rate,
         },
         identification=ident,
         scores={"same": same, "diff": diff},
@@ -285,10 +302,7 @@ def plots(results: Sequence[EvalResult], out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 5))
     for r in results:
-        same, diff = np.array(r.scores["same"]), np.array(r.scores["diff"])
-        thr = np.unique(np.concatenate([same, diff]))[::-1]
-        far = [(diff > t).mean() for t in thr]
-        tar = [(same > t).mean() for t in thr]
+        _, far, tar = roc_points(r.scores["same"], r.scores["diff"])
         ax.plot(np.maximum(far, 1e-4), tar, label=f"{r.model} (AUC {r.verification['auc']:.4f})")
     ax.set_xscale("log")
     ax.set_xlabel("false accept rate")
@@ -304,7 +318,7 @@ def plots(results: Sequence[EvalResult], out: Path) -> list[Path]:
     for ax, r in zip(axes[:, 0], results):
         ax.hist(r.scores["diff"], bins=60, alpha=0.6, density=True, label="different people")
         ax.hist(r.scores["same"], bins=30, alpha=0.6, density=True, label="same person")
-        ax.axvline(r.verification["manifest_threshold"], color="k", ls="--", lw=1, label="threshold @FAR1e-3")
+        ax.axvline(r.verification["match_threshold"], color="k", ls="--", lw=1, label="match threshold")
         ax.set_title(r.model, fontsize=8)
         ax.legend(fontsize=6)
     axes[-1, 0].set_xlabel("cosine similarity")

@@ -63,6 +63,23 @@ def threshold_at_far(diff: np.ndarray | Sequence[float], far: float) -> float:
     return float(np.nextafter(kth, np.inf))
 
 
+def roc_points(
+    same: np.ndarray | Sequence[float], diff: np.ndarray | Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds descending, FAR, TAR) at every distinct score, accepting at score >= threshold."""
+    same, diff = _as_scores(same), _as_scores(diff)
+    if same.size == 0 or diff.size == 0:
+        raise ValueError("a ROC curve needs at least one same and one different pair")
+    scores = np.concatenate([same, diff])
+    is_same = np.concatenate([np.ones(same.size, bool), np.zeros(diff.size, bool)])
+    order = np.argsort(-scores, kind="mergesort")
+    s, lab = scores[order], is_same[order]
+    last_of_run = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
+    tar = np.cumsum(lab)[last_of_run] / same.size
+    far = np.cumsum(~lab)[last_of_run] / diff.size
+    return s[last_of_run], far, tar
+
+
 def accept_rate(scores: np.ndarray | Sequence[float], threshold: float) -> float:
     scores = _as_scores(scores)
     return float((scores >= threshold).mean()) if scores.size else 0.0

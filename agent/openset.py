@@ -102,10 +102,14 @@ def resolve_threshold(
             visit_far(1e-3, n),
             "manifest threshold at per-comparison FAR 1e-3 (uncalibrated model)",
         )
-    _, cal = picked
+    return threshold_from_calibration(picked[1], stranger_accept_rate, templates)
+
+
+def threshold_from_calibration(cal: Calibration, stranger_accept_rate: float, templates: int) -> OpenSetThreshold:
+    """The threshold holding ``stranger_accept_rate`` per visit over ``templates`` templates, from one curve."""
+    n = max(int(templates), 1)
     wanted = per_comparison_far(stranger_accept_rate, n)
     threshold, held = curve_threshold(cal, wanted)
-    source = f"calibration through {cal.detector} on {cal.people}"
     if held > wanted * (1 + 1e-9):
         log.warning(
             "a stranger accept rate of %g over %d templates needs a per-comparison rate of %.2g, below the "
@@ -116,6 +120,7 @@ def resolve_threshold(
             held,
             visit_far(held, n),
         )
+    source = f"calibration through {cal.detector} on {cal.people}"
     return OpenSetThreshold(threshold, templates, stranger_accept_rate, wanted, visit_far(held, n), source)
 
 

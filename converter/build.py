@@ -53,8 +53,11 @@ class Gates:
 @dataclass(frozen=True)
 class BuildOptions:
     out_dir: Path
-    # Embedders: real photos with their detected face (calibration + verification).
+    # Embedders: real photos with their detected face (verification; calibration too when no set below).
     faces: FaceSet | None = None
+    # Embedders: faces of other people for integer calibration, aligned by the device's detector, so the
+    # faces that verify a variant never shaped its quantisation (LFW calibration folds; see cli.py).
+    calibration_faces: FaceSet | None = None
     # Detectors: real photos (single faces and group scenes) for calibration and verification.
     detector_images: Sequence[np.ndarray] = ()
     variants: Sequence[str] | None = None  # None: the recipe's defaults
@@ -139,10 +142,11 @@ def code_hash() -> str:
 
 def _inputs_key(opts: BuildOptions) -> str:
     digest = hashlib.sha256()
-    if opts.faces is not None:
-        for p in opts.faces.photos:
-            digest.update(f"{p.path.name}:{p.path.stat().st_size}:{p.face.bbox}".encode())
-        digest.update(repr(opts.faces.pairs).encode())
+    for faces in (opts.faces, opts.calibration_faces):
+        if faces is not None:
+            for p in faces.photos:
+                digest.update(f"{p.path.name}:{p.path.stat().st_size}:{p.face.bbox}".encode())
+            digest.update(repr(faces.pairs).encode())
     for img in opts.detector_images:
         digest.update(hashlib.sha256(np.ascontiguousarray(img).data).digest())
     return digest.hexdigest()
@@ -325,8 +329,10 @@ class ModelBuild:
             "faces": len(inputs),
             "missed_photos": [p.name for p in self.opts.faces.missed],
         }
-        # Calibration: the real aligned faces, plus their mirror images (a face seen from the other side).
-        calib_crops = [*crops, *[c[:, ::-1].copy() for c in crops]]
+        # Calibration: real aligned faces, plus their mirror images (a face seen from the other side).
+        source = self.opts.calibration_faces
+        calib = source.crops(recipe.alignment.template, size) if source is not None else crops
+        calib_crops = [*calib, *[c[:, ::-1].copy() for c in calib]]
         results = []
         for vname in self.variants:
             results.append(self._embedder_variant(vname, graph, calib_crops, inputs, ref, base.auc))

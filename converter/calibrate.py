@@ -60,10 +60,11 @@ def installed_variants(models: Path, kind: str) -> list[Path]:
 
 
 def recommended_detectors(models: Path) -> dict[str, Path]:
-    index = json.loads((models / "index.json").read_text())
+    """Built detectors' recommended variants, from each model's report.json (written as soon as it is built)."""
     out = {}
     for name in DETECTORS:
-        rec = index["models"].get(name, {}).get("recommended_variant")
+        report = models / name / "report.json"
+        rec = json.loads(report.read_text()).get("recommended_variant") if report.is_file() else None
         if rec and (models / name / rec / "manifest.json").is_file():
             out[name] = models / name / rec
     return out

@@ -29,6 +29,7 @@ RECIPES = {
 # Detectors first: embedders are aligned with the detector artifact the device will run.
 DEFAULT_MODELS = ("blazeface", "mtcnn", "facenet", "mobilefacenet")
 ALIGNMENT_DETECTORS = ("mtcnn", "blazeface")  # five landmarks first
+INT8_CALIBRATION_STRIDE = 14  # about 150 people of LFW's calibration folds
 
 
 def _csv(value: str) -> list[str]:
@@ -155,6 +156,39 @@ def _alignment_detector(args: argparse.Namespace) -> tuple[Any, str]:
     )
 
 
+def _integer_calibration_faces(args: argparse.Namespace) -> Any:
+    """Faces for integer calibration: one photo of every INT8_CALIBRATION_STRIDE-th person of LFW's calibration
+    folds, aligned by the device's detector (BlazeFace when built), so that no face that verifies a variant
+    (the sample photos) or evaluates it (LFW folds 6-10) shaped its quantisation. None without LFW: then the
+    verification photos calibrate too, and the build log says so."""
+    from agent.dataset import data_dir
+    from agent.detect import create_detector
+    from agent.lfw import lfw_dir
+    from converter.calibrate import calibration_photos, recommended_detectors
+    from converter.faceset import faceset_of
+
+    try:
+        root = data_dir(args.data_dir)
+    except FaceliteError:
+        root = None
+    detectors = recommended_detectors(args.out)
+    if root is None or not (lfw_dir(root) / "pairs.txt").is_file() or not detectors:
+        log.warning("integer variants are calibrated on the verification photos (no faces/lfw or no detector)")
+        return None
+    det_dir = detectors.get("blazeface") or next(iter(detectors.values()))
+    cal = calibration_photos(root)
+    seen: set[str] = set()
+    listed = []
+    for person, photo in zip(cal.people, cal.photos):
+        if person not in seen:
+            seen.add(person)
+            if len(seen) % INT8_CALIBRATION_STRIDE == 0:
+                listed.append((photo, person))
+    faces = faceset_of(listed, create_detector(det_dir, min_face=20))
+    log.info("integer calibration: %d faces of %s, aligned by %s", len(faces.photos), cal.description, det_dir)
+    return faces
+
+
 def run(args: argparse.Namespace) -> int:
     from agent.dataset import data_dir
     from converter.build import BuildOptions, Gates, ModelBuild
@@ -182,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
         raise FaceliteError(f"output directory cannot be created: {exc.strerror}", str(args.out)) from None
     reports = []
     detector_images: list[Any] | None = None
+    calibration_faces: Any = None
     for recipe in recipes:
         if recipe.kind == "detector":
             if detector_images is None:
@@ -198,9 +233,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             detector, det_sha = _alignment_detector(args)
             faces = build_faceset(calib, detector, args.pairs)
+            if calibration_faces is None:
+                calibration_faces = _integer_calibration_faces(args)
             opts = BuildOptions(
                 args.out,
                 faces=faces,
+                calibration_faces=calibration_faces,
                 variants=args.variants,
                 calibration_count=args.calibration_count,
                 gates=gates,

@@ -57,10 +57,15 @@ def _photo_list(folder: Path) -> list[tuple[Path, str | None]]:
 
 def build_faceset(folder: Path, detector: object, pairs_csv: Path | None = None) -> FaceSet:
     """Detect the largest face in every photo under ``folder`` and label pairs."""
+    return faceset_of(_photo_list(folder), detector, pairs_csv)
+
+
+def faceset_of(listed: Sequence[tuple[Path, str | None]], detector: object, pairs_csv: Path | None = None) -> FaceSet:
+    """Detect the largest face in each listed (photo, person) and label pairs."""
     photos: list[DetectedPhoto] = []
     missed: list[Path] = []
     unreadable: list[str] = []
-    for path, person in _photo_list(folder):
+    for path, person in listed:
         try:
             image = read_image(path)
         except ImageError as exc:

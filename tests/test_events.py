@@ -278,6 +278,7 @@ def test_state_message_keys_and_types() -> None:
         models={"detector": "blazeface-full/fp32", "embedder": "facenet/int8"},
         uptime_s=3600.04,
         camera="ok",
+        matching={"threshold": 0.61234, "templates": 12, "expected_stranger_accept_rate": 0.001},
     )
     msg = state_message(TOPICS, report, now=T)
     assert (msg.topic, msg.qos, msg.retain, msg.durable) == ("facelite/hall-pi/state", 1, True, False)
@@ -293,6 +294,7 @@ def test_state_message_keys_and_types() -> None:
         "models": {"detector": "blazeface-full/fp32", "embedder": "facenet/int8"},
         "uptime_s": 3600.0,
         "camera": "ok",
+        "matching": {"threshold": 0.61234, "templates": 12, "expected_stranger_accept_rate": 0.001},
     }
 
 

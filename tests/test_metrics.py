@@ -18,6 +18,7 @@ from agent.metrics import (
     calibration_curve,
     per_comparison_far,
     roc_auc,
+    roc_points,
     threshold_at_far,
     visit_far,
     wilson_interval,
@@ -53,6 +54,16 @@ def test_best_accuracy_equals_exhaustive_search(same: list[float], diff: list[fl
     n = len(same) + len(diff)
     achieved = (sum(s >= thr for s in same) + sum(d < thr for d in diff)) / n
     assert achieved == pytest.approx(acc, abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores, scores)
+def test_roc_points_equal_rates_at_each_threshold(same: list[float], diff: list[float]) -> None:
+    thresholds, far, tar = roc_points(same, diff)
+    assert list(thresholds) == sorted(set(same) | set(diff), reverse=True)
+    for t, f, r in zip(thresholds, far, tar):
+        assert f == pytest.approx(np.mean(np.array(diff) >= t))
+        assert r == pytest.approx(np.mean(np.array(same) >= t))
 
 
 @settings(max_examples=300, deadline=None)

@@ -42,7 +42,9 @@ def scores() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def calibration(scores: tuple[np.ndarray, np.ndarray]) -> Calibration:
     same, diff = scores
-    return Calibration("blazeface/fp32", "synthetic people", 10, 10, same.size, diff.size, calibration_curve(same, diff))
+    return Calibration(
+        "blazeface/fp32", "synthetic people", 10, 10, same.size, diff.size, calibration_curve(same, diff)
+    )
 
 
 def test_curve_threshold_is_exact_at_points_and_between_them(calibration: Calibration) -> None:
@@ -94,7 +96,9 @@ def test_other_detector_falls_back_with_a_warning(calibration: Calibration, capl
 def test_fixed_threshold_reports_what_it_means(calibration: Calibration) -> None:
     manifest = make_manifest({"blazeface": calibration})
     point = calibration.curve[6]
-    o = resolve_threshold(manifest, detector="blazeface", stranger_accept_rate=1e-3, templates=10, fixed=point.threshold)
+    o = resolve_threshold(
+        manifest, detector="blazeface", stranger_accept_rate=1e-3, templates=10, fixed=point.threshold
+    )
     assert o.threshold == point.threshold and o.target_visit_far is None
     assert o.expected_visit_far == pytest.approx(visit_far(point.far, 10))
 
@@ -137,6 +141,9 @@ def test_the_gallery_accepts_at_the_threshold_itself() -> None:
     probe = np.array([0.6, 0.8], np.float32)
     score = float((index.matrix @ probe)[0])
     assert Matcher(threshold=score, margin=0.05).match(index, probe) == Match("ada", score, score + 1.0, "known", None)
-    assert Matcher(threshold=float(np.nextafter(np.float32(score), np.float32(2))), margin=0.05).match(
-        index, probe
-    ).decision == "unknown"
+    assert (
+        Matcher(threshold=float(np.nextafter(np.float32(score), np.float32(2))), margin=0.05)
+        .match(index, probe)
+        .decision
+        == "unknown"
+    )

@@ -100,9 +100,7 @@ class PeerManifest:
     variant: str
     embedding_size: int
     thresholds: dict[str, float]
-
-    def threshold(self, far: str = "1e-3") -> float:
-        return self.thresholds[far]
+    calibration: dict[str, Any] = field(default_factory=dict)  # none: agent.openset uses thresholds["1e-3"]
 
 
 @dataclass(frozen=True)
