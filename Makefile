@@ -24,10 +24,11 @@ help:
 	@echo "make eval-lfw LFW 10-fold and open-set figures for every pipeline (build/eval-lfw/report.md)"
 	@echo "make setup   create $(VENV) (host: TensorFlow + runtimes) and $(LEGACY) (tflite-runtime 2.14, numpy<2)"
 
-# Debian tools the tests and the demo start themselves (mosquitto is never left running).
+# Debian tools the tests and the demo start themselves (mosquitto is never left running), and mosquitto_sub,
+# which the README watches the device with.
 system-deps:
 	@missing=""; \
-	  for tool in mosquitto:mosquitto sshd:openssh-server ssh:openssh-client systemd-analyze:systemd \
+	  for tool in mosquitto:mosquitto mosquitto_sub:mosquitto-clients sshd:openssh-server ssh:openssh-client systemd-analyze:systemd \
 	              openssl:openssl unshare:util-linux fincore:util-linux-extra qemu-aarch64-static:qemu-user-static \
 	              debootstrap:debootstrap; do \
 	    command -v $${tool%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool##*:}"; \
