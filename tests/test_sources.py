@@ -124,9 +124,67 @@ def test_video_file_reads_back_every_frame_with_media_time(clip: tuple[Path, lis
     assert np.abs(frames[0].image.astype(np.int16) - written[1]).mean() > 15.0
 
 
-def test_fps_limit_drops_and_counts_frames(clip: tuple[Path, list[np.ndarray]]) -> None:
+class FakeTime:
+    """The injected clock and sleep: sleeping moves the clock, and every sleep is recorded."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+
+def test_fps_limit_paces_a_folder_instead_of_dropping(faces_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, src in enumerate(photos(faces_dir, 6)):
+        shutil.copy(src, folder / f"{i}.jpg")
+    t = FakeTime()
+    with open_source(folder, fps_limit=2.0, clock=t.clock, sleep=t.sleep) as source:
+        frames = read_all(source)
+        status = source.status
+    assert (status.frames, status.dropped_fps, len(frames)) == (6, 0, 6)  # every image, none dropped
+    assert [f.index for f in frames] == list(range(6))
+    assert t.sleeps == [0.5] * 5  # one slot every 0.5 s: the first at once, then a wait before each
+    assert [round(f.ts - 1000.0, 6) for f in frames] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+
+
+def test_fps_limit_paces_a_video_file_keeping_media_time(clip: tuple[Path, list[np.ndarray]]) -> None:
     path, written = clip
-    with open_source(path, fps_limit=4.0) as source:
+    t = FakeTime()
+    with open_source(path, fps_limit=4.0, clock=t.clock, sleep=t.sleep) as source:
+        frames = read_all(source)
+        status = source.status
+    assert (status.frames, status.dropped_fps) == (len(written), 0)
+    assert [round(f.ts, 6) for f in frames] == [round(i / 10, 6) for i in range(len(written))]  # media time kept
+    assert t.sleeps == [0.25] * (len(written) - 1)
+
+
+def test_fps_limit_paces_only_the_wait_left_when_processing_is_slow(faces_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, src in enumerate(photos(faces_dir, 3)):
+        shutil.copy(src, folder / f"{i}.jpg")
+    t = FakeTime()
+    with open_source(folder, fps_limit=2.0, clock=t.clock, sleep=t.sleep) as source:
+        assert source.read() is not None
+        t.now += 0.3  # the pipeline took 0.3 s on the first frame: 0.2 s left to wait
+        assert source.read() is not None
+        t.now += 0.9  # slower than the limit: no wait at all
+        assert source.read() is not None
+    assert t.sleeps == [0.2]
+
+
+def test_fps_limit_drops_and_counts_frames_of_a_source_played_like_a_camera(
+    clip: tuple[Path, list[np.ndarray]],
+) -> None:
+    path, written = clip
+    with open_source(path, fps_limit=4.0, pace=False) as source:
         frames = read_all(source)
         status = source.status
     # 20 frames at 10 fps = 2 s of video: 4 fps keeps one slot per 0.25 s -> frames at 0.0, 0.3, 0.5, 0.8, ...
@@ -293,7 +351,12 @@ def test_open_source_refuses_missing_paths_and_unknown_schemes_in_one_line(tmp_p
 def test_open_camera_applies_the_config(clip: tuple[Path, list[np.ndarray]]) -> None:
     path, written = clip
     config = CameraConfig(name="porch", source=str(path), fps_limit=5.0)
-    with open_camera(config) as source:
+    t = FakeTime()
+    with open_camera(config, clock=t.clock, sleep=t.sleep) as source:
         frames = read_all(source)
     assert {f.camera for f in frames} == {"porch"}
-    assert len(frames) == len(written) // 2
+    assert len(frames) == len(written) and t.sleeps == [0.2] * (len(written) - 1)  # a file is paced
+    realtime = CameraConfig(name="porch", source=str(path), fps_limit=5.0, realtime=True)
+    with open_camera(realtime) as source:
+        frames = read_all(source)
+    assert len(frames) == len(written) // 2  # a file played in real time stands in for a camera: it drops

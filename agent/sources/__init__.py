@@ -44,7 +44,7 @@ __all__ = [
 
 
 def open_source(spec: int | str | Path, *, name: str = "camera", **kw: Any) -> ReconnectingSource:
-    """Choose the source for ``spec``. Keyword options: fps_limit, backoff, clock, sleep, max_attempts, rng.
+    """Choose the source for ``spec``. Keyword options: fps_limit, backoff, clock, sleep, max_attempts, rng, pace.
 
     A file or folder that does not exist is a setup error (ConfigError); a camera or stream that is not there
     yet is not: it is retried with backoff, since devices and cameras come up late after a power cut.
@@ -75,5 +75,10 @@ def open_source(spec: int | str | Path, *, name: str = "camera", **kw: Any) -> R
 
 
 def open_camera(camera: CameraConfig, **kw: Any) -> ReconnectingSource:
-    """The source for one [[cameras]] entry, with its fps limit and reconnect backoff."""
+    """The source for one [[cameras]] entry, with its fps limit and reconnect backoff.
+
+    A file played in real time stands in for a camera, so its fps limit drops frames as a camera's would.
+    """
+    if camera.realtime:
+        kw.setdefault("pace", False)
     return open_source(camera.source, name=camera.name, fps_limit=camera.fps_limit, backoff=camera.reconnect, **kw)

@@ -1,7 +1,9 @@
 """Frame sources: the value types, the protocol, and the reconnect/fps-limit logic they share.
 
 A source never raises from ``read()``: a lost camera, stream or folder is retried with exponential backoff
-(clock and sleep are passed in), and what happens is visible in ``status``. ``read()`` returns None only when
+(clock and sleep are passed in), and what happens is visible in ``status``. An fps limit drops the frames of a
+live camera or stream that come too soon (counted in ``dropped_fps``), but paces a file or folder: every frame
+is delivered, each one period after the previous one. ``read()`` returns None only when
 the source has ended: a file or folder was read to its end, ``close()`` was called, or the reconnect attempts
 allowed by ``max_attempts`` were used up.
 """
@@ -48,7 +50,7 @@ class SourceStatus:
     state: SourceState
     attempt: int = 0  # reconnect attempts in the current outage (0 when connected)
     frames: int = 0  # frames delivered by read()
-    dropped_fps: int = 0  # frames dropped to respect the fps limit
+    dropped_fps: int = 0  # live frames dropped to respect the fps limit (files and folders are paced instead)
     skipped: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # unreadable files, by reason
     detail: str = ""  # the last problem, for the state message and logs
 
@@ -91,9 +93,12 @@ class ReconnectingSource:
         sleep: Sleep | None = None,
         max_attempts: int | None = None,
         rng: random.Random | None = None,
+        pace: bool | None = None,
     ) -> None:
         self.name = name
         self._period = 1.0 / fps_limit if fps_limit else 0.0
+        # Files and folders wait for their slot (None: pace unless live); a file played like a camera drops.
+        self._pace = (not self.live) if pace is None else pace
         self._backoff = backoff or Backoff()
         self._clock = clock
         self._closed = threading.Event()
@@ -183,8 +188,10 @@ class ReconnectingSource:
             image, media_ts = got
             index = self._index
             self._index += 1
+            if self._period and self._pace and not self._wait_for_slot():
+                break
             ts = self._clock() if media_ts is None else media_ts
-            if self._period and not self._due(ts):
+            if self._period and not self._pace and not self._due(ts):
                 self._set(dropped_fps=self._status.dropped_fps + 1)
                 continue
             self._set(frames=self._status.frames + 1)
@@ -201,6 +208,17 @@ class ReconnectingSource:
             self._next_due = ts + self._period
         else:
             self._next_due += self._period
+        return True
+
+    def _wait_for_slot(self) -> bool:
+        """Sleep until the next slot of the fps limit (on the source clock); False if closed meanwhile."""
+        now = self._clock()
+        if self._next_due is not None and now < self._next_due:
+            self._sleep(self._next_due - now)
+            if self._closed.is_set():
+                return False
+            now = max(self._clock(), self._next_due)
+        self._due(now)
         return True
 
     def _wait_before_retry(self, reason: str) -> bool:
