@@ -293,6 +293,43 @@ class Spool:
             if count:
                 self._reported.discard("overflow")  # the next overflow is a new episode worth reporting
 
+    def purge(self, match: Callable[[Message], bool]) -> int:
+        """Erase every pending message for which ``match`` is true (a forgotten person's events and face crops).
+
+        The rows are deleted with secure_delete (freed cells zeroed) and the WAL, which still holds the old pages,
+        is checkpointed and truncated. Returns how many were erased. Never raises.
+        """
+        with self._lock:
+            if self._db is None:
+                return 0
+            db = self._db
+            try:
+                rows = db.execute("SELECT id, topic, payload, qos, retain, size FROM messages ORDER BY id").fetchall()
+                doomed = [
+                    (row_id, size)
+                    for row_id, topic, payload, qos, retain, size in rows
+                    if match(Message(topic, bytes(payload), qos=qos, retain=bool(retain), durable=True))
+                ]
+                if not doomed:
+                    return 0
+                db.execute("PRAGMA secure_delete=ON")
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("BEGIN IMMEDIATE")
+                ids = [row_id for row_id, _ in doomed]
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    db.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                db.execute("COMMIT")
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                self._rollback()
+                self._report("purge_error", f"spool {self.path}: purge failed ({exc})")
+                return 0
+            self._pending -= len(doomed)
+            self._pending_bytes -= sum(size for _, size in doomed)
+        log.info("spool %s: erased %d pending message(s)", self.path, len(doomed))
+        return len(doomed)
+
     # -- state ---------------------------------------------------------------------------------------------
 
     @property

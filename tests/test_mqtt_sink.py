@@ -251,6 +251,54 @@ def test_retained_state_is_republished_after_broker_restart(broker: MosquittoBro
             }
 
 
+def test_cleared_retained_topic_is_cleared_on_reconnect_and_never_republished(tmp_path: Path, spool: Spool) -> None:
+    """An empty retained payload (a forgotten person) published while the broker is away clears the topic when it
+    returns, and once acknowledged it leaves the sink's cache: later reconnects re-publish only the state."""
+    person = f"facelite/{DEVICE}/person/ada"
+    with MosquittoBroker(tmp_path / "persistent", persistence=True) as broker:
+        with MqttSink(mqtt_config(broker.port), spool, device_id=DEVICE) as sink:
+            wait_until(lambda: sink.connected, what="connect")
+            sink.publish(Message(person, b'{"state": "home"}', retain=True))
+            sink.publish(Message(STATE, b"state", retain=True))
+            wait_until(lambda: sink.stats().published == 2, what="presence and state acknowledged")
+            broker.stop()  # the broker persists the retained presence
+            wait_until(lambda: not sink.connected, what="disconnect")
+            sink.publish(Message(person, b"", retain=True))  # forgotten while the broker is away
+            broker.start()
+            # After CONNACK the cache goes out: the state and the clearing of the person, nothing else.
+            wait_until(lambda: sink.connected and sink.stats().published == 4, 20, what="cache re-published")
+            with Subscriber(broker, ["facelite/#"]) as late:
+                late.wait_for(2)
+                time.sleep(0.3)
+                assert {(m.topic, m.payload) for m in late.messages} == {(AVAILABILITY, b"online"), (STATE, b"state")}
+            broker.restart()
+            wait_until(lambda: sink.stats().reconnects == 2 and sink.connected, 20, what="second reconnect")
+            wait_until(lambda: sink.stats().published == 5, what="state re-published")
+            time.sleep(0.5)
+            assert sink.stats().published == 5  # the state alone: the acknowledged clearing was not sent again
+            with Subscriber(broker, ["facelite/#"]) as late:
+                late.wait_for(2)
+                time.sleep(0.3)
+                assert {(m.topic, m.payload) for m in late.messages} == {(AVAILABILITY, b"online"), (STATE, b"state")}
+
+
+def test_purge_spool_erases_undelivered_events_of_a_person(broker: MosquittoBroker, spool: Spool) -> None:
+    sink = MqttSink(mqtt_config(broker.port), spool, device_id=DEVICE)  # not started yet: events stay spooled
+    try:
+        for i, person in enumerate(["ada", "bob", "ada"]):
+            sink.publish(Message(EVENTS, json.dumps({"seq": i, "person": person}).encode(), durable=True))
+        assert sink.purge_spool(lambda m: json.loads(m.payload)["person"] == "ada") == 2
+        assert sink.stats().pending == 1
+        with Subscriber(broker, [EVENTS]) as live:
+            sink.start()
+            wait_until(lambda: sink.stats().pending == 0, 20, what="spool drained")
+            live.wait_for(1)
+            time.sleep(0.3)
+            assert [json.loads(m.payload) for m in live.messages] == [{"seq": 1, "person": "bob"}]
+    finally:
+        sink.close()
+
+
 def test_spool_overflow_while_offline_drops_oldest_and_counts(tmp_path: Path) -> None:
     # The watcher's persistent session is registered before the outage, so it gets every event the sink
     # delivers after the broker comes back, whoever reconnects first.

@@ -58,6 +58,29 @@ def test_fifo_put_peek_ack(tmp_path: Path) -> None:
         assert spool.stats().pending_bytes == sum(message_size(event(i)) for i in range(3, 10))
 
 
+def test_purge_erases_matching_messages_from_the_file_bytes(tmp_path: Path) -> None:
+    """Forgetting a person erases their spooled events (and face crops) from the spool file and its WAL."""
+    path = tmp_path / "s.sqlite"
+    crop = "ADA-FACE-CROP-" * 40  # stands in for a base64 face crop that must not survive on disk
+
+    def visit(i: int, person: str) -> Message:
+        body = {"seq": i, "person": person, "face_jpeg": crop if person == "Ada" else "other"}
+        return Message("facelite/dev/events", json.dumps(body).encode(), qos=1, durable=True)
+
+    with Spool(path, max_messages=100, max_bytes=1 << 20) as spool:
+        for i, person in enumerate(["Ada", "Bob", "Ada", "Cy"]):
+            spool.put(visit(i, person))
+        erased = spool.purge(lambda m: json.loads(m.payload)["person"] == "Ada")
+        assert erased == 2
+        assert seqs(spool) == [1, 3] and spool.pending == 2
+        assert spool.stats().pending_bytes == message_size(visit(1, "Bob")) + message_size(visit(3, "Cy"))
+        assert spool.purge(lambda m: json.loads(m.payload)["person"] == "Ada") == 0
+        on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("s.sqlite"))
+        assert b"ADA-FACE-CROP" not in on_disk and b'"Ada"' not in on_disk
+    with Spool(path, max_messages=100, max_bytes=1 << 20) as again:
+        assert seqs(again) == [1, 3]
+
+
 def test_overflow_by_count_drops_oldest_and_counts_across_reopen(tmp_path: Path) -> None:
     errors: list[str] = []
     path = tmp_path / "s.sqlite"

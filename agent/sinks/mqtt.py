@@ -6,7 +6,9 @@ Delivery rules:
   unacked message, so nothing is lost and order is kept (a message in flight when the link dropped may arrive
   twice: at-least-once, as QoS 1 promises).
 - Non-durable retained messages (state, presence) are remembered, latest per topic, and re-published after every
-  CONNACK: a broker restarted without persistence gets them back. Non-durable, non-retained messages are
+  CONNACK: a broker restarted without persistence gets them back. An empty retained payload clears a topic on the
+  broker (a forgotten person): it replaces the topic's entry and is itself dropped once the broker has
+  acknowledged it, so no reconnect re-publishes what was cleared. Non-durable, non-retained messages are
   best-effort: sent when connected, counted as discarded otherwise.
 - Availability: the last will is "offline" (retained), "online" (retained) is published only from the CONNACK
   handler, and ``close()`` publishes "offline" itself before a clean DISCONNECT (which cancels the will).
@@ -127,6 +129,7 @@ class MqttSink:
         self._client: mqtt.Client | None = None
         self._inflight: dict[int, int] = {}  # paho mid -> spool id
         self._user_mids: set[int] = set()  # mids of non-durable user messages (for the published counter)
+        self._clearing: dict[int, Message] = {}  # mid -> empty retained message, dropped from _retained once acked
         self._acked: list[int] = []
         self._sent_upto = 0  # highest spool id handed to the current connection
         self._offline_mid: int | None = None
@@ -195,6 +198,14 @@ class MqttSink:
             self._wake()
         except Exception:  # the frame loop must survive any sink bug
             log.exception("mqtt: publish failed unexpectedly")
+
+    def purge_spool(self, match: Callable[[Message], bool]) -> int:
+        """Erase spooled (undelivered) messages for which ``match`` is true; returns how many. Never raises."""
+        try:
+            return self._spool.purge(match)
+        except Exception:
+            log.exception("mqtt: spool purge failed unexpectedly")
+            return 0
 
     def stats(self) -> SinkStats:
         spool = self._spool.stats()
@@ -305,6 +316,7 @@ class MqttSink:
         self._client = client
         self._inflight.clear()
         self._user_mids.clear()
+        self._clearing.clear()
         self._sent_upto = 0
         self._offline_mid = None
         self._offline_acked = False
@@ -432,8 +444,18 @@ class MqttSink:
         if message.qos == 0:
             with self._lock:
                 self._published += 1
+            if message.retain and not message.payload:
+                self._cleared(message)
         else:
             self._user_mids.add(mid)
+            if message.retain and not message.payload:
+                self._clearing[mid] = message
+
+    def _cleared(self, message: Message) -> None:
+        """The broker has cleared this topic: forget it, unless something newer was published there since."""
+        with self._lock:
+            if self._retained.get(message.topic) is message:
+                del self._retained[message.topic]
 
     def _ack_delivered(self) -> None:
         if self._acked:
@@ -490,6 +512,9 @@ class MqttSink:
             self._offline_acked = True
         is_user = spool_id is not None or mid in self._user_mids
         self._user_mids.discard(mid)
+        cleared = self._clearing.pop(mid, None)
+        if cleared is not None:
+            self._cleared(cleared)
         if spool_id is not None:
             self._acked.append(spool_id)
         if is_user:

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from agent.messages import Message
@@ -55,6 +56,10 @@ class StdoutSink:
                     log.warning("stdout sink: cannot write (%s); messages are dropped", exc)
                 self._dropped += 1
                 self._last_error = str(exc)
+
+    def purge_spool(self, match: Callable[[Message], bool]) -> int:
+        """Nothing is held back here: every message was printed at once."""
+        return 0
 
     def stats(self) -> SinkStats:
         with self._lock:
