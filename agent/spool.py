@@ -140,6 +140,7 @@ class Spool:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA secure_delete=ON")  # acked events (names, face crops) do not linger in free pages
             db.execute(
                 "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
                 " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, size INTEGER NOT NULL)"
@@ -296,8 +297,9 @@ class Spool:
     def purge(self, match: Callable[[Message], bool]) -> int:
         """Erase every pending message for which ``match`` is true (a forgotten person's events and face crops).
 
-        The rows are deleted with secure_delete (freed cells zeroed) and the WAL, which still holds the old pages,
-        is checkpointed and truncated. Returns how many were erased. Never raises.
+        The file runs with secure_delete (freed cells are zeroed, delivered events included); the purge also
+        rewrites it (VACUUM) and truncates the WAL, which still holds old page images. Returns how many were
+        erased. Never raises; it blocks the queue for the rewrite, so it is for rare events (forget).
         """
         with self._lock:
             if self._db is None:
@@ -310,9 +312,6 @@ class Spool:
                     for row_id, topic, payload, qos, retain, size in rows
                     if match(Message(topic, bytes(payload), qos=qos, retain=bool(retain), durable=True))
                 ]
-                if not doomed:
-                    return 0
-                db.execute("PRAGMA secure_delete=ON")
                 db.execute("PRAGMA synchronous=FULL")
                 db.execute("BEGIN IMMEDIATE")
                 ids = [row_id for row_id, _ in doomed]
@@ -320,14 +319,21 @@ class Spool:
                     chunk = ids[start : start + 500]
                     db.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(chunk))})", chunk)
                 db.execute("COMMIT")
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
                 self._rollback()
                 self._report("purge_error", f"spool {self.path}: purge failed ({exc})")
                 return 0
             self._pending -= len(doomed)
             self._pending_bytes -= sum(size for _, size in doomed)
-        log.info("spool %s: erased %d pending message(s)", self.path, len(doomed))
+            try:
+                # Delivered events of the person may sit in free pages written before secure_delete was on:
+                # rewrite the file without them, then empty the WAL that still holds old page images.
+                db.execute("VACUUM")
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                self._report("purge_error", f"spool {self.path}: rewrite after purge failed ({exc})")
+        if doomed:
+            log.info("spool %s: erased %d pending message(s)", self.path, len(doomed))
         return len(doomed)
 
     # -- state ---------------------------------------------------------------------------------------------
