@@ -117,7 +117,13 @@ class CameraConfig(Section):
         description="Camera index (0), V4L2 device (/dev/video0), rtsp:// or http(s):// URL, video file or folder.",
         before=_camera_source,
     )
-    fps_limit: float | None = setting(None, gt=0, le=120, description="Process at most this many frames per second.")
+    fps_limit: float | None = setting(
+        None,
+        gt=0,
+        le=120,
+        description="Process at most this many frames per second: a camera or stream drops the frames in between, "
+        "a file or folder is paced (every frame is processed, one per period).",
+    )
     reconnect: Backoff = setting(default_factory=Backoff, description="Backoff when the camera or stream is lost.")
     realtime: bool = setting(
         False,
@@ -312,6 +318,19 @@ class GalleryConfig(Section):
     )
 
 
+@SECTION
+class PresenceConfig(Section):
+    away_after_s: float = setting(
+        300.0, ge=0, le=7 * 86400, description="A person reads 'away' this long after their last sighting, seconds."
+    )
+    last_seen_interval_s: float = setting(
+        30.0,
+        ge=1,
+        le=3600,
+        description="While a person is in view, move their retained last_seen forward at most this often, seconds.",
+    )
+
+
 def _upper(value: Any, ctx: Context) -> Any:
     return value.upper() if isinstance(value, str) else value
 
@@ -341,6 +360,9 @@ class AgentConfig(Section):
     mqtt: MqttConfig | None = setting(None, description="Broker; without it events are printed as JSON lines.")
     spool: SpoolConfig = setting(default_factory=SpoolConfig, description="Disk queue for events during outages.")
     gallery: GalleryConfig = setting(default_factory=GalleryConfig, description="Enrolled people.")
+    presence: PresenceConfig = setting(
+        default_factory=PresenceConfig, description="Per-person home/away (kept in presence.json beside the spool)."
+    )
     state_interval_s: float = setting(60.0, ge=1, le=3600, description="Publish the state message this often.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
         "INFO", description="Agent log level.", before=_upper
@@ -414,6 +436,10 @@ max_bytes = 67108864
 [gallery]
 path = "/var/lib/facelite/gallery.sqlite"
 # key_file = "/etc/facelite/gallery.key"
+
+[presence]
+away_after_s = 300         # home -> away this long after the last sighting
+last_seen_interval_s = 30  # while someone is in view, their last_seen moves at most this often
 """
 
 

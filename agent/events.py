@@ -5,8 +5,8 @@ Topics live under ``<prefix>/<device_id>/`` (prefix ``facelite``)::
 
     availability        retained "online" / "offline" (also the MQTT last will)
     events              QoS 1, durable (spooled while the broker is away): one JSON per visit event
-    last_person         retained: the last recognized person (feeds the Home Assistant sensor)
-    person/<slug>       retained presence {state: home|away, last_seen}
+    last_person         retained: the last recognized person (feeds the Home Assistant sensor); emptied on forget
+    person/<slug>       retained presence {state: home|away, last_seen}; emptied on forget
     state               retained periodic statistics
 
 plus Home Assistant MQTT discovery configs (retained) under ``homeassistant/<component>/facelite_<device_id>/``.
@@ -332,16 +332,35 @@ class Presence:
 class PresenceTracker:
     """Home while a visit is open or within ``away_after_s`` of the last sighting; away after.
 
-    Fed with tracker events (``on_event``) and the clock (``tick(now)``); returns only changes,
-    so the caller publishes a retained message per change and ``snapshot()`` after a reconnect.
+    Fed with tracker events (``on_event``), sightings of people in view (``on_sighting``) and the clock
+    (``tick(now)``); returns only changes to publish, so the caller publishes a retained message per change and
+    ``snapshot()`` at start. ``restored`` is the presence published before a restart (home stays home, with its
+    ``last_seen``); ``refresh_s`` moves ``last_seen`` forward while a person is in view, at most that often
+    (None: only the first sighting of a visit is published).
     """
 
-    def __init__(self, people: Iterable[str], away_after_s: float) -> None:
+    def __init__(
+        self,
+        people: Iterable[str],
+        away_after_s: float,
+        *,
+        restored: Mapping[str, Presence] | None = None,
+        refresh_s: float | None = None,
+    ) -> None:
         if not (math.isfinite(away_after_s) and away_after_s >= 0):
             raise ConfigError(f"away timeout must be seconds >= 0, got {away_after_s}", "presence.away_after_s")
+        if refresh_s is not None and not (math.isfinite(refresh_s) and refresh_s > 0):
+            raise ConfigError(
+                f"last_seen interval must be seconds > 0, got {refresh_s}", "presence.last_seen_interval_s"
+            )
         self.away_after_s = float(away_after_s)
+        self.refresh_s = refresh_s
         self._state: dict[str, Presence] = {}
         self._visits: dict[str, set[int]] = {}
+        self._published: dict[str, float | None] = {}  # last_seen of the last change returned, per person
+        for name, p in (restored or {}).items():
+            self._state[name] = Presence(name, p.state, p.last_seen)
+            self._published[name] = p.last_seen
         self.set_people(people)
 
     def set_people(self, people: Iterable[str]) -> list[Presence]:
@@ -350,38 +369,72 @@ class PresenceTracker:
         for gone in set(self._state) - set(wanted):
             del self._state[gone]
             self._visits.pop(gone, None)
+            self._published.pop(gone, None)
         added = []
         for name in wanted:
+            self._visits.setdefault(name, set())
             if name not in self._state:
                 self._state[name] = Presence(name, "away", None)
-                self._visits[name] = set()
+                self._published[name] = None
                 added.append(self._state[name])
         return added
+
+    def _changed(self, p: Presence) -> list[Presence]:
+        self._state[p.person] = p
+        self._published[p.person] = p.last_seen
+        return [p]
+
+    def _due(self, name: str, last_seen: float) -> bool:
+        published = self._published.get(name)
+        return self.refresh_s is not None and (published is None or last_seen - published >= self.refresh_s)
 
     def on_event(self, event: TrackEvent) -> list[Presence]:
         if event.person is None or event.type not in ("recognized", "left"):
             return []
         name = event.person
-        visits = self._visits.setdefault(name, set())
         prev = self._state.get(name)
+        if prev is None:
+            return []  # not enrolled (any more): a visit that outlived its person's forget says nothing
+        visits = self._visits.setdefault(name, set())
         if event.type == "recognized":
             visits.add(event.track_id)
             now = Presence(name, "home", event.last_seen)
+            if prev.state != "home" or self._due(name, event.last_seen):
+                return self._changed(now)
             self._state[name] = now
-            return [now] if prev is None or prev.state != "home" else []
+            return []
         visits.discard(event.track_id)
-        state: PresenceState = prev.state if prev is not None else "home"
-        self._state[name] = Presence(name, state, event.last_seen)
+        last = event.last_seen if prev.last_seen is None else max(prev.last_seen, event.last_seen)
+        now = Presence(name, prev.state, last)
+        published = self._published.get(name)
+        if self.refresh_s is not None and (published is None or last > published):
+            return self._changed(now)  # the visit's final sighting, so the retained last_seen is exact
+        self._state[name] = now
         return []
+
+    def on_sighting(self, people: Iterable[str], now: float) -> list[Presence]:
+        """People recognised in view at ``now``: their ``last_seen`` moves, published at most every ``refresh_s``."""
+        changes = []
+        for name in dict.fromkeys(people):
+            prev = self._state.get(name)
+            if prev is None or prev.state != "home" or not self._visits.get(name):
+                continue  # not enrolled (any more), or not announced yet: the recognized event comes first
+            if prev.last_seen is not None and now <= prev.last_seen:
+                continue
+            p = Presence(name, "home", now)
+            if self._due(name, now):
+                changes += self._changed(p)
+            else:
+                self._state[name] = p
+        return changes
 
     def tick(self, now: float) -> list[Presence]:
         changes = []
-        for name, p in self._state.items():
+        for name, p in list(self._state.items()):
             if p.state != "home" or self._visits.get(name):
                 continue
             if p.last_seen is None or now - p.last_seen >= self.away_after_s:
-                self._state[name] = Presence(name, "away", p.last_seen)
-                changes.append(self._state[name])
+                changes += self._changed(Presence(name, "away", p.last_seen))
         return changes
 
     def snapshot(self) -> list[Presence]:
@@ -505,8 +558,36 @@ def discovery_messages(topics: Topics, people: Iterable[str]) -> list[Message]:
             },
         ),
     ]
+    out.append(event_discovery_message(topics))
     out.extend(person_discovery_message(topics, name) for name in people)
     return out
+
+
+EVENT_TYPES = ("recognized", "unknown", "left")
+# HA's MQTT event entity wants {"event_type": ..., other keys become attributes}: the contract's event renamed,
+# without the (large, optional) face crop.
+_EVENT_TEMPLATE = (
+    "{{ {'event_type': value_json.type, 'person': value_json.person, 'camera': value_json.camera, "
+    "'similarity': value_json.similarity, 'decision': value_json.decision, 'track_id': value_json.track_id, "
+    "'event_id': value_json.event_id, 'timestamp': value_json.timestamp} | tojson }}"
+)
+
+
+def event_discovery_message(topics: Topics) -> Message:
+    """An HA ``event`` entity fed by the events topic: automations trigger on recognized / unknown / left."""
+    return _config(
+        topics,
+        "event",
+        "visit",
+        {
+            "name": "Visit",
+            "state_topic": topics.events,
+            "event_types": list(EVENT_TYPES),
+            "value_template": _EVENT_TEMPLATE,
+            "icon": "mdi:account-eye",
+            **_ha_availability(topics),
+        },
+    )
 
 
 def person_discovery_message(topics: Topics, name: str) -> Message:
@@ -530,9 +611,24 @@ def person_discovery_message(topics: Topics, name: str) -> Message:
     )
 
 
-def forget_person_messages(topics: Topics, name: str) -> list[Message]:
-    """Empty retained payloads clear a removed person's discovery entity and presence from the broker."""
-    return [
+def forget_person_messages(topics: Topics, name: str, *, last_person: bool = False) -> list[Message]:
+    """Empty retained payloads clear a removed person's discovery entity and presence from the broker, and
+    ``last_person`` too when it names them (``last_person=True``)."""
+    out = [
         Message(topics.discovery("device_tracker", f"person_{slugify(name)}"), b"", qos=1, retain=True),
         Message(topics.person(name), b"", qos=1, retain=True),
     ]
+    if last_person:
+        out.append(Message(topics.last_person, b"", qos=1, retain=True))
+    return out
+
+
+def names_person(message: Message, topics: Topics, names: Iterable[str]) -> bool:
+    """True for an event on ``topics.events`` whose ``person`` is one of ``names`` (spooled events to erase)."""
+    if message.topic != topics.events:
+        return False
+    try:
+        person = json.loads(message.payload).get("person")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(person, str) and person in set(names)

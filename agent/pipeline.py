@@ -57,6 +57,7 @@ class FrameResult:
     faces: int
     embedded: int
     crops: dict[int, np.ndarray]  # track id -> aligned crop embedded this frame (for optional event JPEGs)
+    people: tuple[str, ...] = ()  # recognised people whose face is in this frame (presence's last_seen)
 
 
 class Pipeline:
@@ -137,7 +138,8 @@ class Pipeline:
             crops[u.track_id] = crop
             embedded += 1
         self.stats.embeddings += embedded
-        return FrameResult(self.tracker.pop_events(), len(faces), embedded, crops)
+        people = tuple(dict.fromkeys(u.person for u in updates if u.person is not None))
+        return FrameResult(self.tracker.pop_events(), len(faces), embedded, crops, people)
 
     def finish(self, ts: float) -> list[TrackEvent]:
         """End every visit (stream ended, shutdown): their ``left`` events."""

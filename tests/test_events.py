@@ -41,6 +41,7 @@ from agent.events import (
     event_messages,
     forget_person_messages,
     last_person_message,
+    names_person,
     person_discovery_message,
     presence_message,
     slugify,
@@ -246,6 +247,29 @@ def test_presence_home_while_visits_open_away_after_timeout() -> None:
     assert p.on_event(visit("recognized", 3, "alice", 600.0)) == [Presence("alice", "home", 600.0)]
 
 
+def test_presence_last_seen_moves_while_in_view_throttled() -> None:
+    p = PresenceTracker(["alice", "bob"], away_after_s=60, refresh_s=30)
+    assert p.on_sighting(["alice"], 99.0) == []  # not announced yet: the recognized event comes first
+    assert p.on_event(visit("recognized", 1, "alice", 100.0)) == [Presence("alice", "home", 100.0)]
+    assert p.on_sighting(["alice", "bob"], 110.0) == []  # within 30 s of the last published last_seen; bob away
+    assert p.on_sighting(["alice"], 129.9) == []
+    assert p.on_sighting(["alice"], 130.0) == [Presence("alice", "home", 130.0)]
+    assert p.on_sighting(["alice"], 145.0) == []
+    assert p.tick(10_000.0) == []  # the visit is open: home
+    # The visit's end publishes its final sighting, so the retained last_seen is exact, then away 60 s later.
+    assert p.on_event(visit("left", 1, "alice", 150.0)) == [Presence("alice", "home", 150.0)]
+    assert p.on_sighting(["alice"], 151.0) == []  # no open visit
+    assert p.tick(209.9) == [] and p.tick(210.0) == [Presence("alice", "away", 150.0)]
+
+
+def test_presence_restored_after_restart_keeps_home_and_last_seen() -> None:
+    before = {"alice": Presence("alice", "home", 100.0), "gone": Presence("gone", "home", 90.0)}
+    p = PresenceTracker(["alice", "bob"], away_after_s=60, restored=before, refresh_s=30)
+    assert p.snapshot() == [Presence("alice", "home", 100.0), Presence("bob", "away", None)]  # gone: not enrolled
+    assert p.tick(159.0) == []
+    assert p.tick(160.0) == [Presence("alice", "away", 100.0)]  # the timeout still counts from the last sighting
+
+
 def test_presence_ignores_unknown_faces_and_follows_gallery() -> None:
     p = PresenceTracker(["alice"], away_after_s=10)
     assert p.on_event(visit("unknown", 1, None, 1.0)) == []  # type: ignore[arg-type]
@@ -306,6 +330,7 @@ def test_discovery_topics_and_entity_configs() -> None:
         node.format("binary_sensor", "status"),
         node.format("sensor", "last_person"),
         node.format("sensor", "fps"),
+        node.format("event", "visit"),
         node.format("device_tracker", "person_anna_smith"),
         node.format("device_tracker", "person_bob"),
     ]
@@ -344,6 +369,12 @@ def test_discovery_topics_and_entity_configs() -> None:
         "away",
     )
     assert (anna["payload_available"], anna["payload_not_available"]) == ("online", "offline")
+    visit = configs["visit"]
+    assert (visit["state_topic"], visit["event_types"], visit["availability_topic"]) == (
+        TOPICS.events,
+        ["recognized", "unknown", "left"],
+        TOPICS.availability,
+    )
     for m in msgs:  # HA: node_id and object_id are [a-zA-Z0-9_-]
         assert re.fullmatch(r"homeassistant/[a-z_]+/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+/config", m.topic)
 
@@ -354,6 +385,17 @@ def test_forget_clears_retained_discovery_and_presence() -> None:
         (person_discovery_message(TOPICS, "Anna Smith").topic, b"", True),
         (TOPICS.person("Anna Smith"), b"", True),
     ]
+    named = forget_person_messages(TOPICS, "Anna Smith", last_person=True)
+    assert [(m.topic, m.payload, m.retain) for m in named[2:]] == [(TOPICS.last_person, b"", True)]
+
+
+def test_names_person_picks_only_events_of_those_people() -> None:
+    anna = event_message(track_event("recognized", "Anna Smith"), CTX, frame_size=FRAME, gallery_version=1, now=T)
+    bob = event_message(track_event("recognized", "bob"), CTX, frame_size=FRAME, gallery_version=1, now=T)
+    stranger = event_message(track_event("unknown", None), CTX, frame_size=FRAME, gallery_version=1, now=T)
+    assert [names_person(m, TOPICS, ["Anna Smith"]) for m in (anna, bob, stranger)] == [True, False, False]
+    assert not names_person(Message(TOPICS.person("Anna Smith"), b'{"person": "Anna Smith"}'), TOPICS, ["Anna Smith"])
+    assert not names_person(Message(TOPICS.events, b"\xff not json"), TOPICS, ["Anna Smith"])
 
 
 # -- through a real broker -------------------------------------------------------------------------
