@@ -26,13 +26,11 @@ from agent.errors import ConfigError, FaceliteError
 from agent.events import (
     EmbedderInfo,
     EventContext,
-    PresenceTracker,
     SpoolStats,
     StateReport,
     Topics,
-    discovery_messages,
     event_messages,
-    presence_message,
+    names_person,
     state_message,
 )
 from agent.gallery import Gallery, Matcher
@@ -40,18 +38,20 @@ from agent.messages import Message
 from agent.openset import OpenSetThreshold, resolve_threshold
 from agent.pipeline import Pipeline
 from agent.quality import QualityGate
+from agent.roster import RecordFile, Roster, Sync
 from agent.sd_notify import Notifier
 from agent.sources import Frame, FrameSource, open_camera
 from agent.track import Tracker, TrackerConfig
 
 log = logging.getLogger(__name__)
 
-PRESENCE_AWAY_S = 300.0  # a person is "away" this long after their last visit ended
 GALLERY_REFRESH_S = 5.0  # pick up `facelite enroll` changes made by another process
 
 
 class Sink(Protocol):
     def publish(self, message: Message) -> None: ...
+
+    def purge_spool(self, match: Callable[[Message], bool]) -> int: ...
 
     def stats(self) -> Any: ...
 
@@ -170,6 +170,7 @@ class Agent:
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         notifier: Notifier | None = None,
+        record: RecordFile | None = None,
     ) -> None:
         self.config = config
         self.models = models
@@ -193,7 +194,16 @@ class Agent:
                 _Camera(cam.name, source, pipeline, queue.Queue(maxsize=2), live, realtime=cam.realtime and not live)
             )
         self.embedder_info = EmbedderInfo(models.embedder.manifest.name, models.embedder.sha256)
-        self.presence = PresenceTracker([p.name for p in gallery.people()], PRESENCE_AWAY_S)
+        self.roster = Roster(
+            self.topics,
+            [p.name for p in gallery.people()],
+            away_after_s=config.presence.away_after_s,
+            refresh_s=config.presence.last_seen_interval_s,
+            record=record or RecordFile(None),
+            discovery=bool(config.mqtt and config.mqtt.discovery),
+        )
+        self.presence = self.roster.presence
+        self._announced = False
         self.summary = RunSummary()
         self._stop = threading.Event()
         self._started = monotonic()
@@ -244,11 +254,24 @@ class Agent:
         for m in messages:
             self.sink.publish(m)
 
-    def _announce(self) -> None:
-        mqtt = self.config.mqtt
-        if mqtt and mqtt.discovery:
-            self._publish_all(discovery_messages(self.topics, [p.name for p in self.gallery.people()]))
-        self._publish_all([presence_message(self.topics, p) for p in self.presence.snapshot()])
+    def announce(self) -> None:
+        """Bring the broker in line with the gallery, once: clear people forgotten while the agent was stopped
+        (and erase their spooled events), announce everyone. Call it before the sink starts sending its spool;
+        ``run`` calls it otherwise."""
+        if not self._announced:
+            self._announced = True
+            self._sync(self.roster.start())
+
+    def _sync(self, sync: Sync) -> None:
+        """Publish what keeps the broker in line with the gallery; erase spooled events of people who left it."""
+        self._publish_all(sync.messages)
+        if sync.forgotten:
+            erased = self.sink.purge_spool(lambda m: names_person(m, self.topics, sync.forgotten))
+            log.info(
+                "forgot %d person(s): retained messages cleared, %d spooled event(s) erased",
+                len(sync.forgotten),
+                erased,
+            )
 
     def _ctx(self, cam: _Camera) -> EventContext:
         crops = bool(self.config.mqtt and self.config.mqtt.publish_crops)
@@ -260,6 +283,8 @@ class Agent:
             # wall-clock moment the frame was read, so latency is frame-read -> publish.
             shift = wall_ts - ev.ts
             ev = dataclasses.replace(ev, ts=wall_ts, first_seen=ev.first_seen + shift, last_seen=ev.last_seen + shift)
+            if ev.person is not None and not self.roster.enrolled(ev.person):
+                ev = dataclasses.replace(ev, person=None)  # the visit outlived its person's forget: name no one
             jpeg = None
             if ev.track_id in crops and self.config.mqtt and self.config.mqtt.publish_crops:
                 ok, buf = cv2.imencode(".jpg", crops[ev.track_id], [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -273,7 +298,9 @@ class Agent:
                 face_jpeg=jpeg,
             )
             self._publish_all(msgs)
-            self._publish_all([presence_message(self.topics, p) for p in self.presence.on_event(ev)])
+            if ev.type == "recognized" and ev.person is not None:
+                self.roster.last_person_published(ev.person)
+            self._publish_all(self.roster.presence_messages(self.presence.on_event(ev)))
             self.summary.events += 1
             self.summary.by_type[ev.type] = self.summary.by_type.get(ev.type, 0) + 1
             log.info(
@@ -327,7 +354,7 @@ class Agent:
         for cam in self.cameras:
             cam.thread = threading.Thread(target=self._reader, args=(cam,), name=f"camera-{cam.name}", daemon=True)
             cam.thread.start()
-        self._announce()
+        self.announce()
         self.notifier.ready(f"{len(self.cameras)} camera(s), {len(self.gallery.people())} people enrolled")
         log.info(
             "agent %s running: %d camera(s), %d people enrolled",
@@ -358,6 +385,7 @@ class Agent:
                 cam.frame_size = (int(frame.image.shape[1]), int(frame.image.shape[0]))
                 result = cam.pipeline.process(frame)
                 self._handle_events(cam, result.events, wall_ts, result.crops)
+                self._publish_all(self.roster.presence_messages(self.presence.on_sighting(result.people, wall_ts)))
                 window_frames += 1
                 self.summary.frames += 1
             now = self.monotonic()
@@ -365,7 +393,7 @@ class Agent:
                 fps = window_frames / max(now - window_start, 1e-6)
                 window_start, window_frames = now, 0
                 self.sink.publish(state_message(self.topics, self.state(fps), now=self.wall()))
-                self._publish_all([presence_message(self.topics, p) for p in self.presence.tick(self.wall())])
+                self._publish_all(self.roster.presence_messages(self.presence.tick(self.wall())))
                 next_state = now + self.config.state_interval_s
             if now >= next_refresh:
                 next_refresh = now + GALLERY_REFRESH_S
@@ -387,9 +415,7 @@ class Agent:
             people = [p.name for p in self.gallery.people()]
             log.info("gallery changed (version %d): %d people", self.gallery.version, len(people))
             self._rematch()
-            self._publish_all([presence_message(self.topics, p) for p in self.presence.set_people(people)])
-            if self.config.mqtt and self.config.mqtt.discovery:
-                self._publish_all(discovery_messages(self.topics, people))
+            self._sync(self.roster.set_people(people))
 
     def _rematch(self) -> None:
         """A gallery of another size needs another threshold to hold the same per-visit stranger rate."""

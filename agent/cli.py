@@ -83,6 +83,7 @@ def agent_main(argv: list[str] | None = None) -> int:
 
 def run_agent(config: Any) -> int:
     from agent.app import Agent, load_models, open_gallery, open_sources
+    from agent.roster import RECORD_NAME, RecordFile
     from agent.sinks.mqtt import MqttSink
     from agent.sinks.stdout import StdoutSink
     from agent.spool import Spool
@@ -91,12 +92,18 @@ def run_agent(config: Any) -> int:
     gallery = open_gallery(config, models.embedder)
     if config.mqtt is not None:
         spool = Spool(config.spool.path, config.spool.max_messages, config.spool.max_bytes)
+        # Started once the agent has announced: the spool must lose forgotten people's events before it is sent.
         sink: Any = MqttSink(config.mqtt, spool, device_id=config.device_id)
-        sink.start()
     else:
         sink = StdoutSink()
     sources = open_sources(config)
-    agent = Agent(config, models, gallery, sink, sources)
+    # The presence record lives beside the spool: the device's state folder, private to this agent. A dry run
+    # (no broker) publishes nothing that lasts, so it keeps none.
+    record = RecordFile(Path(config.spool.path).with_name(RECORD_NAME) if config.mqtt is not None else None)
+    agent = Agent(config, models, gallery, sink, sources, record=record)
+    agent.announce()
+    if config.mqtt is not None:
+        sink.start()
 
     def _term(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing the frame in hand, then flushing", signum)
