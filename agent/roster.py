@@ -90,6 +90,10 @@ class RecordFile:
             os.replace(tmp, self.path)
             self._failed = False
         except (OSError, ValueError) as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
             if not self._failed:
                 log.error(
                     "presence record %s cannot be written (%s); a restart may not restore presence", self.path, exc

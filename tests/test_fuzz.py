@@ -577,6 +577,7 @@ BASE: dict[str, Any] = {
     },
     "spool": {"path": "spool.sqlite", "max_messages": 100, "max_bytes": 1048576},
     "gallery": {"path": "gallery.sqlite", "key_file": "gallery.key"},
+    "presence": {"away_after_s": 300.0, "last_seen_interval_s": 30.0},
 }
 Loc = tuple[str | int, ...]
 
