@@ -302,7 +302,10 @@ def test_gallery_spool_and_their_wal_files_are_0600_even_with_umask_000(
             wait_until(lambda: (var / "gallery.sqlite-wal").exists(), 10, "the gallery WAL")
             open_files = private_files(var)
             assert agent.terminate() == 0, agent.stderr[-3000:]
-    assert {"gallery.sqlite", "gallery.sqlite-wal", "gallery.sqlite-shm", "spool.sqlite"} <= set(open_files)
+    # presence.json names people too (what was published about whom, for restarts and forgetting).
+    assert {"gallery.sqlite", "gallery.sqlite-wal", "gallery.sqlite-shm", "spool.sqlite", "presence.json"} <= set(
+        open_files
+    )
     assert set(open_files.values()) == {"0o600"}, open_files
 
 
