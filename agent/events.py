@@ -513,6 +513,9 @@ def _config(topics: Topics, component: str, object_id: str, config: dict[str, An
     return Message(topics.discovery(component, object_id), _json(body), qos=1, retain=True)
 
 
+LAST_PERSON_TEMPLATE = "{{ value_json.person if value_json is defined else 'None' }}"
+
+
 def discovery_messages(topics: Topics, people: Iterable[str]) -> list[Message]:
     """Retained discovery configs: device status, last recognized person, fps, and one tracker per person."""
     out = [
@@ -537,7 +540,8 @@ def discovery_messages(topics: Topics, people: Iterable[str]) -> list[Message]:
             {
                 "name": "Last recognized person",
                 "state_topic": topics.last_person,
-                "value_template": "{{ value_json.person }}",
+                # Emptied when that person is forgotten: no JSON then, and "None" reads as unknown in HA.
+                "value_template": LAST_PERSON_TEMPLATE,
                 "json_attributes_topic": topics.last_person,
                 "icon": "mdi:face-recognition",
                 **_ha_availability(topics),

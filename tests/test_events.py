@@ -357,7 +357,7 @@ def test_discovery_topics_and_entity_configs() -> None:
     last = configs["last_person"]
     assert (last["state_topic"], last["value_template"], last["availability_topic"]) == (
         TOPICS.last_person,
-        "{{ value_json.person }}",
+        "{{ value_json.person if value_json is defined else 'None' }}",  # also when emptied by a forget
         TOPICS.availability,
     )
     anna = configs["person_anna_smith"]
