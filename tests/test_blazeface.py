@@ -14,9 +14,9 @@ import pytest
 
 from agent.dataset import people_tree
 from agent.detect import create_detector
-from agent.detect.blazeface import BlazeFaceDetector, RawDetections, ssd_anchors, weighted_nms
+from agent.detect.blazeface import BlazeFaceDetector, RawDetections, letterbox, ssd_anchors, weighted_nms
 from agent.errors import ModelError
-from agent.geometry import Face
+from agent.geometry import BBox, Face
 from agent.imageio import read_image
 from agent.manifest import GraphSpec, Manifest, TensorSpec, sha256_file
 from agent.runtime import TFLiteModel
@@ -320,3 +320,44 @@ def test_weighted_nms_blends_a_cluster_and_keeps_its_best_score() -> None:
     np.testing.assert_allclose(out.boxes[0], blended, rtol=1e-5)
     np.testing.assert_allclose(out.keypoints[0, 0], blended[:2], rtol=1e-5)
     np.testing.assert_allclose(out.boxes[1], boxes[2])
+
+
+# -- faces that fill the frame (issue 10, item 5) -------------------------------------------------
+def test_zoomed_out_letterbox_maps_input_points_back_to_the_image() -> None:
+    image = np.zeros((100, 60, 3), np.uint8)
+    for zoom in (1.0, 3.0):
+        canvas, box = letterbox(image, (192, 192), zoom)
+        assert canvas.shape == (192, 192, 3)
+        # Where the image's corners landed in the input, normalised to 0..1, maps back to its corners.
+        corners = np.array([[box.pad_x, box.pad_y], [box.pad_x + 60 * box.scale_x, box.pad_y + 100 * box.scale_y]])
+        np.testing.assert_allclose(box.to_image(corners / 192.0), [[0, 0], [60, 100]], atol=1e-4)
+    assert letterbox(image, (192, 192), 3.0)[1].scale_y == pytest.approx(192 / 100 / 3, rel=0.01)
+    with pytest.raises(ValueError):
+        letterbox(image, (192, 192), 0.5)
+
+
+def test_a_face_filling_the_photo_is_found_by_the_retry_in_the_photos_own_pixels(
+    full: BlazeFaceDetector, people_faces: dict[Path, list[Face]]
+) -> None:
+    """Crop each people photo tightly around its face (a headshot): the single pass mostly finds nothing, the
+    detector's retry zoomed out finds the face, and its box maps back onto the face found in the whole photo."""
+    retried = 0
+    for path, (face,) in list(people_faces.items())[::3]:
+        image = read_image(path)
+        side = int(max(face.bbox.width, face.bbox.height) * 1.1)
+        cx, cy = face.bbox.center
+        x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+        crop = image[y0 : y0 + side, x0 : x0 + side]
+        k = 100 / crop.shape[1]
+        small = cv2.resize(crop, (100, round(crop.shape[0] * k)), interpolation=cv2.INTER_AREA)
+        if full.detect_once(small):
+            continue
+        retried += 1
+        found = full.detect(small)
+        assert found, path.name
+        back = found[0].scaled(1 / k)
+        moved = BBox(back.bbox.x1 + x0, back.bbox.y1 + y0, back.bbox.x2 + x0, back.bbox.y2 + y0)
+        assert moved.iou(face.bbox) > 0.5, path.name
+        (ex, ey), (fx, fy) = back.landmarks["left_eye"], face.landmarks["left_eye"]
+        assert abs(ex + x0 - fx) < 0.1 * side and abs(ey + y0 - fy) < 0.1 * side, path.name
+    assert retried >= 5  # the single pass must miss enough of them for this to test the retry
