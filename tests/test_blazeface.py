@@ -14,7 +14,14 @@ import pytest
 
 from agent.dataset import people_tree
 from agent.detect import create_detector
-from agent.detect.blazeface import BlazeFaceDetector, RawDetections, letterbox, ssd_anchors, weighted_nms
+from agent.detect.blazeface import (
+    LARGE_FACE_ZOOM_OUT,
+    BlazeFaceDetector,
+    RawDetections,
+    letterbox,
+    ssd_anchors,
+    weighted_nms,
+)
 from agent.errors import ModelError
 from agent.geometry import BBox, Face
 from agent.imageio import read_image
@@ -42,30 +49,30 @@ KNOWN_SHORTFALL = {"obama_and_biden.jpg": 1, "selfie-many-people.jpg": 3}
 
 # -- helpers ------------------------------------------------------------------------------------
 def write_model_dir(recipe: BlazeFaceRecipe, directory: Path, extra: dict | None = None) -> Path:
-    """A model dir the way the build lays it out: the shipped file plus a manifest built by hand."""
+    """A model dir the way the build lays it out: the shipped files plus a manifest built by hand."""
     directory.mkdir(parents=True, exist_ok=True)
-    src = recipe.tflite_file()
-    dst = directory / src.name
-    shutil.copyfile(src, dst)
-    model = TFLiteModel(dst)
-    shapes = model.output_shapes()
 
     def spec(port, shape) -> TensorSpec:
         return TensorSpec(port.name, list(shape), np.dtype(port.dtype).name)
 
-    graph = GraphSpec(
-        file=dst.name,
-        sha256=sha256_file(dst),
-        size_bytes=dst.stat().st_size,
-        inputs=[spec(model.inputs[0], model.input_shape())],
-        outputs=[spec(p, s) for p, s in zip(model.outputs, shapes)],
-        ops=model.op_names(),
-    )
+    graphs = {}
+    for source in recipe.graphs():
+        dst = directory / f"{source.name}.tflite"
+        shutil.copyfile(source.tflite_file, dst)
+        model = TFLiteModel(dst)
+        graphs[source.name] = GraphSpec(
+            file=dst.name,
+            sha256=sha256_file(dst),
+            size_bytes=dst.stat().st_size,
+            inputs=[spec(model.inputs[0], model.input_shape())],
+            outputs=[spec(p, s) for p, s in zip(model.outputs, model.output_shapes())],
+            ops=model.op_names(),
+        )
     manifest = Manifest(
         name=recipe.name,
         kind="detector",
         variant="fp32",
-        graphs={"model": graph},
+        graphs=graphs,
         source=recipe.source(),
         preprocessing=recipe.preprocessing,
         detector_type="blazeface",
@@ -131,11 +138,18 @@ def test_anchor_options_give_one_anchor_per_model_output_row(range_: str) -> Non
 def test_recipe_exposes_the_shipped_file_and_refuses_conversion() -> None:
     recipe = BlazeFaceRecipe("full")
     assert (recipe.kind, recipe.detector_type, tuple(recipe.default_variants)) == ("detector", "blazeface", ("fp32",))
-    (graph,) = recipe.graphs()
-    assert graph.tflite_file is not None and graph.tflite_file.is_file()
-    assert graph.input_shape == list(TFLiteModel(graph.tflite_file).input_shape())
-    with pytest.raises(VariantError, match="no float graph"):
-        graph.make_converter()
+    graphs = recipe.graphs()
+    # The full-range model, and the short-range one for the second look at frames without faces.
+    assert [g.name for g in graphs] == ["model", "retry"]
+    assert [g.tflite_file for g in graphs] == [recipe.tflite_file(), BlazeFaceRecipe("short").tflite_file()]
+    assert [g.name for g in BlazeFaceRecipe("short").graphs()] == ["model"]
+    for graph in graphs:
+        assert graph.tflite_file is not None and graph.tflite_file.is_file()
+        assert graph.input_shape == list(TFLiteModel(graph.tflite_file).input_shape())
+        with pytest.raises(VariantError, match="no float graph"):
+            graph.make_converter()
+    samples = recipe.calibration_samples("retry", [np.zeros((50, 80, 3), np.uint8)], 1)
+    assert samples[0][0].shape == (1, 128, 128, 3)
 
 
 def test_calibration_samples_are_letterboxed_inputs_in_model_range(faces_dir: Path) -> None:
@@ -361,3 +375,26 @@ def test_a_face_filling_the_photo_is_found_by_the_retry_in_the_photos_own_pixels
         (ex, ey), (fx, fy) = back.landmarks["left_eye"], face.landmarks["left_eye"]
         assert abs(ex + x0 - fx) < 0.1 * side and abs(ey + y0 - fy) < 0.1 * side, path.name
     assert retried >= 5  # the single pass must miss enough of them for this to test the retry
+
+
+def test_the_full_range_artifact_retries_through_its_short_range_graph(
+    full: BlazeFaceDetector, full_dir: Path, tmp_path: Path
+) -> None:
+    detector, zoom_out = full.retry  # type: ignore[misc]
+    assert detector.input_size == (128, 128) and zoom_out == 2.5
+    assert (detector.min_face, detector.score_threshold) == (full.min_face, full.score_threshold)
+    strict = BlazeFaceDetector.from_model_dir(full_dir, min_face=33, score_threshold=0.7)
+    assert (strict.retry[0].min_face, strict.retry[0].score_threshold) == (33, 0.7)  # type: ignore[index]
+    assert BlazeFaceDetector.from_model_dir(full_dir, retry=False).retry is None
+
+    # An artifact built before the retry graph existed (no extra.retry) takes its second look with its own model.
+    recipe = BlazeFaceRecipe("full")
+    extra = json.loads(json.dumps(recipe.extra))
+    del extra["retry"]
+    old = BlazeFaceDetector.from_model_dir(write_model_dir(recipe, tmp_path / "old", extra))
+    assert old.retry == (old, LARGE_FACE_ZOOM_OUT)
+
+    extra = json.loads(json.dumps(recipe.extra))
+    extra["retry"]["zoom_out"] = 0.5
+    with pytest.raises(ModelError, match=r"extra\.retry\.zoom_out"):
+        BlazeFaceDetector.from_model_dir(write_model_dir(recipe, tmp_path / "bad", extra))

@@ -11,6 +11,7 @@ the manifest's ``extra``, written by converter/models/blazeface.py, so this modu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, fields
@@ -30,12 +31,15 @@ from agent.runtime import Network
 log = logging.getLogger(__name__)
 
 GRAPH = "model"
+RETRY_GRAPH = "retry"
 
 # The full-range model is trained for faces at a distance: a face that fills the frame (a headshot or ID
 # photo, what people enrol from; someone right at the camera) scores near zero once it fills the 192 px
-# input (9 of 500 LFW tight crops found). When a frame gives no face, it is looked at once more shrunk to a
-# third of the input, where such faces score like others: 493 of 500 (x2: 463, x2.5: 485; measured by
-# converter.bench.detect_eval). Only frames without a face pay the second inference.
+# input (9 of 500 LFW tight crops found). So when a frame gives no face it is looked at once more, shrunk
+# inside the input. The artifact's own retry (manifest extra.retry + graph "retry": the short-range model,
+# trained for near faces, at 1/2.5) finds 499 of 500; an artifact without one retries its own model at a
+# third of the input, 493 of 500 (x2: 463, x2.5: 485), and fewer as crops get tighter (converter.bench.
+# detect_eval). Only frames without a face pay the second inference.
 LARGE_FACE_ZOOM_OUT = 3.0
 
 
@@ -343,11 +347,9 @@ class BlazeFaceDetector:
         *,
         min_face: int = 20,
         score_threshold: float | None = None,
-        large_face_zoom_out: float | None = LARGE_FACE_ZOOM_OUT,
+        retry: bool = True,
     ) -> None:
         where = f"model {manifest.name}"
-        if large_face_zoom_out is not None and not large_face_zoom_out > 1.0:
-            raise ModelError(f"large_face_zoom_out must be > 1 (or None: no retry), got {large_face_zoom_out}", where)
         if GRAPH not in networks:
             raise ModelError(f"BlazeFace needs one graph named {GRAPH!r}, got {sorted(networks)}", where)
         if min_face < 0:
@@ -365,10 +367,35 @@ class BlazeFaceDetector:
         self.network = networks[GRAPH]
         self.preprocessing = manifest.preprocessing
         self.min_face = int(min_face)
-        self.large_face_zoom_out = large_face_zoom_out
         self.score_threshold = (
             float(score_threshold) if score_threshold is not None else self.config.decoder.min_score_thresh
         )
+        self.retry = self._retry_pass(manifest, networks, where) if retry else None
+
+    def _retry_pass(
+        self, manifest: Manifest, networks: dict[str, Network], where: str
+    ) -> tuple[BlazeFaceDetector, float]:
+        """The detector and zoom-out of the second look at a frame without faces (see LARGE_FACE_ZOOM_OUT)."""
+        settings = manifest.extra.get("retry")
+        if settings is None or RETRY_GRAPH not in networks:
+            # An artifact built before the retry graph existed, or a caller wiring only the main graph
+            # (the converter's checks of one graph): the model's own zoomed-out second look.
+            return self, LARGE_FACE_ZOOM_OUT
+        if not isinstance(settings, dict) or not isinstance(settings.get("zoom_out"), int | float):
+            raise ModelError("manifest extra.retry must be an object with a number zoom_out", where)
+        zoom_out = float(settings["zoom_out"])
+        if not 1.0 <= zoom_out <= 10.0:
+            raise ModelError(f"manifest extra.retry.zoom_out must be within 1..10, got {zoom_out}", where)
+        inner = dataclasses.replace(manifest, name=f"{manifest.name} retry", extra=settings)
+        # The same min_face and score threshold as the first look: one setting means one thing to the user.
+        retry = BlazeFaceDetector(
+            inner,
+            {GRAPH: networks[RETRY_GRAPH]},
+            min_face=self.min_face,
+            score_threshold=self.score_threshold,
+            retry=False,
+        )
+        return retry, zoom_out
 
     @classmethod
     def from_model_dir(
@@ -379,16 +406,10 @@ class BlazeFaceDetector:
         num_threads: int = 1,
         min_face: int = 20,
         score_threshold: float | None = None,
-        large_face_zoom_out: float | None = LARGE_FACE_ZOOM_OUT,
+        retry: bool = True,
     ) -> BlazeFaceDetector:
         manifest, networks = load_detector_graphs(model_dir, "blazeface", runtime=runtime, num_threads=num_threads)
-        return cls(
-            manifest,
-            networks,
-            min_face=min_face,
-            score_threshold=score_threshold,
-            large_face_zoom_out=large_face_zoom_out,
-        )
+        return cls(manifest, networks, min_face=min_face, score_threshold=score_threshold, retry=retry)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -416,9 +437,10 @@ class BlazeFaceDetector:
             log.debug("skipping frame: %s", exc)
             return []
         faces = self.detect_once(image)
-        if not faces and self.large_face_zoom_out is not None:
+        if not faces and self.retry is not None:
             # Only when nothing was found, so frames with faces cost one inference as before.
-            faces = self.detect_once(image, self.large_face_zoom_out)
+            detector, zoom_out = self.retry
+            faces = detector.detect_once(image, zoom_out)
         return faces
 
     def detect_once(self, image_bgr: np.ndarray, zoom_out: float = 1.0) -> list[Face]:

@@ -48,7 +48,6 @@ SEED = 0
 LFW_FOLDS = (6, 7, 8, 9, 10)
 # How tight "tight" is decides the figure: other crop sides, for the detectors that matter, at default settings.
 SENSITIVITY_SIDES = (100, 110, 120, 130, 150)
-SENSITIVITY_DETECTORS = ("blazeface", "blazeface-short", "mtcnn", "yunet")
 FRAME = (640, 480)
 TIMING_RUNS = 40
 YUNET_ONNX = "yunet_s_640_640.onnx"
@@ -163,37 +162,43 @@ def _recommended_variant(models_dir: Path, model: str) -> str:
 
 
 def detector_options(models_dir: Path, yunet_onnx: Path) -> list[DetectorOption]:
+    """Every way of running a detector the report compares; the first is the agent's default detector as
+    built (its retry included), the second the same without the retry (the frame-cost baseline)."""
     from agent.detect.blazeface import LARGE_FACE_ZOOM_OUT, BlazeFaceDetector
+    from converter.models.blazeface import RETRY_ZOOM_OUT
 
-    def blazeface(retry: float | None, zoom: float = 1.0) -> Callable[[Setting], DetectFn]:
+    def blazeface(how: str, zoom: float = 1.0) -> Callable[[Setting], DetectFn]:
         def build(s: Setting) -> DetectFn:
             det = BlazeFaceDetector.from_model_dir(
                 models_dir / "blazeface" / _recommended_variant(models_dir, "blazeface"),
                 min_face=s.min_face,
                 score_threshold=s.score_threshold,
-                large_face_zoom_out=retry,
             )
-            return det.detect if zoom == 1.0 else lambda image: det.detect_once(image, zoom)
+            retry = det.retry[0] if det.retry else det
+            runs: dict[str, DetectFn] = {
+                "default": det.detect,
+                "once": lambda image: det.detect_once(image, zoom),
+                "retry itself": lambda image: det.detect_once(image) or det.detect_once(image, zoom),
+                "retry graph": lambda image: det.detect_once(image) or retry.detect_once(image, zoom),
+            }
+            return runs[how]
 
         return build
 
-    def short(retry: float | None) -> Callable[[Setting], DetectFn]:
-        def build(s: Setting) -> DetectFn:
-            # Not built by `make convert`: the recipe wires the shipped file (pinned package, sha256-checked).
-            from agent.runtime import TFLiteModel
-            from converter.models.blazeface import BlazeFaceRecipe
+    def short(s: Setting) -> DetectFn:
+        # The short-range model on its own, as a candidate default detector.
+        from agent.runtime import TFLiteModel
+        from converter.models.blazeface import BlazeFaceRecipe
 
-            recipe = BlazeFaceRecipe("short")
-            det = BlazeFaceDetector(
-                recipe._detector_manifest(),
-                {"model": TFLiteModel(recipe.tflite_file())},
-                min_face=s.min_face,
-                score_threshold=s.score_threshold,
-                large_face_zoom_out=retry,
-            )
-            return det.detect
-
-        return build
+        recipe = BlazeFaceRecipe("short")
+        det = BlazeFaceDetector(
+            recipe._detector_manifest(),
+            {"model": TFLiteModel(recipe.tflite_file())},
+            min_face=s.min_face,
+            score_threshold=s.score_threshold,
+            retry=False,
+        )
+        return det.detect
 
     def mtcnn(s: Setting) -> DetectFn:
         from agent.detect.mtcnn import PNET_CELL, MTCNNDetector
@@ -216,23 +221,27 @@ def detector_options(models_dir: Path, yunet_onnx: Path) -> list[DetectorOption]
 
         return detect
 
-    z = LARGE_FACE_ZOOM_OUT
+    z = RETRY_ZOOM_OUT
     options = [
-        DetectorOption("blazeface", f"retry x{z:g} when none found, default", blazeface(z), True),
-        DetectorOption("blazeface", "no retry, before", blazeface(None), True),
+        DetectorOption("blazeface", f"default: retry short-range x{z:g} when none found", blazeface("default"), True),
+        DetectorOption("blazeface", "no retry, before", blazeface("once"), True),
     ]
     options += [
-        DetectorOption("blazeface", f"always zoomed out x{zoom:g}", blazeface(None, zoom), False)
+        DetectorOption(
+            "blazeface", f"retry short-range x{zoom:g} when none found", blazeface("retry graph", zoom), False
+        )
+        for zoom in (1.5, 2.0, 3.0)
+    ]
+    options += [
+        DetectorOption("blazeface", f"retry itself x{zoom:g} when none found", blazeface("retry itself", zoom), False)
+        for zoom in (2.0, 2.5, LARGE_FACE_ZOOM_OUT)
+    ]
+    options += [
+        DetectorOption("blazeface", f"always zoomed out x{zoom:g}", blazeface("once", zoom), False)
         for zoom in (1.5, 2.0, 2.5, 3.0)
     ]
     options += [
-        DetectorOption("blazeface", f"retry x{zoom:g} when none found", blazeface(zoom), False)
-        for zoom in (2.0, 2.5, 3.0)
-        if zoom != z
-    ]
-    options += [
-        DetectorOption("blazeface-short", "no retry", short(None), False),
-        DetectorOption("blazeface-short", f"retry x{z:g} when none found", short(z), False),
+        DetectorOption("blazeface-short", "alone, no retry", short, False),
         DetectorOption("mtcnn", "agent", mtcnn, True),
         DetectorOption("yunet", "OpenCV, long side <= 640", yunet, True),
     ]
@@ -474,9 +483,9 @@ def run(args: argparse.Namespace) -> Report:
             if opt is options[0] and setting is default and not all(found):
                 misses = [c for c, ok in zip(crops, found) if not ok][:40]
                 cv2.imwrite(str(args.out / "crop_misses.png"), np.hstack(misses))
-    # The first option of each family in SENSITIVITY_DETECTORS: the default run and the short-range retry.
-    picked = [next(o for o in options if o.detector == name) for name in SENSITIVITY_DETECTORS]
-    picked[1] = next(o for o in options if o.detector == "blazeface-short" and "retry" in o.option)
+    # The default, the retry through the model itself (artifacts without a retry graph), MTCNN and YuNet.
+    picked = [options[0], next(o for o in options if o.option.startswith("retry itself x3"))]
+    picked += [next(o for o in options if o.detector == name) for name in ("mtcnn", "yunet")]
     sensitivity: list[CropRow] = []
     if not args.skip_sensitivity:
         originals = [read_image(p) for p in paths]
