@@ -3,7 +3,8 @@
 1. Tight crops: 100x100 photos whose face fills the frame (a cropped headshot or ID photo), made in memory
    from LFW deep-funneled photos of people in View-2 folds 6-10, a fixed sample chosen by a seed. The
    figure is the fraction of crops where a detector reports a face. Several ways of running BlazeFace are
-   measured side by side (no retry, always zoomed out, retry zoomed out when nothing is found, short range).
+   measured side by side (one pass, always zoomed out, a zoomed-out retry through itself or through the
+   artifact's short-range graph when nothing is found, the short-range model alone), and other crop sides.
 2. WIDER FACE (the 187-photo validation slice in the data directory): recall at IoU 0.5 by face size and
    false positives per photo, at the agent's default detection settings and at its smallest min_face.
 3. What the retry costs BlazeFace per 640x480 frame, with and without a face in it.
@@ -23,6 +24,7 @@ import logging
 import os
 import random
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,6 @@ from agent.dataset import data_dir as resolve_data_dir
 from agent.geometry import Face
 from agent.imageio import read_image
 from converter.bench.boxmatch import IOU_THRESHOLD, SIZE_BINS, score_photo, size_bin
-from converter.bench.common import time_runs
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ LFW_FOLDS = (6, 7, 8, 9, 10)
 # How tight "tight" is decides the figure: other crop sides, for the detectors that matter, at default settings.
 SENSITIVITY_SIDES = (100, 110, 120, 130, 150)
 FRAME = (640, 480)
-TIMING_RUNS = 40
+TIMING_RUNS = 100
 YUNET_ONNX = "yunet_s_640_640.onnx"
 
 
@@ -465,62 +466,62 @@ def recall_chart(rows: Sequence[WiderRow], out: Path) -> Path:
 
 
 # -- CLI ------------------------------------------------------------------------------------------
+def crop_table(
+    options: Sequence[DetectorOption], settings: Sequence[Setting], crops: Sequence[np.ndarray], side: int
+) -> tuple[list[CropRow], list[np.ndarray]]:
+    """Found crops per option and setting, and the crops the first option missed at the first setting."""
+    rows: list[CropRow] = []
+    misses: list[np.ndarray] = []
+    for opt in options:
+        for setting in settings:
+            found = found_in_crops(opt.build(setting), crops)
+            rows.append(CropRow(opt.label, setting.name, side, sum(found), len(found)))
+            log.info("crops: %s, %s: %d/%d", opt.label, setting.name, sum(found), len(found))
+            if opt is options[0] and setting is settings[0]:
+                misses = [c for c, ok in zip(crops, found) if not ok]
+    return rows, misses
+
+
+def wider_table(
+    options: Sequence[DetectorOption], settings: Sequence[Setting], wider_dir: Path, limit: int
+) -> list[WiderRow]:
+    photos = parse_wider_gt((wider_dir / "gt.txt").read_text())[: limit or None]
+    images = {p.path: read_image(wider_dir / "images" / p.path) for p in photos}
+    rows = []
+    for opt in (o for o in options if o.wider):
+        for setting in settings:
+            detect = opt.build(setting)
+            rows.append(wider_row(opt.label, setting, photos, [detect_boxes(detect, images[p.path]) for p in photos]))
+            log.info("wider: %s, %s: recall %.3f", opt.label, setting.name, rows[-1].recall())
+    return rows
+
+
 def run(args: argparse.Namespace) -> Report:
     data = resolve_data_dir(args.data_dir)
-    models_dir = args.models.resolve()
-    options = detector_options(models_dir, data / "models" / YUNET_ONNX)
+    options = detector_options(args.models.resolve(), data / "models" / YUNET_ONNX)
     default, floor = agent_settings()
     enrol = Setting("enrol without --config", 20, None)  # create_detector's defaults: min_face 20, model's score
 
     paths = lfw_sample(data / "faces" / "lfw", args.crops, args.seed)
-    crops = [tight_crop(read_image(p), args.crop_side) for p in paths]
-    crop_rows: list[CropRow] = []
-    for opt in options:
-        for setting in (default, enrol):
-            found = found_in_crops(opt.build(setting), crops)
-            crop_rows.append(CropRow(opt.label, setting.name, args.crop_side, sum(found), len(found)))
-            log.info("crops: %s, %s: %d/%d", opt.label, setting.name, sum(found), len(found))
-            if opt is options[0] and setting is default and not all(found):
-                misses = [c for c, ok in zip(crops, found) if not ok][:40]
-                cv2.imwrite(str(args.out / "crop_misses.png"), np.hstack(misses))
-    # The default, the retry through the model itself (artifacts without a retry graph), MTCNN and YuNet.
-    picked = [options[0], next(o for o in options if o.option.startswith("retry itself x3"))]
-    picked += [next(o for o in options if o.detector == name) for name in ("mtcnn", "yunet")]
+    originals = [read_image(p) for p in paths]
+    crops = [tight_crop(image, args.crop_side) for image in originals]
+    crop_rows, misses = crop_table(options, [default, enrol], crops, args.crop_side)
+    if misses:
+        cv2.imwrite(str(args.out / "crop_misses.png"), np.hstack(misses[:40]))  # to look at, never committed
     sensitivity: list[CropRow] = []
     if not args.skip_sensitivity:
-        originals = [read_image(p) for p in paths]
+        # The default, the retry through the model itself (artifacts without a retry graph), MTCNN and YuNet.
+        picked = [options[0], next(o for o in options if o.option.startswith("retry itself x3"))]
+        picked += [next(o for o in options if o.detector == name) for name in ("mtcnn", "yunet")]
         for side in SENSITIVITY_SIDES:
-            side_crops = [tight_crop(image, side) for image in originals]
-            for opt in picked:
-                found = found_in_crops(opt.build(default), side_crops)
-                sensitivity.append(CropRow(opt.label, default.name, side, sum(found), len(found)))
-                log.info("crop side %d: %s: %d/%d", side, opt.label, sum(found), len(found))
-
-    wider_rows: list[WiderRow] = []
-    if not args.skip_wider:
-        wider_dir = data / "faces" / "wider"
-        photos = parse_wider_gt((wider_dir / "gt.txt").read_text())[: args.wider_photos or None]
-        images = {p.path: read_image(wider_dir / "images" / p.path) for p in photos}
-        for opt in (o for o in options if o.wider):
-            for setting in (default, floor):
-                detect = opt.build(setting)
-                dets = [detect_boxes(detect, images[p.path]) for p in photos]
-                wider_rows.append(wider_row(opt.label, setting, photos, dets))
-                log.info("wider: %s, %s: recall %.3f", opt.label, setting.name, wider_rows[-1].recall())
-
-    timing = measure_retry_cost(options, default, data, crops) if not args.skip_timing else []
-    measured = next(c.fraction for c in crop_rows if c.label == options[0].label and c.setting == default.name)
-    sample = {"count": len(paths), "seed": args.seed, "folds": list(LFW_FOLDS), "side": args.crop_side}
-    return Report(
-        {**sample, "out": CROP_OUT},
-        crop_rows,
-        sensitivity,
-        wider_rows,
-        timing,
-        TARGET,
-        measured,
-        " ".join(args.command),
+            sensitivity += crop_table(picked, [default], [tight_crop(image, side) for image in originals], side)[0]
+    wider_rows = (
+        [] if args.skip_wider else wider_table(options, [default, floor], data / "faces" / "wider", args.wider_photos)
     )
+    timing = [] if args.skip_timing else measure_retry_cost(options, default, data, crops)
+    measured = next(c.fraction for c in crop_rows if c.label == options[0].label and c.setting == default.name)
+    sample = {"count": len(paths), "seed": args.seed, "folds": list(LFW_FOLDS), "side": args.crop_side, "out": CROP_OUT}
+    return Report(sample, crop_rows, sensitivity, wider_rows, timing, TARGET, measured, " ".join(args.command))
 
 
 def measure_retry_cost(
@@ -538,15 +539,23 @@ def measure_retry_cost(
     }
     rows = []
     for name, frame in frames.items():
-        rows.append(
-            {
-                "frame": name,
-                "no_retry_ms": time_runs(lambda f=frame: without(f), TIMING_RUNS, warmup=3).p50_ms,
-                "retry_ms": time_runs(lambda f=frame: with_retry(f), TIMING_RUNS, warmup=3).p50_ms,
-                "faces": len(with_retry(frame)),
-            }
-        )
+        no_retry, retry = paired_p50_ms(lambda f=frame: without(f), lambda f=frame: with_retry(f), TIMING_RUNS)
+        rows.append({"frame": name, "no_retry_ms": no_retry, "retry_ms": retry, "faces": len(with_retry(frame))})
     return rows
+
+
+def paired_p50_ms(a: Callable[[], object], b: Callable[[], object], runs: int) -> tuple[float, float]:
+    """p50 ms of ``a`` and ``b`` timed in alternation, so load from other users of a shared machine falls on
+    both alike (timed one after the other, the two halves of a run saw different loads)."""
+    for fn in (a, b, a, b):  # warm-up: first-invoke delegate setup, caches
+        fn()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for fn, out in ((a, times[0]), (b, times[1])):
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1000)
+    return round(float(np.median(times[0])), 3), round(float(np.median(times[1])), 3)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
