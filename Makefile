@@ -95,9 +95,13 @@ bench: setup data convert
 
 # LFW View 2 end to end: every pipeline (detector x embedder variant) and face_recognition (dlib) on the
 # standard 10-fold protocol, the calibration checked on people it never saw, open set at 10/100/1,000 people.
-# Writes build/eval-lfw/report.md|json + charts; exits 1 when a target is missed.
+# Then the detectors against ground truth: LFW tight crops (>= 98% found) and WIDER recall by face size.
+# Writes build/eval-lfw/report.md|json + charts and build/eval-lfw/detectors/; exits 1 when a target is missed.
 eval-lfw: setup data convert
-	$(PY) -m converter.bench.lfw --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw
+	status=0; \
+	$(PY) -m converter.bench.lfw --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw || status=1; \
+	$(PY) -m converter.bench.detect_eval --data-dir $(DATA_DIR) --out build/eval-lfw/detectors || status=1; \
+	exit $$status
 
 eval: setup data convert
 	$(VENV)/bin/facelite eval $(or $(DATA),$(DATA_DIR)/faces/people) --models $(MODELS) --out build/eval
