@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import Reaper
 
 from agent.dataset import data_dir as resolve_data_dir
 
@@ -30,3 +32,13 @@ def models_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"no converted models at {path}: run `make convert` first (make test does)")
     return path
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    """Register every process a test starts; whatever is still running at teardown is SIGKILLed (pass or fail)."""
+    r = Reaper()
+    try:
+        yield r
+    finally:
+        r.kill_all()
