@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -257,6 +258,27 @@ def test_bundle_hashes_every_file_and_its_version_is_its_content(
     assert again.version == bundle.version and again.archive == bundle.archive
     changed = build_bundle(load_profile("bundle-only", bench.devices_dir, ["agent.state_interval_s=7.0"]), inputs)
     assert changed.version != bundle.version
+
+
+def test_the_pi_bundle_ships_the_agent_and_its_license_and_no_converter_code(
+    tmp_path: Path, models_dir: Path, data_dir: Path
+) -> None:
+    """The device runs the agent only: no converter or benchmark code in the wheel, and the MIT LICENSE with it."""
+    wheel = build_agent_wheel(REPO, tmp_path / "w")
+    inputs = BundleInputs(REPO, models_dir, data_dir, tmp_path / "out", default_cache(), wheel)
+    bundle = build_bundle(load_profile("pi"), inputs)
+    shipped = [r for r in bundle.files if r.startswith("wheels/facelite-")]
+    assert len(shipped) == 1, shipped
+    with zipfile.ZipFile(bundle.directory / shipped[0]) as zf:
+        names = zf.namelist()
+        dist_info = next(n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info"))
+        license_text = zf.read(f"{dist_info}/LICENSE").decode()
+        entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
+    assert {n.split("/")[0] for n in names} == {"agent", dist_info}, sorted({n.split("/")[0] for n in names})
+    assert not [n for n in names if "converter" in n or "/bench/" in n]
+    assert license_text == (REPO / "LICENSE").read_text() and license_text.startswith("MIT License")
+    assert "Copyright (c) 2026 the facelite authors" in license_text
+    assert "facelite-agent = agent.cli:agent_main" in entry_points and "converter" not in entry_points
 
 
 # -- deploys -----------------------------------------------------------------------------------------------------
