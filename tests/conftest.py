@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,3 +43,23 @@ def reaper() -> Iterator[Reaper]:
         yield r
     finally:
         r.kill_all()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that needs converted models (the models_dir fixture, itself or through another fixture) is marked
+    slow, so `make test-fast` (-m "not slow") runs the rest, also on a machine without build/models."""
+    for item in items:
+        if "models_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under -m "not slow", a module that marks itself slow as a whole (a top-level `pytestmark = pytest.mark.slow`)
+    is not even imported: importing TensorFlow only to deselect all its tests cost the fast tier ~10 s."""
+    if config.getoption("markexpr", "") != "not slow" or collection_path.suffix != ".py":
+        return None
+    try:
+        text = collection_path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return True if re.search(r"^pytestmark = pytest\.mark\.slow\b", text, re.MULTILINE) else None

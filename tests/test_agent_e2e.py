@@ -9,28 +9,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
 import pytest
 from broker import MosquittoBroker, Subscriber
-from helpers import Reaper
+from helpers import Reaper, wait_until
 
 from agent.demo import Visit, enroll_command, plan, write_video
 from agent.events import EVENT_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "e2e"
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pick(models_dir: Path, name: str) -> Path:
