@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -216,6 +217,29 @@ def test_sigterm_flushes_and_exits_zero(tmp_path: Path, doorway: dict[str, objec
         wait_until(lambda: any(m.payload == b"offline" for m in sub.messages), what="offline")
     assert proc.returncode == 0, err[-2000:]
     assert "agent stopped" in err
+
+
+def test_a_burst_of_sigterms_still_flushes_and_exits_zero_every_time(
+    tmp_path: Path, doorway: dict[str, object], reaper: Reaper
+) -> None:
+    """SIGTERMs repeated for half a second (an operator insisting, or a supervisor and a service manager both
+    stopping it): the agent stops once, flushes, says offline and exits 0, every round. Its handler once logged
+    and set an Event (both take locks, unsafe where Python runs a handler), and a SIGTERM landing while the
+    interpreter exited killed it with -15 after its flush."""
+    with MosquittoBroker(tmp_path / "b") as broker, Subscriber(broker, ["facelite/#"]) as sub:
+        config = write_config(tmp_path / "agent.toml", doorway, broker.port, "/dev/video-facelite-missing")
+        for i in range(3):
+            proc = start_agent(config, reaper)
+            wait_until(lambda n=i + 1: sum(m.payload == b"online" for m in sub.messages) >= n, what="online")
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end and proc.poll() is None:
+                for _ in range(100):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, f"round {i}: exit {proc.returncode}\n{err[-2000:]}"
+            assert err.count("agent stopped") == 1, err[-2000:]
+            wait_until(lambda n=i + 1: sum(m.payload == b"offline" for m in sub.messages) >= n, what="offline")
 
 
 def test_bad_config_key_is_refused_with_key_path_and_line(tmp_path: Path, doorway: dict[str, object]) -> None:
