@@ -93,7 +93,12 @@ def start_agent(config: Path) -> subprocess.Popen[str]:
 
 def run_agent(config: Path) -> str:
     proc = start_agent(config)
-    _, err = proc.communicate(timeout=180)
+    try:
+        _, err = proc.communicate(timeout=180)
+    finally:  # a timeout (or an interrupted test) must not leave the agent running
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     return err
 
