@@ -15,11 +15,12 @@ export FACELITE_LEGACY_PYTHON := $(abspath $(LEGACY))/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-onnx system-deps data convert test lint demo eval eval-lfw deploy plan test-arm64 soak bench clean
+.PHONY: help setup setup-onnx system-deps data convert test test-fast lint demo eval eval-lfw deploy plan test-arm64 soak bench clean
 
 help:
 	@echo "make demo    convert models, enroll people from the sample photos, run the agent, print MQTT events"
 	@echo "make test    run the test suite (real broker, real models, real photos)"
+	@echo "make test-fast  the tests that need no converted models (under a minute; no make convert)"
 	@echo "make convert build verified .tflite artifacts into $(MODELS)"
 	@echo "make eval-lfw LFW 10-fold and open-set figures for every pipeline (build/eval-lfw/report.md)"
 	@echo "make setup   create $(VENV) (host: TensorFlow + runtimes) and $(LEGACY) (tflite-runtime 2.14, numpy<2)"
@@ -83,6 +84,11 @@ test: setup setup-onnx data convert
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	FACELITE_RUNTIME=tflite-runtime $(LEGACY)/bin/python -m pytest -q -p no:cacheprovider $(DEVICE_TESTS)
 	$(MAKE) --no-print-directory test-arm64
+
+# The quick tier: every test except those marked slow (tests/conftest.py marks each test that uses the
+# models_dir fixture), so it needs neither `make convert` nor build/models. Under a minute on 2 cores.
+test-fast: $(VENV)/.stamp system-deps data
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The main job end to end: convert, enroll from the sample photos, run the agent on a video made of
 # other photos of them (and of strangers), print the MQTT events a subscriber received.

@@ -6,11 +6,14 @@ Every user-facing failure is one line on stderr and a non-zero exit; tracebacks 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,18 +108,41 @@ def run_agent(config: Any) -> int:
     if config.mqtt is not None:
         sink.start()
 
-    def _term(signum: int, _frame: Any) -> None:
-        log.info("signal %d: finishing the frame in hand, then flushing", signum)
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, _term)
-    signal.signal(signal.SIGINT, _term)
+    handler = _stop_on_signal(agent)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
     try:
         agent.run()
     finally:
         sink.close()
         gallery.close()
+        # Stopped and flushed: a SIGTERM repeated from here on (Python restores the default action while it exits)
+        # must not turn exit 0 into a death by signal in what systemd or the supervisor reads.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
+
+
+def _stop_on_signal(agent: Any) -> Callable[[int, Any], None]:
+    """The SIGTERM/SIGINT handler. Python runs a handler in the main thread between two bytecodes, wherever that
+    thread is, even inside a lock it holds (logging's, or the Event's inside agent.stop() and its waits): taking
+    such a lock there can deadlock the agent, as it did the device supervisor. So the handler only writes the
+    signal number to a pipe; a thread waiting on the pipe logs it and stops the agent."""
+    read_fd, write_fd = os.pipe()  # open for the process's life; not inherited (PEP 446)
+    os.set_blocking(write_fd, False)
+
+    def stopper() -> None:
+        signum = os.read(read_fd, 1)
+        log.info("signal %d: finishing the frame in hand, then flushing", signum[0])
+        agent.stop()
+
+    threading.Thread(target=stopper, name="signal-stop", daemon=True).start()
+
+    def handler(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(OSError):  # a full pipe: the stop is already on its way
+            os.write(write_fd, bytes([signum]))
+
+    return handler
 
 
 def self_test(config: Any, image_path: Path, expect: int) -> int:

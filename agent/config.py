@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent.errors import ConfigError
+from agent.events import topic_prefix_problem
 from agent.schema import Context, Loc, Problem, Section, key_path, setting, short, validate
 
 if TYPE_CHECKING:
@@ -213,8 +214,10 @@ class TlsConfig(Section):
 
 
 def _topic_prefix(value: str, ctx: Context) -> str:
-    if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "+#\0"):
-        raise ValueError(f"must be a topic prefix without '+', '#' or leading/trailing '/' (got {value!r})")
+    # The agent's own rule (agent.events.Topics applies it too): what --check-config passes, the agent accepts.
+    problem = topic_prefix_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 

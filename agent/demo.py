@@ -2,6 +2,10 @@
 and print every MQTT message a subscriber receives (as `mosquitto_sub -t 'facelite/#' -v` would).
 
     python -m agent.demo --data-dir ../shared --models build/models --work build/demo
+
+Exit status: 0 when no visit is wrong; 1 when one is, or visits and events do not pair one to one (VERDICT_RULE,
+printed with the result); 2 or 3 when the demo cannot run (an enrolment or the agent failed, a model or photo is
+missing).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ FPS = 10
 VISIT_S = 2.0  # each visitor stands in view this long ...
 GAP_S = 3.0  # ... then the door is empty this long (longer than the tracker's missed-face window)
 FRAME = (640, 480)
+WRONG_VISIT = 1  # exit status: a visit was announced as the wrong person (VERDICT_RULE)
+CANNOT_RUN = 2  # exit status: an enrolment or the agent failed (FaceliteError keeps its own code, 2 or 3)
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if proc.returncode != 0:
             print(proc.stderr.strip(), file=sys.stderr)
-            return proc.returncode
+            print(f"error: enrolling {name} failed (exit {proc.returncode})", file=sys.stderr)
+            return CANNOT_RUN
         print("  " + proc.stdout.strip().splitlines()[-1])
     with MosquittoBroker(work / "broker") as broker:
         config = work / "agent.toml"
@@ -162,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             if agent.returncode != 0:
                 print(agent.stderr.strip()[-3000:], file=sys.stderr)
                 print(f"error: the agent exited with {agent.returncode}", file=sys.stderr)
-                return 1
+                return CANNOT_RUN
             sub.wait_for(1, timeout=5, topic="facelite/demo/availability")
             time.sleep(0.5)
             messages = sub.messages
@@ -179,28 +186,74 @@ def run(args: argparse.Namespace) -> int:
     return summarize(visits, events, n_frames, elapsed)
 
 
+VERDICT_RULE = (
+    "A visit is WRONG when a known person is announced as someone else, or a stranger is announced as anyone: "
+    "the demo then exits 1. A known person left unknown is a MISS: reported, not a failure (the matcher is set "
+    "to refuse rather than guess, at FAR 1e-3). Visits and decisions must pair one to one (one event per visit), "
+    "else the run cannot be judged and exits 1."
+)
+
+
+@dataclass(frozen=True)
+class Judged:
+    visit: Visit
+    got: str | None  # the person announced, None for "unknown"
+    similarity: object
+
+    @property
+    def expected(self) -> str | None:
+        return self.visit.person if self.visit.enrolled else None
+
+    @property
+    def wrong(self) -> bool:
+        return self.got is not None and self.got != self.expected
+
+    @property
+    def missed(self) -> bool:
+        return self.got is None and self.expected is not None
+
+
+def judge(visits: list[Visit], events: list[dict[str, object]]) -> tuple[list[Judged], bool]:
+    """Pair each visit with its decision (recognized/unknown events in track order); True if they pair 1:1."""
+    decided = sorted(
+        (e for e in events if e["type"] in ("recognized", "unknown")), key=lambda e: int(str(e["track_id"]))
+    )
+    judged = [
+        Judged(v, str(e["person"]) if e["type"] == "recognized" else None, e["similarity"])
+        for v, e in zip(visits, decided)
+    ]
+    return judged, len(decided) == len(visits)
+
+
 def summarize(visits: list[Visit], events: list[dict[str, object]], frames: int, elapsed: float) -> int:
-    decided = [e for e in events if e["type"] in ("recognized", "unknown")]
-    left = [e for e in events if e["type"] == "left"]
+    """Print every visit beside its decision and the verdict; 1 if a visit was wrong or they do not pair up."""
+    judged, paired = judge(visits, events)
+    decided = sum(e["type"] in ("recognized", "unknown") for e in events)
+    left = sum(e["type"] == "left" for e in events)
     print(
-        f"\n{len(visits)} visits -> {len(decided)} recognized/unknown events, {len(left)} left events; "
+        f"\n{len(visits)} visits -> {decided} recognized/unknown events, {left} left events; "
         f"{frames} frames in {elapsed:.1f} s"
     )
-    if len(decided) != len(visits):
-        print(f"note: {len(decided)} decisions for {len(visits)} visits; pairing them in order may be off")
-    right = wrong = missed = 0
-    for visit, event in zip(visits, sorted(decided, key=lambda e: int(str(e["track_id"])))):
-        expected = visit.person if visit.enrolled else None
-        got = event["person"] if event["type"] == "recognized" else None
-        mark = "ok " if got == expected else "BAD"
-        right += got == expected
-        wrong += got is not None and got != expected
-        missed += got is None and expected is not None
+    for j in judged:
+        mark = "WRONG" if j.wrong else "miss " if j.missed else "ok   "
         print(
-            f"  {mark} {visit.photo.parent.name}/{visit.photo.name:<14} expected {expected or 'unknown':<22} "
-            f"got {got or 'unknown':<22} similarity {event['similarity']}"
+            f"  {mark} {j.visit.photo.parent.name}/{j.visit.photo.name:<14} expected {j.expected or 'unknown':<22} "
+            f"got {j.got or 'unknown':<22} similarity {j.similarity}"
         )
-    print(f"correct {right}/{len(visits)}, wrong person {wrong}, known person missed {missed}")
+    right = sum(not (j.wrong or j.missed) for j in judged)
+    wrong = [j for j in judged if j.wrong]
+    print(f"correct {right}/{len(visits)}, wrong {len(wrong)}, known person missed {sum(j.missed for j in judged)}")
+    print(f"rule: {VERDICT_RULE}")
+    if not paired:
+        print(
+            f"FAIL: {decided} decisions for {len(visits)} visits: a visit became no event or several", file=sys.stderr
+        )
+        return WRONG_VISIT
+    if wrong:
+        names = ", ".join(f"{j.visit.photo.parent.name}/{j.visit.photo.name} as {j.got}" for j in wrong)
+        print(f"FAIL: {len(wrong)} visit(s) announced as the wrong person: {names}", file=sys.stderr)
+        return WRONG_VISIT
+    print("PASS: no visit announced as the wrong person")
     print("Next: make deploy DEVICE=pi   (then: mosquitto_sub -t 'facelite/#' -v)")
     return 0
 

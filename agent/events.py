@@ -46,6 +46,17 @@ OFFLINE = "offline"
 FACE_CROP_FIELD = "face_jpeg"
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Topics' fields and the config keys they come from: an error names the key a user can find in agent.toml.
+_CONFIG_KEYS = {"device_id": "device_id", "prefix": "mqtt.base_topic", "discovery_prefix": "mqtt.discovery_prefix"}
+
+
+def topic_prefix_problem(value: str) -> str | None:
+    """Why ``value`` cannot prefix our topics, or None. The one rule for mqtt.base_topic and discovery_prefix:
+    the config checks it when loading (so --check-config refuses what the agent would), Topics when built."""
+    if not value or any(c in value for c in "+#\0") or "" in value.split("/"):
+        return f"topic prefix {value!r} must be MQTT topic levels without '+', '#' or empty levels"
+    return None
+
 
 PresenceState = Literal["home", "away"]
 
@@ -143,17 +154,13 @@ class Topics:
         if not _DEVICE_ID.match(self.device_id):
             raise ConfigError(
                 f"device id {self.device_id!r} may only hold letters, digits, '_' and '-' (1-64)",
-                "mqtt.device_id",
+                _CONFIG_KEYS["device_id"],
                 "it becomes part of MQTT topics and Home Assistant ids",
             )
         for name in ("prefix", "discovery_prefix"):
-            value = getattr(self, name)
-            # Same rule as the config's base_topic: MQTT levels, no wildcards, no empty level.
-            if not value or any(c in value for c in "+#\0") or "" in value.split("/"):
-                raise ConfigError(
-                    f"topic prefix {value!r} must be MQTT topic levels without '+', '#' or empty levels",
-                    f"mqtt.{name}",
-                )
+            problem = topic_prefix_problem(getattr(self, name))
+            if problem:
+                raise ConfigError(problem, _CONFIG_KEYS[name])
 
     @property
     def base(self) -> str:

@@ -599,7 +599,7 @@ class ModelBuild:
                 if v.latency_ms["p50"] > fp32.latency_ms["p50"] * 1.1:
                     ops = set(v.ops)
                     why = (
-                        "int8 PRELU is not accelerated by this runtime's x86 kernels (toolchain.md)"
+                        "int8 PRELU is not accelerated by this runtime's x86 kernels (docs/toolchain.md)"
                         if "PRELU" in ops or {"ABS", "SUB", "MUL"} <= ops
                         else "integer kernels are not faster than XNNPACK fp32 on this CPU"
                     )

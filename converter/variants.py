@@ -38,7 +38,7 @@ class Variant:
         if self.name == "fp16":
             converter.target_spec.supported_types = [tf.float16]
         elif self.name == "dynamic-int8":
-            # tflite-runtime 2.14 does not know FULLY_CONNECTED v12 (per-channel dense): see toolchain.md.
+            # tflite-runtime 2.14 does not know FULLY_CONNECTED v12 (per-channel dense): see docs/toolchain.md.
             converter._experimental_disable_per_channel_quantization_for_dense_layers = True
         else:  # int8, uint8-io: full integer
             converter.representative_dataset = representative

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from agent.errors import FaceliteError
 from agent.manifest import Manifest, sha256_file
 from deploy.errors import BundleError
@@ -50,7 +52,10 @@ RELEASE_PLACEHOLDER = "@RELEASE@"
 CREDENTIAL_NAME = "mqtt_password"
 # Fixed wheel timestamps: the same sources give a byte-identical wheel, hence the same bundle version.
 SOURCE_DATE_EPOCH = "315532800"
-_WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "agent", "converter")
+# The device runs the agent and nothing else from the wheel (remote.py and the supervisor travel beside it, stdlib
+# only): the converter and its benchmark are host code and stay out of the bundle.
+DEVICE_PACKAGES = ("agent",)
+_WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", *DEVICE_PACKAGES)
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", "build")
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -137,6 +142,37 @@ def _run(cmd: Sequence[str], what: str, runner: Runner, **kw: Any) -> subprocess
 
 
 # -- the agent wheel -----------------------------------------------------------------------------------------------
+def device_pyproject(text: str) -> str:
+    """The repo's pyproject.toml cut down to DEVICE_PACKAGES: package discovery, package data and console scripts
+    (a `facelite-convert` script on the device would only fail to import ``converter``). Checked by parsing."""
+    scripts = tomllib.loads(text).get("project", {}).get("scripts", {})
+    foreign = {name for name, target in scripts.items() if target.split(".")[0].split(":")[0] not in DEVICE_PACKAGES}
+    include = "include = [" + ", ".join(f'"{p}*"' for p in DEVICE_PACKAGES) + "]"
+    out, section = [], ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+        key = stripped.partition("=")[0].strip() if "=" in stripped else ""
+        if section == "[project.scripts]" and key in foreign:
+            continue
+        if section == "[tool.setuptools.package-data]" and key and key not in DEVICE_PACKAGES:
+            continue
+        if section == "[tool.setuptools.packages.find]" and key == "include":
+            line = include
+        out.append(line)
+    result = "\n".join(out) + "\n"
+    try:
+        data = tomllib.loads(result)
+    except tomllib.TOMLDecodeError as exc:
+        raise BundleError(f"cannot cut pyproject.toml down to the device packages: {exc}", "pyproject.toml") from None
+    find = data.get("tool", {}).get("setuptools", {}).get("packages", {}).get("find", {})
+    kept = data.get("project", {}).get("scripts", {})
+    if find.get("include") != [f"{p}*" for p in DEVICE_PACKAGES] or set(kept) != set(scripts) - foreign:
+        raise BundleError("pyproject.toml's layout changed: the device wheel would not be agent-only", "pyproject.toml")
+    return result
+
+
 def build_agent_wheel(repo: Path, work_dir: Path, runner: Runner = subprocess.run) -> Path:
     """Build facelite's wheel from the working tree (a clean copy, so the repo gets no build/ or egg-info)."""
     stage = work_dir / "src"
@@ -150,6 +186,10 @@ def build_agent_wheel(repo: Path, work_dir: Path, runner: Runner = subprocess.ru
             shutil.copy2(src, stage / name)
     if not (stage / "pyproject.toml").is_file():
         raise BundleError("no pyproject.toml to build the agent wheel from", str(repo))
+    if not (stage / "LICENSE").is_file():
+        raise BundleError("no LICENSE to ship in the agent wheel", str(repo / "LICENSE"))
+    pyproject = stage / "pyproject.toml"
+    pyproject.write_text(device_pyproject(pyproject.read_text(encoding="utf-8")), encoding="utf-8")
     out = work_dir / "agent-wheel"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}

@@ -58,7 +58,7 @@ class PlatformSection(_Strict):
 
     @model_validator(mode="after")
     def _runtime_fits(self) -> PlatformSection:
-        # Facts from toolchain.md: refusing here is cheaper than a pip resolution error on the host.
+        # Facts from docs/toolchain.md: refusing here is cheaper than a pip resolution error on the host.
         if self.runtime == "ai-edge-litert" and self.arch == "armv7l":
             raise ValueError("ai-edge-litert has no armv7l wheel: use runtime = 'tflite-runtime'")
         if self.runtime == "tflite-runtime" and tuple(int(p) for p in self.python.split(".")) > (3, 11):

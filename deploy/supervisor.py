@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -163,8 +164,18 @@ class Supervisor:
         self.env = env
         self.policy = policy
         self.clock = clock
-        self._stop = threading.Event()
+        # Stop requests arrive in a signal handler, which Python runs in the main thread between two bytecodes,
+        # wherever that thread is, even inside a `with lock:` block. So the handler takes no lock (a
+        # threading.Event's set() takes its Condition's lock: when the signal landed while the main thread held
+        # that lock inside Event.wait, the supervisor deadlocked on itself, its agent left a zombie). It sets a
+        # plain flag and writes one byte to a self-pipe, both safe there; the main loop sleeps in select() on
+        # the pipe, so a stop wakes it at once. Only the main loop reaps the child (Popen.poll/wait).
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe()  # not inherited by the child (PEP 446)
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._child: subprocess.Popen[bytes] | None = None
+        self._pump_thread: threading.Thread | None = None
         self._starts: list[float] = []
         self._total_starts = 0
         self._last_exit: int | None = None
@@ -187,7 +198,19 @@ class Supervisor:
         )
 
     def request_stop(self, *_: object) -> None:
-        self._stop.set()
+        """Signal handler (SIGTERM, SIGINT), also callable from any thread: no locks, no logging, no waits."""
+        self._stopping = True
+        with contextlib.suppress(OSError):  # a full pipe already holds a wake-up
+            os.write(self._wake_w, b"\0")
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` or until a stop is requested; True when stopping."""
+        if not self._stopping:
+            select.select([self._wake_r], [], [], seconds)  # PEP 475: retried after a signal, with the time left
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 512):
+                pass
+        return self._stopping
 
     def _pump(self, stream: IO[bytes]) -> None:
         for chunk in iter(stream.readline, b""):
@@ -206,26 +229,37 @@ class Supervisor:
             start_new_session=True,  # its own process group: a terminal's Ctrl-C is ours to forward
         )
         assert child.stdout is not None
-        threading.Thread(target=self._pump, args=(child.stdout,), daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, args=(child.stdout,), daemon=True)
+        self._pump_thread.start()
         return child
 
-    def _terminate_child(self) -> None:
+    def _drain_output(self) -> None:
+        """After the child is reaped: let its last lines (e.g. "agent stopped") reach the log before ours."""
+        if self._pump_thread is not None:
+            self._pump_thread.join(2.0)  # bounded: a grandchild may still hold the pipe open
+
+    def _terminate_child(self) -> str:
+        """Stop and reap the child (it may have exited already, e.g. signalled together with us); says how it ended."""
         child = self._child
-        if child is None or child.poll() is not None:
-            return
-        child.terminate()
-        try:
-            child.wait(self.policy.stop_timeout_s)
-        except subprocess.TimeoutExpired:
-            self.log.line(f"child {child.pid} ignored SIGTERM for {self.policy.stop_timeout_s:.0f} s: SIGKILL")
-            child.kill()
-            child.wait()
+        if child is None:
+            return "no child running"
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(self.policy.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                self.log.line(f"child {child.pid} ignored SIGTERM for {self.policy.stop_timeout_s:.0f} s: SIGKILL")
+                child.kill()
+                child.wait()
+        self._last_exit = child.returncode
+        self._drain_output()
+        return f"pid {child.pid} {_how(child.returncode)}"
 
     def run(self) -> int:
         """Foreground loop; returns 0 when stopped or the command finished cleanly, 1 when it gave up."""
         delay = self.policy.delay_s
         try:
-            while not self._stop.is_set():
+            while not self._stopping:
                 now = self.clock()
                 self._starts = [t for t in self._starts if now - t < self.policy.window_s]
                 if len(self._starts) >= self.policy.max_starts:
@@ -246,31 +280,38 @@ class Supervisor:
                     self.log.line(f"started pid {self._child.pid}: {' '.join(self.command)}")
                     self._status("running")
                     started = self.clock()
-                    while self._child.poll() is None and not self._stop.wait(0.2):
+                    while self._child.poll() is None and not self._sleep(0.2):
                         pass
-                    if self._stop.is_set():
+                    if self._stopping:
                         break
                     code = self._child.returncode
                     self._last_exit = code
+                    self._drain_output()
                     if code == 0:
-                        self.log.line("command exited cleanly (0): not restarting")
+                        self.log.line(f"pid {self._child.pid} exited cleanly (exit 0): not restarting")
                         self._status("exited", "exit 0")
                         return 0
                     if self.clock() - started > self.policy.window_s:
                         delay = self.policy.delay_s  # it ran a good while: start over with a short delay
-                    how = f"signal {-code}" if code < 0 else f"exit {code}"
-                    self.log.line(f"pid {self._child.pid} failed ({how}): restarting in {delay:.1f} s")
-                    self._status("backoff", f"failed ({how})")
-                if self._stop.wait(delay):
+                    self.log.line(f"pid {self._child.pid} failed ({_how(code)}): restarting in {delay:.1f} s")
+                    self._child = None  # reaped, its exit recorded: nothing to stop during the delay
+                    self._status("backoff", f"failed ({_how(code)})")
+                if self._sleep(delay):
                     break
                 delay = min(delay * 2, self.policy.max_delay_s)
             self._status("stopping")
-            self._terminate_child()
-            self.log.line("stopped")
+            ended = self._terminate_child()
+            self.log.line(f"stopped ({ended})")
             self._status("stopped")
             return 0
         finally:
+            # The pipe stays open for the process's life: a signal arriving after this must not write into a
+            # descriptor number that a later open() has reused.
             self.log.close()
+
+
+def _how(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"exit {code}"
 
 
 # -- commands ------------------------------------------------------------------------------------------------------
@@ -299,6 +340,10 @@ def cmd_run(args: argparse.Namespace, run_dir: RunDir, policy: Policy) -> int:
     try:
         return sup.run()
     finally:
+        # Stopped: a repeated SIGTERM from here on (Python restores the default action while it exits) must not
+        # turn a clean stop into a death by signal in the exit status a service manager reads.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with contextlib.suppress(OSError):
             if run_dir.pid_file.read_text().strip() == str(os.getpid()):
                 run_dir.pid_file.unlink()

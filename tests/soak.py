@@ -308,15 +308,6 @@ def unique_events(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]
     return out
 
 
-def wait_until(cond: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 # -- an IP camera --------------------------------------------------------------------------------------------------
 class MjpegCamera:
     """An MJPEG-over-HTTP camera on a fixed port, playing ``frames`` at ``fps`` until stopped: in a loop, or

@@ -30,6 +30,8 @@ from agent.runtime import TFLiteModel
 from converter.models.blazeface import BlazeFaceRecipe
 from converter.variants import VariantError
 
+pytestmark = pytest.mark.slow  # the real detector over every photo of the data directory (~20 s): not test-fast
+
 # Image-terms mirror of each landmark: flipping the image swaps left and right.
 MIRROR = {
     "left_eye": "right_eye",

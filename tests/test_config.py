@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from agent.config import AgentConfig, Backoff, ConfigErrors, MqttConfig, load_config
 from agent.errors import ConfigError
+from agent.events import Topics
 from agent.schema import Section, rule_of, sections_of
 
 BASE = """\
@@ -148,7 +150,7 @@ CASES = [
     ("mqtt", "discovery", '"no"', "mqtt.discovery", "must be true or false"),
     ("mqtt", "publish_crops", "1", "mqtt.publish_crops", "must be true or false"),
     ("mqtt", "base_topic", '"home/#"', "mqtt.base_topic", "without '+', '#'"),
-    ("mqtt", "discovery_prefix", '"/ha"', "mqtt.discovery_prefix", "leading/trailing '/'"),
+    ("mqtt", "discovery_prefix", '"/ha"', "mqtt.discovery_prefix", "or empty levels"),
     ("mqtt", "password", '"hunter2"', "mqtt.password", "never put a password in the config"),
     ("mqtt", "password_env", '"1BAD"', "mqtt.password_env", "environment variable name"),
     ("mqtt", "password_file", '"secrets/missing"', "mqtt.password_file", "file not found"),
@@ -397,3 +399,28 @@ def test_backoff_grows_exponentially_is_capped_and_jittered() -> None:
         samples = [jittered.delay(attempt, rng) for _ in range(50)]
         assert all(base * 0.5 <= s <= base for s in samples)
         assert len(set(samples)) > 1  # jitter really spreads reconnects
+
+
+@pytest.mark.parametrize(
+    "value", ["facelite", "home/faces", "a//b", "/ha", "ha/", "home/#", "a+b", "", "x/y/z", "caf\u00e9/cam"]
+)
+def test_one_topic_prefix_rule_for_check_config_and_the_agent(config_dir: Path, value: str) -> None:
+    """--check-config (load_config) and the agent's Topics judge a prefix by the same rule: a prefix the config
+    accepts never fails when the agent builds its topics, and a refusal names a key the config really has."""
+    text, _ = set_key(BASE, "mqtt", "base_topic", json.dumps(value))
+    file = config_dir / "agent.toml"
+    file.write_text(text)
+    try:
+        load_config(file)
+        config_ok = True
+    except ConfigErrors as errors:
+        assert [p.key for p in errors.problems] == ["mqtt.base_topic"], errors.problems
+        config_ok = False
+    try:
+        Topics("frontdoor", prefix=value)
+        topics_ok = True
+    except ConfigError as exc:
+        assert "mqtt.base_topic" in str(exc)  # the config key, not an internal field name
+        topics_ok = False
+    assert config_ok == topics_ok
+    assert config_ok == (value in ("facelite", "home/faces", "x/y/z", "caf\u00e9/cam"))

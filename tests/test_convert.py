@@ -16,6 +16,8 @@ from agent.manifest import Manifest
 from agent.runtime import TFLiteModel
 from converter.runtimes import legacy_python
 
+pytestmark = pytest.mark.slow  # runs facelite-convert: not in make test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYABLE = {
     "blazeface": ["fp32"],

@@ -98,13 +98,15 @@ def test_topics_are_exactly_under_prefix_and_device() -> None:
 def test_bad_device_id_refused(device_id: str) -> None:
     with pytest.raises(ConfigError) as info:
         Topics(device_id)
-    assert "mqtt.device_id" in str(info.value)
+    assert "device_id" in str(info.value) and "mqtt.device_id" not in str(info.value)  # the config's key
 
 
 @pytest.mark.parametrize("prefix", ["", "/facelite", "facelite/", "a//b", "a/+", "#"])
 def test_bad_prefix_refused(prefix: str) -> None:
-    with pytest.raises(ConfigError, match=r"mqtt\.prefix"):
+    with pytest.raises(ConfigError, match=r"mqtt\.base_topic"):
         Topics("d1", prefix=prefix)
+    with pytest.raises(ConfigError, match=r"mqtt\.discovery_prefix"):
+        Topics("d1", discovery_prefix=prefix)
 
 
 @pytest.mark.parametrize(

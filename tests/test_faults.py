@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from broker import MosquittoBroker, Subscriber
+from helpers import wait_until
 from soak import (
     AgentProcess,
     LoggedEvent,
@@ -34,7 +35,6 @@ from soak import (
     pick,
     state_messages,
     unique_events,
-    wait_until,
     write_config,
 )
 

@@ -25,6 +25,8 @@ from converter.formats.user import user_recipe
 from converter.sources import source_files
 from converter.variants import get_variant
 
+pytestmark = pytest.mark.slow  # converts real networks with TensorFlow (tens of seconds): not in make test-fast
+
 MTCNN_PRE = Preprocessing("RGB", 127.5, 128.0)  # mtcnn.utils.images.normalize_images
 
 

@@ -16,13 +16,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from broker import MosquittoBroker, Subscriber
+from helpers import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.demo import enroll_command, pick
@@ -39,15 +39,6 @@ ADA_TOPICS = {
     f"homeassistant/device_tracker/{NODE}/person_ada_lovelace/config",
 }
 EVENT_ENTITY = f"homeassistant/event/{NODE}/visit/config"
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +93,12 @@ def start_agent(config: Path) -> subprocess.Popen[str]:
 
 def run_agent(config: Path) -> str:
     proc = start_agent(config)
-    _, err = proc.communicate(timeout=180)
+    try:
+        _, err = proc.communicate(timeout=180)
+    finally:  # a timeout (or an interrupted test) must not leave the agent running
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     return err
 
@@ -166,7 +162,7 @@ def test_forget_while_running_clears_the_broker_and_stays_cleared_after_reconnec
         config = write_config(tmp_path, setup, broker.port, frames, camera="fps_limit = 4\n")
         agent = start_agent(config)
         try:
-            wait_until(lambda: f"{BASE}/last_person" in retained_now(broker), what="Ada recognized")
+            wait_until(lambda: f"{BASE}/last_person" in retained_now(broker), timeout=60, what="Ada recognized")
             before = retained_now(broker)
             assert presence(before[f"{BASE}/person/ada_lovelace"])[0] == "home"
             assert json.loads(before[f"{BASE}/last_person"])["person"] == ADA

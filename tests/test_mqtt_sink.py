@@ -12,11 +12,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from broker import MosquittoBroker, Subscriber, free_port, make_tls_files
+from helpers import wait_until
 
 from agent.config import Backoff, MqttConfig, TlsConfig
 from agent.messages import Message
@@ -30,15 +31,6 @@ EVENTS = f"facelite/{DEVICE}/events"
 STATE = f"facelite/{DEVICE}/state"
 AVAILABILITY = f"facelite/{DEVICE}/availability"
 FAST = Backoff(initial_s=0.1, max_s=0.5, jitter=0.5)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def event(i: int) -> Message:

@@ -33,6 +33,8 @@ from converter.build import BuildOptions, ModelBuild, ModelReport
 from converter.models.mtcnn import GRAPHS, MTCNNRecipe
 from converter.runtimes import check_legacy
 
+pytestmark = pytest.mark.slow  # builds MTCNN with TensorFlow and both runtimes (.venv-legacy): not in make test-fast
+
 PEOPLE_PHOTOS = 6  # single-face photos added to the scenes for the build's calibration/verification
 
 

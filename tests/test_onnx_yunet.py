@@ -19,6 +19,8 @@ from converter.formats import onnx as onnx_format
 from converter.formats.detect import detect_format, load_any
 from converter.variants import get_variant
 
+pytestmark = pytest.mark.slow  # converts through onnx2tf in .venv-onnx: not in make test-fast
+
 SIDE = 640  # yunet_s_640_640.onnx has a fixed [1,3,640,640] BGR 0-255 input
 
 

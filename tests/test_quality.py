@@ -19,6 +19,8 @@ from agent.imageio import read_image
 from agent.quality import DEFAULT_GATE, REASONS, QualityGate, estimate_pose
 from converter.models.blazeface import BlazeFaceRecipe
 
+pytestmark = pytest.mark.slow  # the real detector over every photo of the data directory (~15 s): not test-fast
+
 
 @pytest.fixture(scope="module")
 def detector() -> BlazeFaceDetector:

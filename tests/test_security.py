@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from broker import MosquittoBroker, Subscriber, TlsFiles, make_tls_files
-from soak import AgentProcess, base_config, events_of, pick, unique_events, wait_until, write_config
+from helpers import wait_until
+from soak import AgentProcess, base_config, events_of, pick, unique_events, write_config
 
 from agent.demo import plan, write_video
 from agent.detect import create_detector

@@ -25,6 +25,8 @@ from converter.models.mtcnn import MTCNNRecipe, read_weights
 from converter.sources import source_files
 from converter.variants import get_variant
 
+pytestmark = pytest.mark.slow  # trains, freezes and converts with TensorFlow: not in make test-fast
+
 OUTPUTS = ["onet/reg", "onet/landmarks", "onet/prob"]
 STYLES = ("tf1-switch-refvars", "tf2-if-resourcevars")
 CALIBRATION_PHOTOS = 10  # photos whose float-cascade candidates calibrate int8

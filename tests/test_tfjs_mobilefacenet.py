@@ -29,6 +29,8 @@ from converter.recipe import GraphSource
 from converter.sources import source_files
 from converter.variants import MIN_CALIBRATION_IMAGES, get_variant
 
+pytestmark = pytest.mark.slow  # converts MobileFaceNet with TensorFlow (tens of seconds): not in make test-fast
+
 SIZE = (112, 112)
 
 

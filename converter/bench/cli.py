@@ -4,11 +4,16 @@ Prepares frames from the real photos, runs the workers (TensorFlow float sources
 runtimes; the agent end to end on one core against a real mosquitto; the peers), then writes
 report.json, report.md, PNG charts and README-snippet.md into --out. --quick runs every step on a few
 photos and frames with few repetitions: the structure is the same, the timings are not meant to be read.
+
+Exit status: 0 when every target is met; 1 when one is missed or could not be measured (the FAIL lines name
+them); 2 when the bench cannot run. A --quick run that completes exits 0 whatever its figures. --check
+REPORT_JSON judges an existing report the same way without running anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -180,6 +185,12 @@ def main(argv: list[str] | None = None, eviction: Eviction | None = None) -> int
     ap.add_argument("--data-dir", type=Path, default=None, help="holds faces/ and models/ (or FACELITE_DATA_DIR)")
     ap.add_argument("--out", type=Path, default=Path("build/bench"))
     ap.add_argument("--quick", action="store_true", help="a few photos and repetitions: checks the run, not the speed")
+    ap.add_argument(
+        "--check",
+        type=Path,
+        metavar="REPORT_JSON",
+        help="run nothing: judge an existing report.json against its targets (exit 1 if one is missed)",
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -188,7 +199,7 @@ def main(argv: list[str] | None = None, eviction: Eviction | None = None) -> int
     if eviction is not None:
         log.info("%s", eviction.describe())
     try:
-        return run(args, eviction)
+        return check(args.check) if args.check is not None else run(args, eviction)
     except FaceliteError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
@@ -254,9 +265,29 @@ def run(args: argparse.Namespace, eviction: Eviction | None = None) -> int:
     report = build_report(env, plan, artifacts, prep, results)
     written = write_outputs(report, out)
     print(f"bench done in {env.wall_s:.0f} s: {', '.join(str(p.relative_to(out)) for p in written)} in {out}")
-    for t in report.targets:
-        print(f"  {'PASS' if t.passed else 'FAIL'}  {t.name}: {t.measured:g} {t.unit} (target {t.op} {t.limit:g})")
-    return 0
+    code = check(out / "report.json")  # judged from the file written, exactly as `--check` would
+    if code and settings.quick:
+        print("quick run: its figures are not to be read, so a missed target does not fail it (exit 0)")
+        return 0
+    return code
+
+
+def check(report_json: Path) -> int:
+    """Print each target's verdict from a report.json; 1 if any target is missed or was not measured."""
+    from converter.bench.report import verdict
+
+    try:
+        report = json.loads(report_json.read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"cannot read the report: {exc}", str(report_json)) from None
+    try:
+        result = verdict(report)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BenchError(f"malformed target in the report: {exc}", str(report_json)) from None
+    print("\n".join(result.lines))
+    if result.missed:
+        print(f"error: {len(result.missed)} target(s) missed: {'; '.join(result.missed)}", file=sys.stderr)
+    return result.exit_code
 
 
 def _cpu_model() -> str:

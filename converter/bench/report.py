@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,58 @@ class Target:
     limit: float
     unit: str
     passed: bool
+    key: str = ""  # one of TARGET_KEYS: which target this is, whatever its name says about the pipeline
 
     @classmethod
-    def check(cls, name: str, measured: float, op: str, limit: float, unit: str) -> Target:
-        passed = measured >= limit if op == ">=" else measured <= limit
-        return cls(name, round(measured, 6), op, limit, unit, bool(passed))
+    def check(cls, key: str, name: str, measured: float, op: str, limit: float, unit: str) -> Target:
+        return cls(name, round(measured, 6), op, limit, unit, _meets(measured, op, limit), key)
+
+
+def _meets(measured: float, op: str, limit: float) -> bool:
+    if op not in (">=", "<="):
+        raise ValueError(f"target operator must be >= or <=, not {op!r}")
+    return bool(measured >= limit if op == ">=" else measured <= limit)
+
+
+# Every full bench run must measure each of these; a target it could not measure counts as missed.
+TARGET_KEYS = {
+    "fps": "agent fps on one core, one face in view",
+    "rss": "agent service peak RSS",
+    "speedup": "per-frame speed-up over face_recognition HOG",
+    "auc": "AUC not below face_recognition's",
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    lines: list[str]  # one per target, PASS or FAIL, as printed
+    missed: list[str]  # the targets missed or not measured; empty means the run met every target
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.missed else 0
+
+
+def verdict(report: Mapping[str, Any]) -> Verdict:
+    """Judge a report.json against its targets (the bench's exit code, and `--check REPORT`).
+
+    Each target is judged again from its measured value, operator and limit, so a report is judged by its
+    numbers (a limit raised out of reach fails it); one the run recorded as failed (e.g. RSS it could not
+    measure) stays failed; a target in TARGET_KEYS that the report lacks is missed ("not measured").
+    """
+    lines, missed = [], []
+    for t in report.get("targets", []):
+        ok = bool(t["passed"]) and _meets(float(t["measured"]), t["op"], float(t["limit"]))
+        figure = f"{t['measured']:g} {t['unit']} (target {t['op']} {t['limit']:g})"
+        lines.append(f"  {'PASS' if ok else 'FAIL'}  {t['name']}: {figure}")
+        if not ok:
+            missed.append(t["name"])
+    present = {t.get("key", "") for t in report.get("targets", [])}
+    for key, what in TARGET_KEYS.items():
+        if key not in present:
+            lines.append(f"  FAIL  {what}: not measured")
+            missed.append(f"{what} (not measured)")
+    return Verdict(lines, missed)
 
 
 @dataclass(frozen=True)
@@ -331,8 +378,12 @@ def _headline(artifacts: Sequence[Artifact], c: Collected) -> Headline | None:
     assert best.auc is not None
     speedup = peer_ms / best.frame_ms
     targets = [
-        Target.check(f"{best.name} vs face_recognition HOG: per-frame speed-up", speedup, ">=", SPEEDUP_TARGET, "x"),
-        Target.check(f"{best.name}: AUC minus face_recognition's AUC", best.auc - peer.accuracy.auc, ">=", 0.0, ""),
+        Target.check(
+            "speedup", f"{best.name} vs face_recognition HOG: per-frame speed-up", speedup, ">=", SPEEDUP_TARGET, "x"
+        ),
+        Target.check(
+            "auc", f"{best.name}: AUC minus face_recognition's AUC", best.auc - peer.accuracy.auc, ">=", 0.0, ""
+        ),
     ]
     return Headline(
         best.name,
@@ -394,6 +445,7 @@ def build_report(env: Environment, plan: Any, artifacts: Sequence[Artifact], pre
     if one is not None:
         targets.append(
             Target.check(
+                "fps",
                 f"{one.measured.pipeline}: agent fps on one core, one face in view",
                 one.measured.fps,
                 ">=",
@@ -404,10 +456,10 @@ def build_report(env: Environment, plan: Any, artifacts: Sequence[Artifact], pre
         device = c.e2e_device
         name = "agent service (python -m agent) peak RSS"
         if device.service_rss_mb > 0:
-            targets.append(Target.check(name, device.service_rss_mb, "<=", RSS_TARGET_MB, "MB"))
+            targets.append(Target.check("rss", name, device.service_rss_mb, "<=", RSS_TARGET_MB, "MB"))
         else:  # a target that could not be measured is not met
             why = device.service_error or "not measured"
-            targets.append(Target(f"{name} ({why})", 0.0, "<=", RSS_TARGET_MB, "MB", passed=False))
+            targets.append(Target(f"{name} ({why})", 0.0, "<=", RSS_TARGET_MB, "MB", passed=False, key="rss"))
     headline = _headline(artifacts, c)
     if headline:
         targets.extend(headline.targets)

@@ -157,7 +157,7 @@ def graph_source(
     concrete = tf.function(lambda x: fn(x)).get_concrete_function(spec)
 
     def make_converter() -> Any:
-        # No model argument: with Keras 3 it silently drops weights (toolchain.md).
+        # No model argument: with Keras 3 it silently drops weights (docs/toolchain.md).
         return tf.lite.TFLiteConverter.from_concrete_functions([concrete])
 
     return GraphSource(

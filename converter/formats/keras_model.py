@@ -1,9 +1,9 @@
 """Keras model files: ``.keras`` (Keras 3) and ``.h5`` (Keras 2 lineage).
 
-Keras 3 cannot read most Keras-2 ``.h5`` files (the Keras FaceNet port in models.md is one). Those load
+Keras 3 cannot read most Keras-2 ``.h5`` files (the Keras FaceNet port in docs/models.md is one). Those load
 with ``tf_keras`` when it is installed; without it the error says so rather than guessing.
 The model call is wrapped in a batch-1 concrete function and converted without the model argument
-(with Keras 3 that argument silently leaves the weights out, toolchain.md).
+(with Keras 3 that argument silently leaves the weights out, docs/toolchain.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """ONNX sources: onnx2tf (in its own venv) writes a SavedModel; the main venv converts that.
 
-onnx2tf 1.29 pins TensorFlow 2.19 / numpy<2 / protobuf 4 (toolchain.md), so it runs as a subprocess
+onnx2tf 1.29 pins TensorFlow 2.19 / numpy<2 / protobuf 4 (docs/toolchain.md), so it runs as a subprocess
 of the venv made by ``make setup-onnx`` (converter/onnx-requirements.txt). Everything after the
 SavedModel (variants, verification) happens in the TF 2.21 venv like any other source, with the
 SavedModel as the float reference; onnxruntime (same onnx venv) checks that SavedModel against ONNX.

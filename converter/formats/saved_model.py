@@ -1,7 +1,7 @@
 """TF2 SavedModel directories: the serving signature tells the inputs and outputs.
 
 The signature is wrapped in a concrete function with the batch pinned to 1 (a dynamic batch disables
-XNNPACK on tflite-runtime 2.14, toolchain.md) and converted with ``from_concrete_functions([cf])``:
+XNNPACK on tflite-runtime 2.14, docs/toolchain.md) and converted with ``from_concrete_functions([cf])``:
 no trackable argument, the closure keeps the loaded object (and so its variables) alive.
 """
 

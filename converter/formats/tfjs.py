@@ -1,6 +1,6 @@
 """TF.js *graph* models (``model.json`` + ``.bin`` shards) read without the ``tensorflowjs`` package.
 
-The official package pulls in jax and TF-DF and does not import here (toolchain.md), and the format is
+The official package pulls in jax and TF-DF and does not import here (docs/toolchain.md), and the format is
 simple: ``modelTopology`` is a TensorFlow GraphDef written as protobuf JSON, and ``weightsManifest``
 lists the Const tensors' bytes in order across the shard files. What TensorFlow cannot import as is are
 the ops tfjs-converter fuses for its own kernels (``_FusedConv2D``, ``FusedDepthwiseConv2dNative``,

@@ -19,9 +19,9 @@ from converter.sources import CATALOGUE, source_files
 class FaceNetRecipe:
     name: str = "facenet"
     kind: str = "embedder"
-    # (x-127.5)/128, not per-image prewhiten: prewhiten separates clearly worse on real photos (models.md).
+    # (x-127.5)/128, not per-image prewhiten: prewhiten separates clearly worse on real photos (docs/models.md).
     preprocessing: Preprocessing = field(default_factory=lambda: Preprocessing("RGB", 127.5, 128.0))
-    # 5-point ArcFace template scaled to 160: measured better than the seeds' box+margin crop (models.md).
+    # 5-point ArcFace template scaled to 160: measured better than the seeds' box+margin crop (docs/models.md).
     alignment: Alignment | None = field(default_factory=lambda: Alignment("arcface", [160, 160]))
     embedding_size: int | None = 512
     detector_type: str | None = None

