@@ -94,7 +94,7 @@ bench: setup data convert
 # Guest instructions per inference on emulated Cortex-A53/A72/A76 (Debian qemu-user + a counting plugin, the arm64
 # rootfs of test-arm64), every built variant in both device runtimes, and the pi pipeline per frame:
 # build/bench-arm/report.md|json + PNG. Exits 1 while a target of issue 11 is missed (BENCH_ARM_ARGS=--no-targets
-# to only report, --report-only to re-render from the cached counts). Not part of `make test`: it is a benchmark.
+# to only report, --report-only to re-render the last report.json). Not part of `make test`: it is a benchmark.
 BENCH_ARM_ARGS ?=
 bench-arm: setup data convert
 	$(PY) -m converter.bench.arm --models $(MODELS) --out build/bench-arm $(BENCH_ARM_ARGS)
