@@ -631,8 +631,9 @@ What they cannot tell: time. qemu's TCG models no pipeline, cache or memory, so
   pipes out of order, the A76 higher throughput and `sdot` (16 int8 multiply-adds per instruction, where
   `smlal` does 8); one `sdot` and one `ldr` count as one instruction each;
 - **kernels tuned for a core** trade instructions for cycles: XNNPACK's Cortex-A53 kernels (chosen from the cpuinfo
-  part) execute about 1.5x the instructions of its out-of-order kernels on the same model (cross-checks), splitting
-  128-bit loads into 64-bit loads and inserts that the in-order A53 dual-issues beside its FMAs;
+  part) execute about 1.5x the instructions of its out-of-order kernels on the same model (cross-checks: three times
+  the prefetches); they are written to split 128-bit loads into 64-bit loads and inserts that an in-order A53
+  dual-issues beside its FMAs, so more instructions there need not mean more time;
 - **clock and threads**: Pi 4 1.5-1.8 GHz, Pi 5 2.4 GHz; counts are one thread (the pi profile runs 4 threads per
   model, whose speed-up and synchronisation are not here).
 So ratios within one core and one runtime are the figures to trust; across cores, an instruction on an A53 costs
