@@ -15,7 +15,7 @@ export FACELITE_LEGACY_PYTHON := $(abspath $(LEGACY))/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-onnx system-deps data convert test test-fast lint demo eval eval-lfw deploy plan test-arm64 soak bench clean
+.PHONY: help setup setup-onnx system-deps data convert test test-fast lint demo eval eval-lfw deploy plan test-arm64 soak bench bench-arm clean
 
 help:
 	@echo "make demo    convert models, enroll people from the sample photos, run the agent, print MQTT events"
@@ -108,6 +108,14 @@ eval-lfw: setup data convert
 	$(PY) -m converter.bench.lfw --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw || status=1; \
 	$(PY) -m converter.bench.detect_eval --data-dir $(DATA_DIR) --out build/eval-lfw/detectors || status=1; \
 	exit $$status
+
+# Guest instructions per inference on emulated Cortex-A53/A72/A76 (Debian qemu-user + a counting plugin, the arm64
+# rootfs of test-arm64), every built variant in both device runtimes, and the pi pipeline per frame:
+# build/bench-arm/report.md|json + PNG. Exits 1 while a target of issue 11 is missed (BENCH_ARM_ARGS=--no-targets
+# to only report, --report-only to re-render the last report.json). Not part of `make test`: it is a benchmark.
+BENCH_ARM_ARGS ?=
+bench-arm: setup data convert
+	$(PY) -m converter.bench.arm --models $(MODELS) --out build/bench-arm $(BENCH_ARM_ARGS)
 
 eval: setup data convert
 	$(VENV)/bin/facelite eval $(or $(DATA),$(DATA_DIR)/faces/people) --models $(MODELS) --out build/eval

@@ -2,7 +2,7 @@
 # make test-arm64: does the Raspberry Pi bundle install and pass its self-test on aarch64? (functional, not timing)
 #
 #   1. build the pi bundle (python -m deploy --device pi --bundle-only): aarch64 wheels for Python 3.11 / glibc 2.36
-#   2. a Debian bookworm arm64 rootfs (debootstrap --foreign --variant=minbase --include=python3; cached)
+#   2. a Debian bookworm arm64 rootfs (deploy/arm64_rootfs.sh: debootstrap --foreign --variant=minbase; cached)
 #   3. under qemu-aarch64-static -L ROOTFS, with the rootfs's own python3.11 (the Pi OS interpreter):
 #      the device installer's checks (platform, every file against SHA256SUMS) on the real bundle
 #   4. the bundle's aarch64 wheels installed offline (pip --target, --no-index, from the bundle only)
@@ -39,40 +39,10 @@ line="$(cd "$REPO" && "$PY" -m deploy --device pi --bundle-only --models-dir "$M
 read -r _ _ version archive <<<"$line"
 step "bundle $version ($(du -h "$archive" | cut -f1))"
 
-# 2. the rootfs: only unpacked (--foreign), which is all a python3.11 run under qemu -L needs. The first stage
-#    extracts only the "required" packages; python3 and its libraries are downloaded, so extract those debs too.
-if [ ! -x "$ROOTFS/usr/bin/python3.11" ]; then
-    if [ ! -d "$ROOTFS/var/cache/apt/archives" ]; then
-        command -v debootstrap >/dev/null || die "debootstrap not found: apt-get install debootstrap"
-        [ "$(id -u)" = 0 ] || die "debootstrap needs root (or give ROOTFS= an existing arm64 rootfs)"
-        step "debootstrap bookworm arm64 into $ROOTFS (once)"
-        rm -rf "$ROOTFS.partial"
-        mkdir -p "$(dirname "$WORK")"
-        debootstrap --foreign --arch=arm64 --variant=minbase --include=python3 bookworm "$ROOTFS.partial" "$MIRROR" \
-            >"$WORK.debootstrap.log" 2>&1 || die "debootstrap failed: see $WORK.debootstrap.log"
-        mv "$ROOTFS.partial" "$ROOTFS"
-    fi
-    step "unpacking python3.11 and its libraries into the rootfs"
-    for deb in "$ROOTFS"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$ROOTFS"; done
-fi
-[ -x "$ROOTFS/usr/bin/python3.11" ] || die "no python3.11 in $ROOTFS (remove it and run again)"
-# ai_edge_litert reads /proc/cpuinfo and crashes on an x86 one; qemu -L serves this file instead (a Pi 4's).
-# debootstrap in a container leaves proc as a symlink to the HOST's /proc: replace the link, never write through it.
-[ -L "$ROOTFS/proc" ] && rm "$ROOTFS/proc"
-mkdir -p "$ROOTFS/proc"
-cat >"$ROOTFS/proc/cpuinfo" <<'EOF'
-processor	: 0
-BogoMIPS	: 108.00
-Features	: fp asimd evtstrm crc32 cpuid
-CPU implementer	: 0x41
-CPU architecture: 8
-CPU variant	: 0x0
-CPU part	: 0xd08
-CPU revision	: 3
-
-Hardware	: BCM2835
-Model		: Raspberry Pi 4 Model B Rev 1.4
-EOF
+# 2. the rootfs (deploy/arm64_rootfs.sh: debootstrap once, cached), its /proc/cpuinfo a Pi 4's
+step "arm64 rootfs $ROOTFS"
+mkdir -p "$(dirname "$WORK")"
+ROOTFS="$ROOTFS" MIRROR="$MIRROR" LOG="$WORK.debootstrap.log" "$REPO/deploy/arm64_rootfs.sh"
 arm() { "$QEMU" -L "$ROOTFS" "$ROOTFS/usr/bin/python3.11" "$@"; }
 interp="$(arm -c 'import platform, sys; print(platform.machine(), sys.version.split()[0], *platform.libc_ver())')" \
     || die "the aarch64 python3.11 does not run under $QEMU"
