@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from agent.config import AgentConfig
 from agent.detect import Detector, create_detector
 from agent.embed import Embedder
 from agent.errors import ConfigError, FaceliteError
+from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, store_path
 from agent.events import (
     EmbedderInfo,
     EventContext,
@@ -171,8 +173,10 @@ class Agent:
         monotonic: Callable[[], float] = time.monotonic,
         notifier: Notifier | None = None,
         record: RecordFile | None = None,
+        faces: EventFaceStore | None = None,
     ) -> None:
         self.config = config
+        self.faces = faces  # faces of recognized events, for `facelite gallery reject` (None: not kept)
         self.models = models
         self.gallery = gallery
         self.sink = sink
@@ -265,6 +269,11 @@ class Agent:
     def _sync(self, sync: Sync) -> None:
         """Publish what keeps the broker in line with the gallery; erase spooled events of people who left it."""
         self._publish_all(sync.messages)
+        if sync.forgotten and self.faces is not None:
+            try:
+                self.faces.forget(sync.forgotten)
+            except FaceliteError as exc:
+                log.warning("faces of forgotten people not erased from the event face store: %s", exc.one_line())
         if sync.forgotten:
             erased = self.sink.purge_spool(lambda m: names_person(m, self.topics, sync.forgotten))
             log.info(
@@ -289,14 +298,21 @@ class Agent:
             if ev.track_id in crops and self.config.mqtt and self.config.mqtt.publish_crops:
                 ok, buf = cv2.imencode(".jpg", crops[ev.track_id], [cv2.IMWRITE_JPEG_QUALITY, 85])
                 jpeg = buf.tobytes() if ok else None
+            event_id = uuid.uuid4()
             msgs = event_messages(
                 ev,
                 self._ctx(cam),
                 frame_size=cam.frame_size,
                 gallery_version=self.gallery.version,
                 now=self.wall(),
+                new_id=lambda eid=event_id: eid,
                 face_jpeg=jpeg,
             )
+            if self.faces is not None and ev.type == "recognized" and ev.person and ev.embedding is not None:
+                # Kept before publishing: a user who sees the event can reject it at once.
+                self.faces.put(
+                    EventFace(str(event_id), ev.ts, ev.person, cam.name, self.models.embedder.sha256, ev.embedding)
+                )
             self._publish_all(msgs)
             if ev.type == "recognized" and ev.person is not None:
                 self.roster.last_person_published(ev.person)
@@ -459,6 +475,16 @@ class Agent:
             "agent stopped: %d frames, %d events %s", self.summary.frames, self.summary.events, self.summary.by_type
         )
         return self.summary
+
+
+def open_event_faces(config: AgentConfig) -> EventFaceStore:
+    """The store of recent event faces in the agent's state folder (beside the spool), keyed like the gallery."""
+    g = config.gallery
+    return EventFaceStore(
+        store_path(config.spool.path),
+        key=read_key(g.key_file),
+        policy=StorePolicy(keep_s=g.event_faces_keep_s, max_faces=g.event_faces_max),
+    )
 
 
 def open_sources(config: AgentConfig) -> dict[str, FrameSource]:

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,7 @@ def agent_main(argv: list[str] | None = None) -> int:
 
 
 def run_agent(config: Any) -> int:
-    from agent.app import Agent, load_models, open_gallery, open_sources
+    from agent.app import Agent, load_models, open_event_faces, open_gallery, open_sources
     from agent.roster import RECORD_NAME, RecordFile
     from agent.sinks.mqtt import MqttSink
     from agent.sinks.stdout import StdoutSink
@@ -103,7 +104,10 @@ def run_agent(config: Any) -> int:
     # The presence record lives beside the spool: the device's state folder, private to this agent. A dry run
     # (no broker) publishes nothing that lasts, so it keeps none.
     record = RecordFile(Path(config.spool.path).with_name(RECORD_NAME) if config.mqtt is not None else None)
-    agent = Agent(config, models, gallery, sink, sources, record=record)
+    # Faces of recognized events (for `facelite gallery reject`) live in the state folder the spool made.
+    state_dir = Path(config.spool.path).parent
+    faces = open_event_faces(config) if config.gallery.event_faces_keep_s > 0 and state_dir.is_dir() else None
+    agent = Agent(config, models, gallery, sink, sources, record=record, faces=faces)
     agent.announce()
     if config.mqtt is not None:
         sink.start()
@@ -116,6 +120,8 @@ def run_agent(config: Any) -> int:
     finally:
         sink.close()
         gallery.close()
+        if faces is not None:
+            faces.close()
         # Stopped and flushed: a SIGTERM repeated from here on (Python restores the default action while it exits)
         # must not turn exit 0 into a death by signal in what systemd or the supervisor reads.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -230,6 +236,45 @@ def _image_paths(items: list[Path]) -> list[Path]:
     return paths
 
 
+def _threshold_for(args: argparse.Namespace, detector: Any, embedder: Any) -> Any:
+    """n -> the open-set threshold the agent would use for a gallery of n templates (None if there is none)."""
+    from agent.errors import ModelError
+    from agent.openset import resolve_threshold
+
+    rate, fixed = 1e-3, None
+    if getattr(args, "config", None):
+        from agent.config import load_config
+
+        matching = load_config(args.config).matching
+        rate, fixed = matching.stranger_accept_rate, matching.threshold
+
+    def threshold_for(templates: int) -> float:
+        return resolve_threshold(
+            embedder.manifest,
+            detector=detector.manifest.name,
+            stranger_accept_rate=rate,
+            templates=templates,
+            fixed=fixed,
+        ).threshold
+
+    try:
+        threshold_for(1)
+    except ModelError:
+        return None
+    return threshold_for
+
+
+def _hygiene(args: argparse.Namespace, detector: Any, embedder: Any) -> Any:
+    from agent.gallery import Hygiene
+
+    limit = 10
+    if getattr(args, "config", None):
+        from agent.config import load_config
+
+        limit = load_config(args.config).gallery.max_templates_per_person
+    return Hygiene(max_templates_per_person=limit, threshold_for=_threshold_for(args, detector, embedder))
+
+
 def enroll(args: argparse.Namespace) -> int:
     from agent.gallery import Gallery
     from agent.imageio import read_image
@@ -269,12 +314,25 @@ def enroll(args: argparse.Namespace) -> int:
         embedding_size=int(embedder.manifest.embedding_size or 0),
         key=_gallery_key(args),
     ) as gallery:
-        added = gallery.enroll(args.name, vectors, sources)
-        version = gallery.version
+        hygiene = _hygiene(args, detector, embedder)
+        outcome = gallery.add_templates(args.name, vectors, sources, hygiene=hygiene)
+    for refusal in outcome.refused:
+        print(refusal.line(), file=sys.stderr)
+    if outcome.dropped:
+        print(
+            f"kept the {hygiene.max_templates_per_person} most central templates of {outcome.person} "
+            f"(gallery.max_templates_per_person); left out: {', '.join(outcome.dropped)}",
+            file=sys.stderr,
+        )
+    for lookalike in outcome.lookalikes:
+        print(lookalike.line(), file=sys.stderr)
+    if len(outcome.refused) == len(vectors):
+        print(f"error: every photo of {outcome.person} was refused: nothing enrolled", file=sys.stderr)
+        return 1
     print(
-        f"enrolled {args.name}: {added} template(s) from {len(report.enrolled)} photo(s); "
+        f"enrolled {outcome.person}: {outcome.added} template(s) from {len(report.enrolled)} photo(s); "
         f"{len(report.no_face) + len(report.several_faces) + len(report.unreadable)} skipped; "
-        f"gallery version {version}"
+        f"{len(outcome.refused)} refused; gallery version {outcome.version}"
     )
     return 0
 
@@ -291,7 +349,7 @@ def gallery_cmd(args: argparse.Namespace) -> int:
     ) as g:
         if args.action == "list":
             for p in g.people():
-                print(f"{p.name}\t{p.templates} template(s)\tslug={p.slug}")
+                print(f"{p.name}\t{p.templates} template(s)\t{p.negatives} negative(s)\tslug={p.slug}")
             print(f"{len(g.people())} people, gallery version {g.version}")
             print(_threshold_line(args, detector, embedder, g.index.size))
         elif args.action == "remove":
@@ -299,10 +357,14 @@ def gallery_cmd(args: argparse.Namespace) -> int:
             print(f"removed {args.args[0]}")
         elif args.action == "forget":
             complete = g.forget(args.args[0])
+            erased = _forget_event_faces(args, args.args[0])
             print(
                 f"forgot {args.args[0]}"
+                + (f" and {erased} face(s) of their recent events" if erased else "")
                 + ("" if complete else " (another process holds the file: traces vanish when it closes)")
             )
+        elif args.action == "reject":
+            print(_reject(args, g, embedder))
         elif args.action == "rename":
             g.rename(args.args[0], args.args[1])
             print(f"renamed {args.args[0]} -> {args.args[1]}")
@@ -313,6 +375,52 @@ def gallery_cmd(args: argparse.Namespace) -> int:
             n = g.import_(Path(args.args[0]))
             print(f"imported {n} template(s) from {args.args[0]}")
     return 0
+
+
+def _forget_event_faces(args: argparse.Namespace, person: str) -> int:
+    """Erase the faces of recent events announced as ``person`` (the agent does it too, within 5 s)."""
+    if not getattr(args, "config", None):
+        return 0
+    from agent.app import open_event_faces
+    from agent.config import load_config
+    from agent.gallery import normalize_name
+
+    with open_event_faces(load_config(args.config)) as store:
+        return store.forget([normalize_name(person)])
+
+
+def _reject(args: argparse.Namespace, gallery: Any, embedder: Any) -> str:
+    """``facelite gallery reject EVENT_ID``: the event's face becomes a negative of the person it was announced as."""
+    from agent.app import open_event_faces
+    from agent.config import load_config
+    from agent.eventfaces import check_event_id
+
+    event_id = check_event_id(args.args[0])
+    if not getattr(args, "config", None):
+        raise FaceliteError(
+            "gallery reject needs --config", "facelite gallery reject", "the agent's state folder keeps event faces"
+        )
+    with open_event_faces(load_config(args.config)) as store:
+        face = store.get(event_id)
+    if face.embedder_sha256 != embedder.sha256:
+        raise FaceliteError(
+            f"event {event_id} was embedded by model {face.embedder_sha256[:12]}, "
+            f"the gallery uses {embedder.sha256[:12]}",
+            str(store.path),
+            "reject an event seen since the model changed",
+        )
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(face.ts))
+    added = gallery.add_negative(
+        face.person, face.vector, source=f"event {event_id} ({face.camera}, {when} UTC)", event_id=event_id
+    )
+    count = next((p.negatives for p in gallery.people() if p.name == face.person), 0)
+    if not added:
+        return f"event {event_id} was already rejected as {face.person} ({count} negative(s))"
+    return (
+        f"rejected event {event_id}: that face was not {face.person}; {face.person} has {count} negative(s), a face "
+        f"closer to one of them than to {face.person}'s templates is no longer announced as {face.person} "
+        f"(gallery version {gallery.version})"
+    )
 
 
 def _threshold_line(args: argparse.Namespace, detector: Any, embedder: Any, templates: int) -> str:
@@ -458,8 +566,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("images", type=Path, nargs="+")
     p.add_argument("--largest", action="store_true", help="with several faces in a photo, take the largest")
     model_flags(p)
-    p = sub.add_parser("gallery", help="list | remove NAME | forget NAME | rename OLD NEW | export FILE | import FILE")
-    p.add_argument("action", choices=("list", "remove", "forget", "rename", "export", "import"))
+    p = sub.add_parser(
+        "gallery",
+        help="list | remove NAME | forget NAME | rename OLD NEW | export FILE | import FILE | reject EVENT_ID",
+    )
+    p.add_argument("action", choices=("list", "remove", "forget", "rename", "export", "import", "reject"))
     p.add_argument("args", nargs="*")
     model_flags(p)
     p = sub.add_parser("eval", help="accuracy of the full pipeline on a folder-per-person photo tree, or on LFW")
@@ -485,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     model_flags(p)
     args = ap.parse_args(argv)
     _setup_logging(args.log_level)
-    needs = {"remove": 1, "forget": 1, "rename": 2, "export": 1, "import": 1, "list": 0}
+    needs = {"remove": 1, "forget": 1, "rename": 2, "export": 1, "import": 1, "list": 0, "reject": 1}
     if args.command == "gallery" and len(args.args) != needs[args.action]:
         ap.error(f"gallery {args.action} takes {needs[args.action]} argument(s)")
     try:

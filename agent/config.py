@@ -319,6 +319,19 @@ class GalleryConfig(Section):
     key_file: Path | None = setting(
         None, description="Key that encrypts embeddings at rest (optional).", after=EXISTING_FILE
     )
+    max_templates_per_person: int = setting(
+        10, ge=1, le=1000, description="Templates kept per person at enrolment (the most central ones)."
+    )
+    event_faces_keep_s: float = setting(
+        3 * 86400.0,
+        ge=0,
+        le=90 * 86400,
+        description="Keep the face of each recognized event this long so `facelite gallery reject` can correct it "
+        "(0: keep none), seconds.",
+    )
+    event_faces_max: int = setting(
+        200, ge=1, le=100_000, description="At most this many event faces are kept (oldest erased first)."
+    )
 
 
 @SECTION
@@ -441,6 +454,9 @@ max_bytes = 67108864
 [gallery]
 path = "/var/lib/facelite/gallery.sqlite"
 # key_file = "/etc/facelite/gallery.key"
+max_templates_per_person = 10 # the most central templates of each person are kept
+event_faces_keep_s = 259200  # faces of recognized events kept 3 days for `facelite gallery reject` (0: none)
+event_faces_max = 200
 
 [presence]
 away_after_s = 300         # home -> away this long after the last sighting

@@ -11,6 +11,12 @@ so matching them would silently produce nonsense. Opening it with another model 
 
 Matching keeps all templates in one float32 matrix (rows grouped by person) rebuilt on every change:
 one matrix-vector product, a per-person max (``np.maximum.reduceat``) and two argmax calls per query.
+
+Corrections ("that was not Ada", ``facelite gallery reject``) are stored as **negatives** of a person: faces
+that were announced as them and were someone else. A probe is refused for a person when its best similarity to
+any of that person's negatives is higher than its best similarity to their templates (it is closer to the known
+impostor than to the person); a refused person is out of the running and the open-set rule decides among the
+others. Negatives are encrypted like templates, listed, exported, and erased by ``forget``.
 """
 
 from __future__ import annotations
@@ -41,9 +47,9 @@ from agent.events import slugify
 
 log = logging.getLogger(__name__)
 
-GALLERY_SCHEMA = 1
+GALLERY_SCHEMA = 2  # 2: negatives (corrections); a schema 1 file is migrated when opened
 EXPORT_FORMAT = "facelite-gallery"
-EXPORT_SCHEMA = 1
+EXPORT_SCHEMA = 2  # 2: people carry "negatives"; schema 1 exports are still imported
 MAX_NAME_LENGTH = 64
 _NONCE_BYTES = 12
 _KEY_CHECK = b"facelite gallery key check v1"
@@ -71,7 +77,19 @@ CREATE TABLE templates (
     created REAL NOT NULL
 );
 CREATE INDEX templates_person ON templates(person_id);
+CREATE TABLE IF NOT EXISTS negatives (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    vector BLOB NOT NULL,
+    nonce BLOB,
+    source TEXT NOT NULL,
+    event_id TEXT UNIQUE,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS negatives_person ON negatives(person_id);
 """
+# Schema 1 -> 2: the negatives table (the last two statements above).
+_MIGRATE_1_TO_2 = _SCHEMA_SQL[_SCHEMA_SQL.index("CREATE TABLE IF NOT EXISTS negatives") :]
 
 
 # -- value objects -------------------------------------------------------------------------------
@@ -90,6 +108,7 @@ class Match:
     margin: float
     decision: Decision
     runner_up: str | None
+    refused: str | None = None  # best-scoring person refused by their negatives (a correction), if any
 
 
 @dataclass(frozen=True)
@@ -112,21 +131,34 @@ class Matcher:
             return Match(None, -1.0, 0.0, "unknown", None)
         scores = index.matrix @ vector
         per_person = np.maximum.reduceat(scores, index.starts)
+        refused: str | None = None
+        if index.negatives.shape[0]:
+            # The correction rule: a person whose negatives are closer to the probe than their templates are is
+            # out of the running (score -inf); the open-set rule then decides among everyone else.
+            closest_negative = np.full(per_person.shape, -np.inf, np.float32)
+            np.maximum.at(closest_negative, index.negative_owner, index.negatives @ vector)
+            out = closest_negative > per_person
+            if out.any():
+                refused = index.names[int(np.argmax(np.where(out, per_person, -np.inf)))]
+                per_person = np.where(out, -np.inf, per_person)
         best = int(np.argmax(per_person))
         best_score = float(per_person[best])
+        if not math.isfinite(best_score):  # everyone refused
+            return Match(None, -1.0, 0.0, "unknown", None, refused)
         runner_up: str | None = None
         second_score = -1.0
         if per_person.size > 1:
-            per_person[best] = -np.inf  # reduceat returned a fresh array: safe to overwrite
+            per_person[best] = -np.inf  # reduceat/where returned a fresh array: safe to overwrite
             second = int(np.argmax(per_person))
-            second_score = float(per_person[second])
-            runner_up = index.names[second]
+            if math.isfinite(float(per_person[second])):
+                second_score = float(per_person[second])
+                runner_up = index.names[second]
         margin = best_score - second_score
         if best_score < self.threshold:
-            return Match(None, best_score, margin, "unknown", runner_up)
+            return Match(None, best_score, margin, "unknown", runner_up, refused)
         if runner_up is not None and second_score >= self.threshold and margin < self.margin:
-            return Match(index.names[best], best_score, margin, "ambiguous", runner_up)
-        return Match(index.names[best], best_score, margin, "known", runner_up)
+            return Match(index.names[best], best_score, margin, "ambiguous", runner_up, refused)
+        return Match(index.names[best], best_score, margin, "known", runner_up, refused)
 
 
 @dataclass(frozen=True)
@@ -136,6 +168,7 @@ class PersonInfo:
     templates: int
     created: float  # epoch seconds of the first enrolment
     last_enrolled: float | None  # epoch seconds of the newest template
+    negatives: int = 0  # corrections: faces rejected as this person (`facelite gallery reject`)
 
 
 @dataclass(frozen=True)
@@ -148,6 +181,77 @@ class Enrollment:
     qualities: Sequence[float] | None = None
 
 
+@dataclass(frozen=True)
+class Hygiene:
+    """Template hygiene at enrolment (README, "Template hygiene").
+
+    At most ``max_templates_per_person`` templates per person: the most central ones are kept (highest mean
+    similarity to the person's other templates), so an outlier photo (another face, a bad crop) goes first.
+    ``threshold_for(n)`` is the open-set threshold for a gallery of n templates (agent/openset.py): a lone
+    template of a new person that would be recognised as someone else is refused, and people whose closest
+    templates reach it are reported as look-alikes.
+    """
+
+    max_templates_per_person: int = 10
+    threshold_for: Callable[[int], float] | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.max_templates_per_person) != self.max_templates_per_person or self.max_templates_per_person < 1:
+            raise ConfigError(
+                f"must be a whole number >= 1, got {self.max_templates_per_person!r}",
+                "gallery.max_templates_per_person",
+            )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A template refused because it matches another enrolled person better than its own."""
+
+    person: str
+    source: str
+    other: str
+    other_similarity: float
+    own_similarity: float | None  # None: the person has no other template (compared with the threshold)
+
+    def line(self) -> str:
+        own = (
+            f"than {self.person}'s own templates ({self.own_similarity:.3f})"
+            if self.own_similarity is not None
+            else "than the match threshold, and there is no other template of them"
+        )
+        return (
+            f"refused {self.source} for {self.person}: it matches {self.other} better ({self.other_similarity:.3f}) "
+            f"{own}; check the photo is of {self.person}"
+        )
+
+
+@dataclass(frozen=True)
+class LookAlike:
+    """Two people whose closest templates reach the open-set threshold: either may be taken for the other."""
+
+    person: str
+    other: str
+    similarity: float
+    threshold: float
+
+    def line(self) -> str:
+        return (
+            f"warning: {self.person} and {self.other} look alike at the current threshold: their closest templates "
+            f"score {self.similarity:.3f} >= {self.threshold:.3f}; one may be announced as the other (correct it with "
+            "`facelite gallery reject EVENT_ID`)"
+        )
+
+
+@dataclass(frozen=True)
+class EnrollOutcome:
+    person: str
+    added: int
+    refused: tuple[Refusal, ...]
+    dropped: tuple[str, ...]  # sources of templates left out or removed to stay within the per-person limit
+    lookalikes: tuple[LookAlike, ...]
+    version: int
+
+
 @dataclass(frozen=True, eq=False)
 class TemplateIndex:
     """All templates as one matrix, rows grouped by person: ``rows starts[i]..starts[i+1]`` are ``names[i]``."""
@@ -156,6 +260,8 @@ class TemplateIndex:
     starts: np.ndarray  # [P] int64
     names: tuple[str, ...]
     dim: int
+    negatives: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # [M, dim] unit rows
+    negative_owner: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [M] index into names
 
     @property
     def size(self) -> int:
@@ -164,6 +270,13 @@ class TemplateIndex:
     @classmethod
     def empty(cls, dim: int) -> TemplateIndex:
         return cls(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), (), dim)
+
+    def negatives_of(self, person: str) -> np.ndarray:
+        try:
+            i = self.names.index(person)
+        except ValueError:
+            return self.negatives[:0]
+        return self.negatives[self.negative_owner == i]
 
     def rows_of(self, person: str) -> np.ndarray:
         try:
@@ -187,11 +300,21 @@ class _IndexBuilder:
             self.starts.append(len(self.rows))
         self.rows.append(vector)
 
-    def build(self) -> TemplateIndex:
+    def build(self, negatives: Sequence[tuple[str, np.ndarray]] = ()) -> TemplateIndex:
         if not self.rows:
             return TemplateIndex.empty(self.dim)
         matrix = np.ascontiguousarray(np.stack(self.rows).astype(np.float32, copy=False))
-        return TemplateIndex(matrix, np.asarray(self.starts, np.int64), tuple(self.names), self.dim)
+        # Negatives of a person without templates cannot refuse anything: they are kept in the file, not here.
+        owned = [(self.names.index(n), v) for n, v in negatives if n in self.names]
+        neg = np.ascontiguousarray(np.stack([v for _, v in owned]).astype(np.float32)) if owned else None
+        return TemplateIndex(
+            matrix,
+            np.asarray(self.starts, np.int64),
+            tuple(self.names),
+            self.dim,
+            neg if neg is not None else np.zeros((0, self.dim), np.float32),
+            np.asarray([i for i, _ in owned], np.int64),
+        )
 
 
 # -- validation helpers --------------------------------------------------------------------------
@@ -249,6 +372,8 @@ class Gallery:
         self.embedding_size = embedding_size
         self._aead = aead
         self._aad = f"facelite-template:{embedder_sha256}".encode()
+        # Another associated data for negatives: a template blob moved into the negatives table fails to decrypt.
+        self._neg_aad = f"facelite-negative:{embedder_sha256}".encode()
         self.matcher = matcher
         self._clock = clock
         self._lock = threading.Lock()
@@ -347,12 +472,13 @@ class Gallery:
     def people(self) -> list[PersonInfo]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT p.name, COUNT(t.id), p.created, MAX(t.created) FROM people p "
+                "SELECT p.name, COUNT(t.id), p.created, MAX(t.created), "
+                "(SELECT COUNT(*) FROM negatives n WHERE n.person_id = p.id) FROM people p "
                 "LEFT JOIN templates t ON t.person_id = p.id GROUP BY p.id ORDER BY p.name"
             ).fetchall()
         return [
-            PersonInfo(n, slugify(n), int(c), float(cr), None if last is None else float(last))
-            for n, c, cr, last in rows
+            PersonInfo(n, slugify(n), int(c), float(cr), None if last is None else float(last), int(neg))
+            for n, c, cr, last, neg in rows
         ]
 
     def refresh(self) -> bool:
@@ -434,6 +560,123 @@ class Gallery:
             )
         return not busy
 
+    def add_templates(
+        self,
+        person: str,
+        embeddings: Sequence[np.ndarray],
+        sources: Sequence[str],
+        qualities: Sequence[float] | None = None,
+        *,
+        hygiene: Hygiene,
+    ) -> EnrollOutcome:
+        """Enrol with template hygiene: refuse templates closer to someone else, keep the most central up to the
+        limit (removing older ones if new ones are better), report look-alikes. Nothing written if nothing changes."""
+        name, vecs, srcs, quals = self._prepare(Enrollment(person, embeddings, sources, qualities))
+        if not vecs:
+            raise GalleryError("nothing to enroll: no embeddings given", str(self.path))
+        self.refresh()
+        index = self._index
+        others = [i for i, n in enumerate(index.names) if n != name]
+        cand = np.stack(vecs)
+        refused: list[Refusal] = []
+        accepted: list[int] = []
+        if others:
+            own_rows = index.rows_of(name)
+            scores = cand @ index.matrix.T  # [k, N]
+            per_person = np.maximum.reduceat(scores, index.starts, axis=1)  # [k, P]
+            within = cand @ cand.T
+            np.fill_diagonal(within, -np.inf)
+            lone_threshold = hygiene.threshold_for(index.size + len(vecs)) if hygiene.threshold_for else None
+            for j in range(len(vecs)):
+                k = max(others, key=lambda i: float(per_person[j, i]))
+                other_best = float(per_person[j, k])
+                own_scores = [float(x) for x in (own_rows @ cand[j])] + [
+                    float(x) for x in within[j] if math.isfinite(x)
+                ]
+                own = max(own_scores) if own_scores else None
+                if (own is not None and other_best > own) or (
+                    own is None and lone_threshold is not None and other_best >= lone_threshold
+                ):
+                    refused.append(Refusal(name, srcs[j], index.names[k], other_best, own))
+                else:
+                    accepted.append(j)
+        else:
+            accepted = list(range(len(vecs)))
+        added = 0
+        dropped: list[str] = []
+        if accepted:
+            now = float(self._clock())
+            with self._write() as cur:
+                person_id = self._person_id(cur, name)
+                old = (
+                    []
+                    if person_id is None
+                    else cur.execute(
+                        "SELECT id, vector, nonce, source FROM templates WHERE person_id = ? ORDER BY id", (person_id,)
+                    ).fetchall()
+                )
+                pool: list[tuple[int | None, np.ndarray, str]] = [
+                    (int(i), self._open_blob(b, n), str(src)) for i, b, n, src in old
+                ] + [(None, vecs[j], srcs[j]) for j in accepted]
+                keep = _most_central([v for _, v, _ in pool], hygiene.max_templates_per_person)
+                dropped = [pool[i][2] for i in range(len(pool)) if i not in keep]
+                gone = [pool[i][0] for i in range(len(pool)) if i not in keep and pool[i][0] is not None]
+                fresh = [accepted[i - len(old)] for i in sorted(keep) if i >= len(old)]
+                if not fresh and not gone:
+                    raise _NothingToDo
+                if person_id is None:
+                    person_id = self._insert_person(cur, name, now)
+                cur.executemany("DELETE FROM templates WHERE id = ?", [(i,) for i in gone])
+                cur.executemany(
+                    "INSERT INTO templates (person_id, vector, nonce, source, quality, created) VALUES (?,?,?,?,?,?)",
+                    [(person_id, *self._seal(vecs[j]), srcs[j], quals[j], now) for j in fresh],
+                )
+                added = len(fresh)
+        return EnrollOutcome(name, added, tuple(refused), tuple(dropped), self.lookalikes(name, hygiene), self._version)
+
+    def lookalikes(self, person: str, hygiene: Hygiene) -> tuple[LookAlike, ...]:
+        """People whose closest template to ``person``'s reaches the open-set threshold for the gallery's size."""
+        if hygiene.threshold_for is None:
+            return ()
+        index = self._index
+        mine = index.rows_of(normalize_name(person))
+        if not mine.shape[0]:
+            return ()
+        threshold = float(hygiene.threshold_for(index.size))
+        out = []
+        for other in index.names:
+            if other == person:
+                continue
+            best = float(np.max(mine @ index.rows_of(other).T))
+            if best >= threshold:
+                out.append(LookAlike(person, other, best, threshold))
+        return tuple(sorted(out, key=lambda x: -x.similarity))
+
+    def add_negative(self, person: str, vector: np.ndarray, *, source: str, event_id: str | None) -> bool:
+        """Store a face that was announced as ``person`` and was someone else (a correction).
+
+        Returns False when this event was already rejected (nothing written)."""
+        name = normalize_name(person)
+        vec = check_vector(vector, self.embedding_size, f"negative for {name} ({source})")
+        written = False
+        with self._write() as cur:
+            person_id = self._person_id(cur, name)
+            if person_id is None:
+                raise GalleryError(f"no person {name!r} in the gallery", str(self.path), "see `facelite gallery list`")
+            if (
+                event_id is not None
+                and cur.execute("SELECT 1 FROM negatives WHERE event_id = ?", (event_id,)).fetchone()
+            ):
+                raise _NothingToDo
+            cur.execute(
+                "INSERT INTO negatives (person_id, vector, nonce, source, event_id, created) VALUES (?,?,?,?,?,?)",
+                (person_id, *self._seal(vec, negative=True), str(source), event_id, float(self._clock())),
+            )
+            written = True
+        if written:
+            log.info("negative added for %s (%s)", name, source)
+        return written
+
     # -- export / import -------------------------------------------------------------------------
     def export(self, path: str | Path) -> int:
         """Write every person and template to a portable JSON file (vectors in clear: keep it private)."""
@@ -443,6 +686,20 @@ class Gallery:
             templates = self._conn.execute(
                 "SELECT person_id, vector, nonce, source, quality, created FROM templates ORDER BY person_id, id"
             ).fetchall()
+            negatives = self._conn.execute(
+                "SELECT person_id, vector, nonce, source, event_id, created FROM negatives ORDER BY person_id, id"
+            ).fetchall()
+        neg_by_person: dict[int, list[dict[str, Any]]] = {}
+        for person_id, blob, nonce, source, event_id, created in negatives:
+            vec = self._open_blob(blob, nonce, negative=True)
+            neg_by_person.setdefault(person_id, []).append(
+                {
+                    "vector": base64.b64encode(vec.astype(_F32).tobytes()).decode("ascii"),
+                    "source": source,
+                    "event_id": event_id,
+                    "created": created,
+                }
+            )
         by_person: dict[int, list[dict[str, Any]]] = {}
         for person_id, blob, nonce, source, quality, created in templates:
             vec = self._open_blob(blob, nonce)
@@ -461,7 +718,13 @@ class Gallery:
             "embedding_size": self.embedding_size,
             "gallery_version": self._version,
             "people": [
-                {"name": name, "created": created, "templates": by_person.get(pid, [])} for pid, name, created in people
+                {
+                    "name": name,
+                    "created": created,
+                    "templates": by_person.get(pid, []),
+                    "negatives": neg_by_person.get(pid, []),
+                }
+                for pid, name, created in people
             ],
         }
         tmp = out.with_name(out.name + ".tmp")
@@ -480,9 +743,9 @@ class Gallery:
         """
         src = Path(path)
         people = _read_export(src, self.embedder_sha256, self.embedding_size)
-        added = 0
+        added = added_negatives = 0
         with self._write() as cur:
-            for name, created, templates in people:
+            for name, created, templates, negatives in people:
                 existing = {row.tobytes() for row in self._index.rows_of(name)}
                 person_id = self._person_id(cur, name) or self._insert_person(cur, name, created)
                 fresh = []
@@ -495,9 +758,23 @@ class Gallery:
                     [(person_id, *self._seal(v), s, q, c) for v, s, q, c in fresh],
                 )
                 added += len(fresh)
-            if added == 0:
+                known = {row.tobytes() for row in self._index.negatives_of(name)}
+                for vec, source, event_id, created_n in negatives:
+                    if vec.tobytes() in known or (
+                        event_id is not None
+                        and cur.execute("SELECT 1 FROM negatives WHERE event_id = ?", (event_id,)).fetchone()
+                    ):
+                        continue
+                    known.add(vec.tobytes())
+                    cur.execute(
+                        "INSERT INTO negatives (person_id, vector, nonce, source, event_id, created) "
+                        "VALUES (?,?,?,?,?,?)",
+                        (person_id, *self._seal(vec, negative=True), source, event_id, created_n),
+                    )
+                    added_negatives += 1
+            if added == 0 and added_negatives == 0:
                 raise _NothingToDo
-        log.info("imported %d template(s) from %s", added, src)
+        log.info("imported %d template(s) and %d negative(s) from %s", added, added_negatives, src)
         return added
 
     # -- internals -------------------------------------------------------------------------------
@@ -538,12 +815,17 @@ class Gallery:
                 "SELECT p.name, t.vector, t.nonce FROM templates t JOIN people p ON p.id = t.person_id "
                 "ORDER BY p.id, t.id"
             ).fetchall()
+            negatives = self._conn.execute(
+                "SELECT p.name, n.vector, n.nonce FROM negatives n JOIN people p ON p.id = n.person_id ORDER BY n.id"
+            ).fetchall()
         finally:
             self._conn.execute("COMMIT")
         builder = _IndexBuilder(self.embedding_size)
         for name, blob, nonce in rows:
             builder.add(name, self._open_blob(blob, nonce))
-        self._index = builder.build()
+        self._index = builder.build(
+            [(name, self._open_blob(blob, nonce, negative=True)) for name, blob, nonce in negatives]
+        )
         self._version = version
 
     def _prepare(self, e: Enrollment) -> tuple[str, list[np.ndarray], list[str], list[float | None]]:
@@ -582,21 +864,21 @@ class Gallery:
                 "choose a name that differs in letters or digits",
             )
 
-    def _seal(self, vector: np.ndarray) -> tuple[bytes, bytes | None]:
+    def _seal(self, vector: np.ndarray, *, negative: bool = False) -> tuple[bytes, bytes | None]:
         raw = vector.astype(_F32).tobytes()
         if self._aead is None:
             return raw, None
         nonce = os.urandom(_NONCE_BYTES)
-        return self._aead.encrypt(nonce, raw, self._aad), nonce
+        return self._aead.encrypt(nonce, raw, self._neg_aad if negative else self._aad), nonce
 
-    def _open_blob(self, blob: bytes, nonce: bytes | None) -> np.ndarray:
+    def _open_blob(self, blob: bytes, nonce: bytes | None, *, negative: bool = False) -> np.ndarray:
         if self._aead is not None:
             if nonce is None:
                 raise GalleryError("encrypted gallery holds an unencrypted template", str(self.path), "file tampered?")
             from cryptography.exceptions import InvalidTag
 
             try:
-                blob = self._aead.decrypt(nonce, blob, self._aad)
+                blob = self._aead.decrypt(nonce, blob, self._neg_aad if negative else self._aad)
             except InvalidTag:
                 raise GalleryError(
                     "a template cannot be decrypted (wrong key or tampered file)", str(self.path)
@@ -615,6 +897,22 @@ class _NothingToDo(Exception):
 
 
 # -- module helpers ------------------------------------------------------------------------------
+def _most_central(vectors: Sequence[np.ndarray], limit: int) -> set[int]:
+    """Indices of the ``limit`` most central vectors: drop the one with the lowest mean similarity to the
+    others, one at a time (recomputed after each drop); ties drop the later one (a newer photo, if equal)."""
+    keep = list(range(len(vectors)))
+    if len(keep) <= limit:
+        return set(keep)
+    m = np.stack(vectors).astype(np.float64)
+    sims = m @ m.T
+    while len(keep) > limit:
+        sub = sims[np.ix_(keep, keep)]
+        mean = (sub.sum(axis=1) - np.diag(sub)) / max(len(keep) - 1, 1)
+        worst = min(range(len(keep)), key=lambda i: (mean[i], -keep[i]))
+        keep.pop(worst)
+    return set(keep)
+
+
 def _make_aead(key: bytes | None, path: Path) -> Any | None:
     if key is None:
         return None
@@ -712,6 +1010,9 @@ def _init_or_check(conn: sqlite3.Connection, path: Path, sha: str, dim: int, aea
         )
     meta = _meta(conn)
     schema = meta.get("schema")
+    if schema == "1":
+        _migrate_1_to_2(conn, path)
+        schema = meta["schema"] = str(GALLERY_SCHEMA)
     if schema != str(GALLERY_SCHEMA):
         raise GalleryError(f"gallery schema {schema} is not supported (expected {GALLERY_SCHEMA})", str(path))
     stored = meta.get("embedder_sha256", "")
@@ -746,9 +1047,28 @@ def _init_or_check(conn: sqlite3.Connection, path: Path, sha: str, dim: int, aea
             ) from None
 
 
-def _read_export(
-    path: Path, sha: str, dim: int
-) -> list[tuple[str, float, list[tuple[np.ndarray, str, float | None, float]]]]:
+def _migrate_1_to_2(conn: sqlite3.Connection, path: Path) -> None:
+    """Schema 1 -> 2: add the negatives table (corrections), under the write lock, once."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "1":
+            for statement in _MIGRATE_1_TO_2.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+            log.info("gallery %s migrated from schema 1 to 2 (negatives for corrections)", path)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+_ExportedPerson = tuple[
+    str, float, list[tuple[np.ndarray, str, float | None, float]], list[tuple[np.ndarray, str, str | None, float]]
+]
+
+
+def _read_export(path: Path, sha: str, dim: int) -> list[_ExportedPerson]:
     """Parse and check a gallery export: every vector decoded and validated before anything is written."""
     try:
         doc = json.loads(path.read_text())
@@ -760,8 +1080,10 @@ def _read_export(
         raise GalleryError(f"export file is not valid JSON: {exc.msg} at line {exc.lineno}", str(path)) from None
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         raise GalleryError("not a facelite gallery export", str(path))
-    if doc.get("schema") != EXPORT_SCHEMA:
-        raise GalleryError(f"export schema {doc.get('schema')} is not supported (expected {EXPORT_SCHEMA})", str(path))
+    if doc.get("schema") not in (1, EXPORT_SCHEMA):
+        raise GalleryError(
+            f"export schema {doc.get('schema')} is not supported (expected 1 or {EXPORT_SCHEMA})", str(path)
+        )
     other = str(doc.get("embedder_sha256", ""))
     if other != sha:
         raise GalleryError(
@@ -799,5 +1121,26 @@ def _read_export(
                     float(t.get("created", 0.0)),
                 )
             )
-        out.append((name, float(p.get("created", 0.0)), templates))
+        negatives = []
+        raw_negatives = p.get("negatives", [])
+        if not isinstance(raw_negatives, list):
+            raise GalleryError("'negatives' must be a list", where)
+        for j, t in enumerate(raw_negatives):
+            nwhere = f"{where}.negatives[{j}]"
+            try:
+                raw = base64.b64decode(str(t["vector"]), validate=True)
+            except (KeyError, TypeError, binascii.Error):
+                raise GalleryError("negative needs a base64 'vector'", nwhere) from None
+            if len(raw) != dim * 4:
+                raise GalleryError(f"vector has {len(raw) // 4} values, expected {dim}", nwhere)
+            event_id = t.get("event_id")
+            negatives.append(
+                (
+                    check_vector(np.frombuffer(raw, _F32), dim, nwhere),
+                    str(t.get("source", "")),
+                    None if event_id is None else str(event_id),
+                    float(t.get("created", 0.0)),
+                )
+            )
+        out.append((name, float(p.get("created", 0.0)), templates, negatives))
     return out

@@ -7,6 +7,7 @@ be processed is skipped and counted, because one bad frame must not stop a camer
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -84,6 +85,7 @@ class Pipeline:
         self.gate = gate
         self.stats = PipelineStats()
         self._timer = timer
+        self._best_face: dict[int, tuple[float, np.ndarray]] = {}  # track id -> (quality, embedding)
 
     def _timed(self, stage: str, t0: float) -> float:
         now = self._timer()
@@ -96,7 +98,7 @@ class Pipeline:
             # Counted, not taken for an empty doorway: a source delivering frames without pixels must show in state.
             self.stats.skipped["empty_frame"] += 1
             log.debug("frame %d of %s skipped: no pixels (shape %s)", frame.index, frame.camera, frame.image.shape)
-            return FrameResult(self.tracker.pop_events(), 0, 0, {})
+            return FrameResult(self._events(), 0, 0, {})
         try:
             return self._process(frame)
         except Exception as exc:
@@ -108,7 +110,20 @@ class Pipeline:
                 frame.camera,
                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             )
-            return FrameResult(self.tracker.pop_events(), 0, 0, {})
+            return FrameResult(self._events(), 0, 0, {})
+
+    def _events(self, popped: list[TrackEvent] | None = None) -> list[TrackEvent]:
+        """The tracker's events, ``recognized`` ones carrying the visit's best face; forget faces of ended tracks."""
+        events = [
+            dataclasses.replace(ev, embedding=self._best_face[ev.track_id][1])
+            if ev.type == "recognized" and ev.track_id in self._best_face
+            else ev
+            for ev in (self.tracker.pop_events() if popped is None else popped)
+        ]
+        alive = self.tracker.track_ids()
+        for track_id in [t for t in self._best_face if t not in alive]:
+            del self._best_face[track_id]
+        return events
 
     def _process(self, frame: Frame) -> FrameResult:
         image = frame.image
@@ -133,14 +148,17 @@ class Pipeline:
             emb = self.embedder.embed_crop(crop)
             t = self._timed("embed", t)
             match = self.matcher.match(self.gallery.index, emb.vector)
+            kept = self._best_face.get(u.track_id)
+            if kept is None or q.score > kept[0]:
+                self._best_face[u.track_id] = (q.score, emb.vector)
             self.tracker.add_match(u.track_id, match, q.score)
             t = self._timed("match", t)
             crops[u.track_id] = crop
             embedded += 1
         self.stats.embeddings += embedded
         people = tuple(dict.fromkeys(u.person for u in updates if u.person is not None))
-        return FrameResult(self.tracker.pop_events(), len(faces), embedded, crops, people)
+        return FrameResult(self._events(), len(faces), embedded, crops, people)
 
     def finish(self, ts: float) -> list[TrackEvent]:
         """End every visit (stream ended, shutdown): their ``left`` events."""
-        return self.tracker.finish(ts)
+        return self._events(self.tracker.finish(ts))

@@ -106,6 +106,9 @@ class TrackEvent:
     quality: float
     first_seen: float
     last_seen: float
+    # The best-quality face embedded during the visit up to this event (set by the pipeline on ``recognized``
+    # events; the agent keeps it for `facelite gallery reject`). Never published.
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -283,6 +286,10 @@ class Tracker:
                     if verdict.decision == "known":
                         track.upgraded = True
                         self._announce(track, verdict, float(quality))
+
+    def track_ids(self) -> frozenset[int]:
+        """Tracks still alive (the pipeline drops what it keeps per track once its track is gone)."""
+        return frozenset(self._tracks)
 
     def pop_events(self) -> list[TrackEvent]:
         """Events queued by ``update``/``add_match`` since the last call, oldest first."""

@@ -1,0 +1,328 @@
+"""Corrections (negatives), template hygiene and the event face store, on synthetic unit vectors.
+
+Every cosine is known exactly: vectors are mixes of a fixed orthonormal basis (as in test_gallery.py).
+The real-model, through-the-CLI test of ``facelite gallery reject`` is in test_gallery_reject.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.errors import ConfigError, GalleryError
+from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
+from agent.gallery import GALLERY_SCHEMA, Gallery, Hygiene, Matcher
+
+DIM = 64
+SHA = hashlib.sha256(b"embedder").hexdigest()
+KEY = bytes(range(32))
+
+
+@pytest.fixture(scope="module")
+def basis() -> np.ndarray:
+    rng = np.random.default_rng(20261203)
+    q, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
+    return q.T.astype(np.float32)
+
+
+def mix(basis: np.ndarray, **weights: float) -> np.ndarray:
+    """A unit vector with the given cosines to basis rows e0.. ; the rest goes to the last row."""
+    v = np.zeros(DIM, np.float64)
+    for name, w in weights.items():
+        v += w * basis[int(name[1:])]
+    rest = 1.0 - sum(w * w for w in weights.values())
+    assert rest >= 0
+    v += np.sqrt(rest) * basis[DIM - 1]
+    return v.astype(np.float32)
+
+
+def file_bytes(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+@pytest.fixture
+def gallery(tmp_path: Path, basis: np.ndarray) -> Iterator[Gallery]:
+    """ada = e0, bob = e1; threshold 0.5."""
+    with Gallery.open(tmp_path / "g.db", embedder_sha256=SHA, embedding_size=DIM, matcher=Matcher(0.5, 0.05)) as g:
+        g.enroll("ada", [basis[0]], ["ada.jpg"])
+        g.enroll("bob", [basis[1]], ["bob.jpg"])
+        yield g
+
+
+# -- the correction rule ---------------------------------------------------------------------------
+def test_look_alike_closer_to_a_negative_than_to_the_templates_is_not_announced(
+    gallery: Gallery, basis: np.ndarray
+) -> None:
+    carl = mix(basis, e0=0.7, e2=0.7)  # a look-alike of ada: 0.7 to her template
+    assert gallery.match(carl).person == "ada"  # before the correction: a false accept
+    assert gallery.add_negative("ada", carl, source="event 1", event_id=str(uuid.uuid4())) is True
+    other_carl = mix(basis, e0=0.65, e2=0.72)  # another photo of carl: 0.65 to ada, ~0.99 to the negative
+    m = gallery.match(other_carl)
+    assert (m.person, m.decision, m.refused) == (None, "unknown", "ada")
+    # ada herself is still ada: 0.9 to her template beats 0.63 to the negative
+    m = gallery.match(mix(basis, e0=0.9, e2=0.1))
+    assert (m.person, m.decision, m.refused) == ("ada", "known", None)
+
+
+def test_refused_person_leaves_the_running_and_the_rule_decides_among_the_others(
+    gallery: Gallery, basis: np.ndarray
+) -> None:
+    gallery.add_negative("ada", mix(basis, e0=0.6, e1=0.6, e3=0.5), source="s", event_id=None)
+    probe = mix(basis, e0=0.62, e1=0.58, e3=0.5)  # closest to ada's negative, then ada, then bob
+    m = gallery.match(probe)
+    assert m.refused == "ada" and m.person == "bob" and m.decision == "known" and m.runner_up is None
+    assert m.similarity == pytest.approx(0.58, abs=1e-5)
+
+
+def test_equal_similarity_to_negative_and_template_is_not_refused(gallery: Gallery, basis: np.ndarray) -> None:
+    gallery.add_negative("ada", mix(basis, e2=1.0), source="s", event_id=None)
+    probe = mix(basis, e0=0.6, e2=0.6)  # 0.6 to both: "closer to a negative" is strict
+    assert gallery.match(probe).person == "ada"
+
+
+def test_negatives_are_listed_persist_and_rejecting_an_event_twice_writes_once(
+    gallery: Gallery, basis: np.ndarray, tmp_path: Path
+) -> None:
+    eid = str(uuid.uuid4())
+    v = gallery.version
+    assert gallery.add_negative("ada", basis[5], source="event", event_id=eid) is True
+    assert gallery.add_negative("ada", basis[5], source="event", event_id=eid) is False
+    assert gallery.version == v + 1
+    assert {p.name: p.negatives for p in gallery.people()} == {"ada": 1, "bob": 0}
+    with Gallery.open(tmp_path / "g.db", embedder_sha256=SHA, embedding_size=DIM) as again:
+        assert again.index.negatives_of("ada").shape == (1, DIM)
+    with pytest.raises(GalleryError, match="no person 'zoe'"):
+        gallery.add_negative("zoe", basis[5], source="event", event_id=None)
+
+
+@pytest.mark.parametrize("key", [None, KEY], ids=["plain", "encrypted"])
+def test_forget_erases_negatives_from_the_file(tmp_path: Path, basis: np.ndarray, key: bytes | None) -> None:
+    path = tmp_path / "g.db"
+    negative = mix(basis, e0=0.5, e7=0.8)
+    with Gallery.open(path, embedder_sha256=SHA, embedding_size=DIM, key=key) as g:
+        g.enroll("ada", [basis[0]], ["ada.jpg"])
+        g.enroll("bob", [basis[1]], ["bob.jpg"])
+        g.add_negative("ada", negative, source="event secret-camera-xyz", event_id="e1")
+        assert b"secret-camera-xyz" in file_bytes(path)  # control: the search works
+        if key is None:
+            assert negative.astype("<f4").tobytes() in file_bytes(path)
+        assert g.forget("ada") is True
+        raw = file_bytes(path)
+        assert b"secret-camera-xyz" not in raw and negative.astype("<f4").tobytes() not in raw
+        assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM negatives").fetchone()[0] == 0
+
+
+def test_encrypted_negatives_are_not_in_clear_and_cannot_pass_for_templates(tmp_path: Path, basis: np.ndarray) -> None:
+    path = tmp_path / "g.db"
+    with Gallery.open(path, embedder_sha256=SHA, embedding_size=DIM, key=KEY) as g:
+        g.enroll("ada", [basis[0]], ["ada.jpg"])
+        g.add_negative("ada", basis[9], source="s", event_id=None)
+    assert basis[9].astype("<f4").tobytes() not in file_bytes(path)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE templates SET vector = (SELECT vector FROM negatives), nonce = (SELECT nonce FROM negatives)")
+    con.commit()
+    con.close()
+    with pytest.raises(GalleryError, match="cannot be decrypted"):
+        Gallery.open(path, embedder_sha256=SHA, embedding_size=DIM, key=KEY)
+
+
+def test_export_import_carries_negatives_and_schema_1_exports_still_import(
+    gallery: Gallery, basis: np.ndarray, tmp_path: Path
+) -> None:
+    gallery.add_negative("ada", basis[6], source="event x", event_id="e-x")
+    export = tmp_path / "export.json"
+    gallery.export(export)
+    doc = json.loads(export.read_text())
+    assert doc["schema"] == 2 and [len(p["negatives"]) for p in doc["people"]] == [1, 0]
+    with Gallery.open(tmp_path / "copy.db", embedder_sha256=SHA, embedding_size=DIM, key=KEY) as copy:
+        copy.import_(export)
+        assert np.array_equal(copy.index.negatives_of("ada"), gallery.index.negatives_of("ada"))
+        version = copy.version
+        copy.import_(export)  # idempotent, negatives too
+        assert copy.version == version and copy.people()[0].negatives == 1
+    old = {**doc, "schema": 1, "people": [{k: v for k, v in p.items() if k != "negatives"} for p in doc["people"]]}
+    export.write_text(json.dumps(old))
+    with Gallery.open(tmp_path / "old.db", embedder_sha256=SHA, embedding_size=DIM) as g:
+        g.import_(export)
+        assert [(p.name, p.templates, p.negatives) for p in g.people()] == [("ada", 1, 0), ("bob", 1, 0)]
+    bad = {**doc, "people": [{**doc["people"][0], "negatives": [{"vector": "!!"}]}]}
+    export.write_text(json.dumps(bad))
+    with Gallery.open(tmp_path / "bad.db", embedder_sha256=SHA, embedding_size=DIM) as g:
+        with pytest.raises(GalleryError, match=r"people\[0\]\.negatives\[0\]"):
+            g.import_(export)
+        assert len(g) == 0
+
+
+def test_schema_1_gallery_is_migrated_and_keeps_its_templates(tmp_path: Path, basis: np.ndarray) -> None:
+    path = tmp_path / "old.db"
+    with Gallery.open(path, embedder_sha256=SHA, embedding_size=DIM) as g:
+        g.enroll("ada", [basis[0]], ["ada.jpg"])
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE negatives")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    con.commit()
+    con.close()
+    with Gallery.open(path, embedder_sha256=SHA, embedding_size=DIM, matcher=Matcher(0.5, 0.05)) as g:
+        assert g.match(basis[0]).person == "ada"
+        g.add_negative("ada", basis[3], source="s", event_id=None)
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == str(GALLERY_SCHEMA)
+    con.close()
+
+
+# -- template hygiene ------------------------------------------------------------------------------
+def hygiene(limit: int = 10, threshold: float | None = 0.5) -> Hygiene:
+    return Hygiene(max_templates_per_person=limit, threshold_for=None if threshold is None else lambda n: threshold)
+
+
+def test_template_closer_to_another_person_is_refused_naming_both(gallery: Gallery, basis: np.ndarray) -> None:
+    own = mix(basis, e0=0.8, e4=0.5)
+    stray = mix(basis, e1=0.9, e0=0.3)  # bob's face in ada's folder
+    out = gallery.add_templates("ada", [own, stray], ["ok.jpg", "stray.jpg"], hygiene=hygiene())
+    assert out.added == 1 and [r.source for r in out.refused] == ["stray.jpg"]
+    line = out.refused[0].line()
+    assert "\n" not in line and "ada" in line and "bob" in line and "stray.jpg" in line
+    assert gallery.people()[0].templates == 2
+
+
+def test_lone_template_of_a_new_person_matching_someone_else_is_refused(gallery: Gallery, basis: np.ndarray) -> None:
+    out = gallery.add_templates("cleo", [mix(basis, e0=0.8, e5=0.6)], ["cleo.jpg"], hygiene=hygiene())
+    assert out.added == 0 and out.refused[0].other == "ada" and out.refused[0].own_similarity is None
+    assert "cleo" not in [p.name for p in gallery.people()]
+    out = gallery.add_templates("cleo", [basis[5]], ["cleo.jpg"], hygiene=hygiene())
+    assert out.added == 1 and not out.refused
+
+
+def test_per_person_limit_keeps_the_most_central_templates(gallery: Gallery, basis: np.ndarray) -> None:
+    faces = [mix(basis, e10=0.9, e11=0.3), mix(basis, e10=0.9, e12=0.3), mix(basis, e10=0.9, e13=0.3)]
+    outlier = mix(basis, e10=0.5, e14=0.8)
+    out = gallery.add_templates("dan", [*faces, outlier], ["a", "b", "c", "odd"], hygiene=hygiene(limit=3))
+    assert out.added == 3 and out.dropped == ("odd",)
+    more = mix(basis, e10=0.95, e15=0.1)  # more central than any: an old one goes
+    out = gallery.add_templates("dan", [more], ["best"], hygiene=hygiene(limit=3))
+    assert out.added == 1 and len(out.dropped) == 1 and out.dropped[0] in ("a", "b", "c")
+    assert [p.templates for p in gallery.people() if p.name == "dan"] == [3]
+
+
+def test_look_alikes_are_reported_at_the_threshold_for_the_gallery_size(gallery: Gallery, basis: np.ndarray) -> None:
+    sizes: list[int] = []
+
+    def threshold_for(n: int) -> float:
+        sizes.append(n)
+        return 0.5
+
+    twin = mix(basis, e0=0.55, e8=0.8)  # 0.55 to ada: above 0.5, but closer to its own second photo
+    out = gallery.add_templates(
+        "eve", [twin, mix(basis, e0=0.5, e8=0.85)], ["1", "2"], hygiene=Hygiene(10, threshold_for)
+    )
+    assert out.added == 2 and [(x.person, x.other) for x in out.lookalikes] == [("eve", "ada")]
+    assert out.lookalikes[0].similarity == pytest.approx(0.55, abs=1e-5) and sizes[-1] == len(gallery)
+    assert "look alike" in out.lookalikes[0].line() and "\n" not in out.lookalikes[0].line()
+    out = gallery.add_templates("fay", [basis[20]], ["f"], hygiene=hygiene())
+    assert out.lookalikes == ()
+
+
+def test_hygiene_limit_is_checked() -> None:
+    with pytest.raises(ConfigError, match="max_templates_per_person"):
+        Hygiene(max_templates_per_person=0)
+
+
+# -- the event face store --------------------------------------------------------------------------
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def face(basis: np.ndarray, i: int, ts: float, person: str = "ada") -> EventFace:
+    return EventFace(str(uuid.UUID(int=i + 1)), ts, person, "door", SHA, basis[i])
+
+
+@pytest.mark.parametrize("key", [None, KEY], ids=["plain", "encrypted"])
+def test_store_round_trip_is_private_and_encrypted_when_keyed(
+    tmp_path: Path, basis: np.ndarray, key: bytes | None
+) -> None:
+    path = tmp_path / "faces.sqlite"
+    with EventFaceStore(path, key=key, policy=StorePolicy(), clock=Clock(100.0)) as store:
+        assert store.put(face(basis, 3, 100.0)) is True
+        got = store.get(str(uuid.UUID(int=4)).upper())  # ids are case-insensitive
+        assert (got.person, got.camera, got.ts) == ("ada", "door", 100.0)
+        assert np.array_equal(got.vector, basis[3])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert (basis[3].astype("<f4").tobytes() in file_bytes(path)) is (key is None)
+    if key is not None:
+        with EventFaceStore(path, key=bytes(32), policy=StorePolicy(), clock=Clock(100.0)) as store:
+            with pytest.raises(GalleryError, match="cannot be decrypted"):
+                store.get(str(uuid.UUID(int=4)))
+
+
+def test_store_expires_faces_but_remembers_their_ids_and_is_bounded(tmp_path: Path, basis: np.ndarray) -> None:
+    clock = Clock(1000.0)
+    path = tmp_path / "faces.sqlite"
+    with EventFaceStore(path, key=None, policy=StorePolicy(keep_s=100.0, max_faces=3), clock=clock) as store:
+        store.put(face(basis, 0, 1000.0))
+        clock.t = 1101.0
+        with pytest.raises(GalleryError, match="has expired") as info:
+            store.get(str(uuid.UUID(int=1)))  # past its time, not yet pruned
+        assert "\n" not in str(info.value)
+        for i in range(1, 6):
+            store.put(face(basis, i, 1101.0 + i))
+        with pytest.raises(GalleryError, match="has expired"):  # pruned: the id is kept, the face is gone
+            store.get(str(uuid.UUID(int=1)))
+        with pytest.raises(GalleryError, match="has expired"):  # beyond the 3 most recent
+            store.get(str(uuid.UUID(int=2)))
+        assert store.get(str(uuid.UUID(int=6))).person == "ada"
+        with pytest.raises(GalleryError, match="unknown event"):
+            store.get(str(uuid.uuid4()))
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT COUNT(*) FROM faces WHERE vector IS NOT NULL").fetchone()[0] == 3
+    assert con.execute("SELECT COUNT(*) FROM faces WHERE vector IS NULL AND person IS NOT NULL").fetchone()[0] == 0
+    raw = file_bytes(path)
+    assert basis[0].astype("<f4").tobytes() not in raw and basis[1].astype("<f4").tobytes() not in raw
+
+
+def test_store_forget_erases_the_persons_faces_from_the_file(tmp_path: Path, basis: np.ndarray) -> None:
+    path = tmp_path / "faces.sqlite"
+    with EventFaceStore(path, key=None, policy=StorePolicy(), clock=Clock(10.0)) as store:
+        store.put(face(basis, 0, 10.0, person="Zelda Quimby"))
+        store.put(face(basis, 1, 10.0, person="bob"))
+        assert store.forget(["Zelda Quimby"]) == 1
+        with pytest.raises(GalleryError, match="unknown event"):
+            store.get(str(uuid.UUID(int=1)))
+        assert store.get(str(uuid.UUID(int=2))).person == "bob"
+    raw = file_bytes(path)
+    assert b"Zelda Quimby" not in raw and basis[0].astype("<f4").tobytes() not in raw
+
+
+def test_store_keeps_nothing_when_disabled_and_says_so(tmp_path: Path, basis: np.ndarray) -> None:
+    path = tmp_path / "faces.sqlite"
+    with EventFaceStore(path, key=None, policy=StorePolicy(keep_s=0), clock=Clock(10.0)) as store:
+        assert store.put(face(basis, 0, 10.0)) is False
+        with pytest.raises(GalleryError, match="no event faces are kept"):
+            store.get(str(uuid.UUID(int=1)))
+
+
+def test_store_write_failure_is_logged_once_and_returns_false(
+    tmp_path: Path, basis: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = EventFaceStore(tmp_path / "missing" / "faces.sqlite", key=None, policy=StorePolicy(), clock=Clock(1.0))
+    assert store.put(face(basis, 0, 1.0)) is False
+    assert store.put(face(basis, 1, 1.0)) is False
+    assert sum("cannot be written" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("text", ["", "abc", "../../etc/passwd", "1234", "g" * 36, "x\n" + str(uuid.uuid4())])
+def test_bad_event_ids_are_one_line_errors(text: str) -> None:
+    with pytest.raises(GalleryError) as info:
+        check_event_id(text)
+    assert "\n" not in str(info.value) and "not an event id" in str(info.value)
