@@ -45,6 +45,7 @@ DEVICE = "fault"
 EVENTS = f"facelite/{DEVICE}/events"
 STATE = f"facelite/{DEVICE}/state"
 EVENT_RX = r"event \w+ camera="
+REPO_DIR = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -423,6 +424,116 @@ def test_disk_full_while_enrolling_fails_in_one_line_and_keeps_the_gallery(tmp_p
     assert [r for r in rows if r[0] != "Newcomer"] == before[1]  # committed people untouched
     assert [r[0] for r in rows].count("Newcomer") == 1
     print(f"disk full (enroll): refused in one line: {line}")
+
+
+# -- corrections: `facelite gallery reject` on a full disk, on a locked gallery ---------------------------------
+def reject_setup(folder: Path, models_dir: Path) -> tuple[Path, str]:
+    """A gallery with Ada and one event face announced as her in the state folder; returns (config, event id).
+
+    Vectors are random unit vectors stamped with the real embedder: the command only moves them around."""
+    from agent.embed import Embedder
+    from agent.eventfaces import EventFace, EventFaceStore, StorePolicy
+    from agent.gallery import Gallery
+
+    detector, embedder_dir = pick(models_dir, "blazeface"), pick(models_dir, "mobilefacenet")
+    embedder = Embedder.from_model_dir(embedder_dir)
+    dim = int(embedder.manifest.embedding_size or 0)
+    rng = np.random.default_rng(7)
+    unit = [v / np.linalg.norm(v) for v in rng.standard_normal((3, dim)).astype(np.float32)]
+    (folder / "state").mkdir(parents=True)
+    with Gallery.open(folder / "gallery.sqlite", embedder_sha256=embedder.sha256, embedding_size=dim) as g:
+        g.enroll("Ada", unit[:2], ["a.jpg", "b.jpg"])
+    event_id = "6f1c2b1e-8f0a-4d5e-9a43-3c1d2e4f5a6b"
+    with EventFaceStore(folder / "state" / "event_faces.sqlite", key=None, policy=StorePolicy()) as store:
+        assert store.put(EventFace(event_id, time.time(), "Ada", "door", embedder.sha256, unit[2]))
+    config = base_config(
+        folder / "state",
+        detector=detector,
+        embedder=embedder_dir,
+        source="/dev/video-facelite-missing",
+        gallery=folder / "gallery.sqlite",
+        port=None,
+    )
+    return write_config(folder / "agent.toml", config), event_id
+
+
+def negatives_in(gallery: Path) -> int:
+    with sqlite3.connect(gallery) as con:
+        return int(con.execute("SELECT COUNT(*) FROM negatives").fetchone()[0])
+
+
+# Inside the tmpfs: keep the gallery and store open (their WAL and shared memory exist), fill the disk, reject,
+# free the space, reject again; print what happened as JSON.
+_REJECT_ON_FULL_DISK = """
+import json, os, sqlite3, subprocess, sys
+folder, config, event_id = sys.argv[1:4]
+held = [sqlite3.connect(os.path.join(folder, f)) for f in ("gallery.sqlite", "state/event_faces.sqlite")]
+for con in held:
+    con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+fd = os.open(os.path.join(folder, "ballast"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+for chunk in (1 << 16, 4096, 64, 1):
+    while True:
+        try:
+            os.write(fd, bytes(chunk))
+        except OSError:
+            break
+os.close(fd)
+cmd = [sys.executable, "-m", "agent.cli", "gallery", "reject", event_id, "--config", config]
+full = subprocess.run(cmd, capture_output=True, text=True)
+negatives = held[0].execute("SELECT COUNT(*) FROM negatives").fetchone()[0]
+os.unlink(os.path.join(folder, "ballast"))
+ok = subprocess.run(cmd, capture_output=True, text=True)
+after = held[0].execute("SELECT COUNT(*) FROM negatives").fetchone()[0]
+print(json.dumps({"full": [full.returncode, full.stdout, full.stderr], "negatives_when_full": negatives,
+                  "ok": [ok.returncode, ok.stdout, ok.stderr], "negatives_after": after}))
+"""
+
+
+def test_disk_full_while_rejecting_fails_in_one_line_and_keeps_the_gallery(tmp_path: Path, models_dir: Path) -> None:
+    mount = tmp_path / "var"
+    mount.mkdir()
+    host = tmp_path / "host"
+    host.mkdir()
+    config, event_id = reject_setup(mount, models_dir)  # written on the host, then copied into the tmpfs
+    shutil.copytree(mount, host, dirs_exist_ok=True)
+    for p in mount.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    setup = f'cp -a "{host}/." "$0/"'
+    proc = subprocess.run(
+        [*namespace_with_tmpfs(mount, "2m", setup), sys.executable, "-c", _REJECT_ON_FULL_DISK, str(mount),
+         str(config), event_id],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    code, out, err = got["full"]
+    assert code != 0 and out == "" and "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and "full" in line, line
+    assert got["negatives_when_full"] == 0  # nothing half-written
+    code, out, err = got["ok"]
+    assert code == 0, err
+    assert out.startswith(f"rejected event {event_id}") and got["negatives_after"] == 1
+    print(f"disk full (reject): refused in one line: {line}")
+
+
+def test_locked_gallery_while_rejecting_fails_in_one_line_then_works(tmp_path: Path, models_dir: Path) -> None:
+    config, event_id = reject_setup(tmp_path, models_dir)
+    gallery = tmp_path / "gallery.sqlite"
+    holder = sqlite3.connect(gallery, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer (an enrolment) holds the gallery for longer than 5 s
+    try:
+        cmd = [sys.executable, "-m", "agent.cli", "gallery", "reject", event_id, "--config", str(config)]
+        locked = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO_DIR)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert locked.returncode != 0 and locked.stdout == "" and "Traceback" not in locked.stderr
+    (line,) = locked.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "locked" in line and str(gallery) in line, line
+    assert negatives_in(gallery) == 0
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO_DIR)
+    assert ok.returncode == 0 and negatives_in(gallery) == 1, ok.stderr
 
 
 # -- the camera goes away --------------------------------------------------------------------------------------

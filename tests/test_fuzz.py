@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from agent.config import AgentConfig, ConfigError, ConfigErrors, key_path, load_
 from agent.detect import create_detector
 from agent.embed import Embedder
 from agent.errors import GalleryError, ImageError, ModelError
+from agent.eventfaces import check_event_id
 from agent.gallery import Gallery, Matcher
 from agent.imageio import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_bgr
 from agent.pipeline import Pipeline
@@ -533,6 +535,56 @@ def test_gallery_of_another_model_or_not_a_gallery_is_one_line(tmp_path: Path, k
     assert line.startswith("error: gallery was enrolled with embedder") and "facelite enroll" in line
 
 
+# -- corrections: `facelite gallery reject` ---------------------------------------------------------------------
+@FUZZ
+@given(text=st.text(max_size=80) | st.uuids().map(str).map(lambda u: random.Random(len(u)).choice([u, u.upper()])))
+def test_event_ids_are_a_uuid_or_one_line(text: str) -> None:
+    try:
+        got = check_event_id(text)
+    except GalleryError as exc:
+        assert "not an event id" in one_line(exc.one_line())
+        return
+    assert str(uuid.UUID(got)) == got
+
+
+def test_reject_with_bad_ids_or_a_damaged_event_face_store_is_one_line(tmp_path: Path, kit: Kit) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    gallery = tmp_path / "gallery.sqlite"
+    shutil.copy(kit.gallery, gallery)
+    config = {
+        "device_id": "fuzz",
+        "cameras": [{"name": "door", "source": 0}],
+        "models": {"detector": str(kit.detector), "embedder": str(kit.embedder)},
+        "gallery": {"path": str(gallery)},
+        "spool": {"path": str(state / "spool.sqlite")},
+    }
+    write_config(tmp_path / "agent.toml", config)
+
+    def reject(event_id: str) -> str:
+        proc = cli("-m", "agent.cli", "gallery", "reject", event_id, "--config", str(tmp_path / "agent.toml"))
+        assert proc.returncode != 0 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
+        return one_line(proc.stderr.strip())
+
+    known = str(uuid.uuid4())
+    for bad in ("", " ", "x" * 5000, "ünïcode-ïd", "-1", f"{known}x", known.replace("-", "")):
+        assert "not an event id" in reject(bad)
+    assert "no event faces are kept" in reject(known)  # the agent never kept any here
+    store = state / "event_faces.sqlite"
+    damage = {
+        "noise": random.Random(5).randbytes(20000),
+        "text": b"SQLite format 3 but not really\n" * 10,
+        "empty-header": b"SQLite format 3\x00" + bytes(4080),
+    }
+    for name, raw in damage.items():
+        store.write_bytes(raw)
+        line = reject(known)
+        assert "event face store" in line and str(store) in line, (name, line)
+    store.unlink()
+    with Gallery.open(gallery, embedder_sha256=Embedder.from_model_dir(kit.embedder).sha256, embedding_size=192) as g:
+        assert sum(p.negatives for p in g.people()) == 0
+
+
 # -- configs ---------------------------------------------------------------------------------------------------
 BASE: dict[str, Any] = {
     "device_id": "door1",
@@ -576,7 +628,13 @@ BASE: dict[str, Any] = {
         "close_timeout_s": 5.0,
     },
     "spool": {"path": "spool.sqlite", "max_messages": 100, "max_bytes": 1048576},
-    "gallery": {"path": "gallery.sqlite", "key_file": "gallery.key"},
+    "gallery": {
+        "path": "gallery.sqlite",
+        "key_file": "gallery.key",
+        "max_templates_per_person": 10,
+        "event_faces_keep_s": 259200.0,
+        "event_faces_max": 200,
+    },
     "presence": {"away_after_s": 300.0, "last_seen_interval_s": 30.0},
 }
 Loc = tuple[str | int, ...]

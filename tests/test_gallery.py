@@ -200,7 +200,11 @@ def test_wal_mode_and_schema(people_gallery: Gallery, gallery_path: Path) -> Non
         cols = [r[1] for r in con.execute("PRAGMA table_info(templates)")]
     finally:
         con.close()
-    assert meta["embedder_sha256"] == SHA_A and meta["embedding_size"] == str(DIM) and meta["schema"] == str(GALLERY_SCHEMA)
+    assert (
+        meta["embedder_sha256"] == SHA_A
+        and meta["embedding_size"] == str(DIM)
+        and meta["schema"] == str(GALLERY_SCHEMA)
+    )
     assert int(meta["version"]) == people_gallery.version == 3
     assert {"person_id", "vector", "source", "quality", "created"} <= set(cols)
 
