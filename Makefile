@@ -15,7 +15,7 @@ export FACELITE_LEGACY_PYTHON := $(abspath $(LEGACY))/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-onnx system-deps data convert test test-fast lint demo eval eval-lfw deploy plan test-arm64 soak bench bench-arm clean
+.PHONY: help setup setup-onnx system-deps data convert test test-fast lint demo eval eval-lfw eval-corrections deploy plan test-arm64 soak bench bench-arm clean
 
 help:
 	@echo "make demo    convert models, enroll people from the sample photos, run the agent, print MQTT events"
@@ -116,6 +116,11 @@ eval-lfw: setup data convert
 BENCH_ARM_ARGS ?=
 bench-arm: setup data convert
 	$(PY) -m converter.bench.arm --models $(MODELS) --out build/bench-arm $(BENCH_ARM_ARGS)
+
+# What one "that was not Ada" correction does on LFW look-alikes (evaluation folds 6-10, the pi pipeline):
+# false accepts of the look-alike's other photos before/after, and the cost to Ada's true-accept rate.
+eval-corrections: setup data convert
+	$(PY) -m converter.bench.corrections --models $(MODELS) --data-dir $(DATA_DIR) --out build/corrections
 
 eval: setup data convert
 	$(VENV)/bin/facelite eval $(or $(DATA),$(DATA_DIR)/faces/people) --models $(MODELS) --out build/eval

@@ -326,3 +326,27 @@ def test_bad_event_ids_are_one_line_errors(text: str) -> None:
     with pytest.raises(GalleryError) as info:
         check_event_id(text)
     assert "\n" not in str(info.value) and "not an event id" in str(info.value)
+
+
+# -- the look-alike measurement's selection (converter/bench/corrections.py) --------------------------------------
+def test_bench_people_hold_out_photos_and_pairs_are_the_closest_different_people(basis: np.ndarray) -> None:
+    from converter.bench.corrections import lookalike_pairs, people_of
+
+    nan = np.full(DIM, np.nan, np.float32)
+    rows = {
+        "ada": [basis[0], mix(basis, e0=0.9, e1=0.4), nan, mix(basis, e0=0.95, e2=0.3)],
+        "lee": [basis[3], mix(basis, e0=0.7, e3=0.7)],  # lee's second photo: 0.7 to ada's template
+        "solo": [basis[5]],  # one photo: neither enrolled nor a look-alike
+        "zed": [basis[6], mix(basis, e6=0.9, e0=0.2)],
+    }
+    names = [n for n, vs in rows.items() for _ in vs]
+    vectors = np.stack([v for vs in rows.values() for v in vs])
+    people = people_of(names, vectors, enroll=5)
+    assert [(p.name, p.enrolled, p.held_out) for p in people] == [
+        ("ada", [0], [1, 3]),
+        ("lee", [4], [5]),
+        ("zed", [7], [8]),
+    ]
+    pairs = lookalike_pairs(people, vectors, threshold=0.5)
+    assert [(people[a].name, people[b].name) for a, b, _ in pairs] == [("ada", "lee")]
+    assert pairs[0][2] == pytest.approx(0.7, abs=1e-5)

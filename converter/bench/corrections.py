@@ -61,6 +61,7 @@ class PairResult:
     threshold: float
     templates: int
     rejected_photo: str
+    rejected_similarity: float  # of the rejected photo to Ada's templates (it was announced as Ada)
     probes: int  # Lee's other photos
     false_accepts_before: int  # of those probes announced as Ada (known or ambiguous)
     false_accepts_after: int
@@ -102,9 +103,7 @@ def people_of(names: list[str], vectors: np.ndarray, enroll: int) -> list[Person
     return out
 
 
-def lookalike_pairs(
-    people: list[Person], vectors: np.ndarray, threshold: float, count: int
-) -> list[tuple[int, int, float]]:
+def lookalike_pairs(people: list[Person], vectors: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     """(Ada index, Lee index, score), highest first, one per unordered pair, score >= threshold."""
     all_rows = [r for p in people for r in p.enrolled + p.held_out]
     owner = np.array([i for i, p in enumerate(people) for _ in p.enrolled + p.held_out])
@@ -126,8 +125,6 @@ def lookalike_pairs(
             continue
         seen.add(key)
         out.append((a, lee, score))
-        if len(out) == count:
-            break
     return out
 
 
@@ -143,7 +140,8 @@ def run_pair(
     sha: str,
     workdir: Path,
     score: float,
-) -> PairResult:
+) -> PairResult | None:
+    """One look-alike pair; None when Lee's best photo is not announced as Ada in this gallery (nothing to reject)."""
     dim = vectors.shape[1]
     with Gallery.open(workdir / f"{ada.name}-{lee.name}.sqlite", embedder_sha256=sha, embedding_size=dim) as g:
         for p in [ada, *others]:
@@ -152,6 +150,9 @@ def run_pair(
         matcher = Matcher(o.threshold, 0.05)
         lee_rows = lee.enrolled + lee.held_out
         rejected = max(lee_rows, key=lambda r: float(np.max(vectors[ada.enrolled] @ vectors[r])))
+        seen = g.match(vectors[rejected], matcher)
+        if seen.person != ada.name:
+            return None  # a user can only reject an event that happened
         probes = [r for r in lee_rows if r != rejected]
         own = ada.held_out
 
@@ -173,6 +174,7 @@ def run_pair(
             round(o.threshold, 4),
             len(g),
             photos[rejected].name,
+            round(seen.similarity, 4),
             len(probes),
             sum(before),
             sum(after),
@@ -205,29 +207,35 @@ def run(args: argparse.Namespace) -> int:
     pick = resolve_threshold(
         manifest, detector=det_name, stranger_accept_rate=args.stranger_accept_rate, templates=typical
     )
-    pairs = lookalike_pairs(people, vectors, pick.threshold, args.pairs)
+    pairs = lookalike_pairs(people, vectors, pick.threshold)
     rng = np.random.default_rng(args.seed)
-    results = []
+    results: list[PairResult] = []
+    skipped = 0
     with tempfile.TemporaryDirectory() as tmp:
         for a, lee, score in pairs:
+            if len(results) == args.pairs:
+                break
             pool = [i for i in range(len(people)) if i not in (a, lee)]
             others = [people[i] for i in rng.choice(pool, args.gallery - 1, replace=False)]
-            results.append(
-                run_pair(
-                    people[a],
-                    people[lee],
-                    others,
-                    vectors,
-                    photos,
-                    manifest,
-                    det_name,
-                    args.stranger_accept_rate,
-                    embedder.sha256,
-                    Path(tmp),
-                    score,
-                )
+            result = run_pair(
+                people[a],
+                people[lee],
+                others,
+                vectors,
+                photos,
+                manifest,
+                det_name,
+                args.stranger_accept_rate,
+                embedder.sha256,
+                Path(tmp),
+                score,
             )
+            if result is None:
+                skipped += 1
+            else:
+                results.append(result)
     report = summarize(results, args, detector, embedder, len(people), pick.threshold, typical)
+    report["pairs_skipped"] = skipped
     report["seconds"] = round(time.perf_counter() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -290,7 +298,9 @@ def markdown(rep: dict[str, object]) -> str:
         f"Pipeline {rep['pipeline']}; {rep['people']} ({rep['eligible_people']} people); galleries of "
         f"{rep['gallery_people']} people, {rep['enrolled_per_person']} enrolled; threshold from the manifest's "
         f"calibration at a per-visit stranger rate of {rep['stranger_accept_rate']} for each gallery's template "
-        f"count. {rep['pairs']} look-alike pairs: {rep['selection']}.",
+        f"count. {rep['pairs']} look-alike pairs: {rep['selection']}, keeping those where Lee's best photo is "
+        f"announced as Ada in the pair's own gallery ({rep.get('pairs_skipped', 0)} candidate pairs skipped: "
+        "it was not, so there was no event to reject). Announced = `known` or `ambiguous` with Ada on top.",
         "",
         "One correction = Lee's photo that scores highest against Ada becomes a negative of Ada "
         "(`Gallery.add_negative`, what `facelite gallery reject` does); probes are Lee's **other** photos and "
