@@ -409,6 +409,12 @@ def _reject(args: argparse.Namespace, gallery: Any, embedder: Any) -> str:
             str(store.path),
             "reject an event seen since the model changed",
         )
+    if face.person not in {p.name for p in gallery.people()}:
+        raise FaceliteError(
+            f"event {event_id} was announced as {face.person!r}, who is no longer in the gallery",
+            str(gallery.path),
+            "nothing to correct (removed, forgotten or renamed since)",
+        )
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(face.ts))
     added = gallery.add_negative(
         face.person, face.vector, source=f"event {event_id} ({face.camera}, {when} UTC)", event_id=event_id

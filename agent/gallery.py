@@ -639,7 +639,8 @@ class Gallery:
         if hygiene.threshold_for is None:
             return ()
         index = self._index
-        mine = index.rows_of(normalize_name(person))
+        person = normalize_name(person)
+        mine = index.rows_of(person)
         if not mine.shape[0]:
             return ()
         threshold = float(hygiene.threshold_for(index.size))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import stat
 import uuid
@@ -350,3 +351,16 @@ def test_bench_people_hold_out_photos_and_pairs_are_the_closest_different_people
     pairs = lookalike_pairs(people, vectors, threshold=0.5)
     assert [(people[a].name, people[b].name) for a, b, _ in pairs] == [("ada", "lee")]
     assert pairs[0][2] == pytest.approx(0.7, abs=1e-5)
+
+
+def test_store_files_are_0600_even_with_an_open_umask(tmp_path: Path, basis: np.ndarray) -> None:
+    old = os.umask(0)
+    try:
+        with EventFaceStore(tmp_path / "faces.sqlite", key=None, policy=StorePolicy(), clock=Clock(1.0)) as store:
+            assert store.put(face(basis, 0, 1.0))
+            files = [p for p in tmp_path.iterdir() if p.name.startswith("faces.sqlite")]
+            assert len(files) >= 2  # the database and its WAL, while open
+            for p in files:
+                assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    finally:
+        os.umask(old)
