@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -128,6 +129,17 @@ def retained_now(broker: MosquittoBroker) -> dict[str, bytes]:
         return {m.topic: m.payload for m in sub.messages if m.retain}
 
 
+def faces_kept(store: Path, person: str) -> int:
+    if not store.exists():
+        return 0
+    with sqlite3.connect(store) as con:
+        return int(con.execute("SELECT COUNT(*) FROM faces WHERE person = ?", (person,)).fetchone()[0])
+
+
+def file_bytes(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
 def naming_ada(messages: dict[str, bytes]) -> list[str]:
     return [t for t, p in messages.items() if "lovelace" in t.lower() or b"lovelace" in p.lower()]
 
@@ -168,6 +180,11 @@ def test_forget_while_running_clears_the_broker_and_stays_cleared_after_reconnec
             assert json.loads(before[f"{BASE}/last_person"])["person"] == ADA
             assert set(before) == expected_retained() | ADA_TOPICS | {f"{BASE}/last_person"}
 
+            # The face of the recognized event is kept for `facelite gallery reject` (agent/eventfaces.py) ...
+            store = tmp_path / "state" / "event_faces.sqlite"
+            wait_until(lambda: faces_kept(store, ADA) == 1, 30, "Ada's event face kept")
+            assert b"Lovelace" in file_bytes(store)  # control: the search below can find her
+
             forget(setup, gallery, ADA)
             cleared = ADA_TOPICS | {f"{BASE}/last_person"}
             wait_until(
@@ -177,6 +194,9 @@ def test_forget_while_running_clears_the_broker_and_stays_cleared_after_reconnec
             )
             after = retained_now(broker)
             assert naming_ada(after) == [] and set(after) == expected_retained()
+            # ... and erased by the running agent when she is forgotten, from the file bytes too.
+            wait_until(lambda: faces_kept(store, ADA) == 0, 30, "Ada's event face erased")
+            wait_until(lambda: b"Lovelace" not in file_bytes(store), 30, "no trace of Ada in the face store")
 
             broker.restart()  # no persistence: whatever comes back was re-published by the agent's sink
             wait_until(lambda: retained_now(broker).get(f"{BASE}/availability") == b"online", 30, "reconnect")
