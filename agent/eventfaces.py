@@ -115,6 +115,8 @@ class EventFaceStore:
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA secure_delete=ON")
+            # One fsync per checkpoint, not per event: a power cut may lose the last faces, never corrupt the file.
+            conn.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)

@@ -364,3 +364,62 @@ def test_store_files_are_0600_even_with_an_open_umask(tmp_path: Path, basis: np.
                 assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
     finally:
         os.umask(old)
+
+
+# -- the pipeline hands the visit's best face to the agent --------------------------------------------------------
+class _Detector:
+    def __init__(self, faces: list[list[object]]) -> None:
+        self.frames = iter(faces)
+
+    def detect(self, image: np.ndarray) -> list[object]:
+        return next(self.frames)
+
+
+class _Embedder:
+    """The frame's first pixel value picks the basis vector: frame i embeds to its own known vector."""
+
+    def __init__(self, vectors: list[np.ndarray]) -> None:
+        self.vectors = vectors
+        self.manifest = type("M", (), {"embedding_size": DIM})()
+
+    def align(self, image: np.ndarray, face: object) -> np.ndarray:
+        return image
+
+    def embed_crop(self, crop: np.ndarray) -> object:
+        return type("E", (), {"vector": self.vectors[int(crop[0, 0, 0])]})()
+
+
+class _Gate:
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = iter(scores)
+
+    def assess(self, image: np.ndarray, face: object) -> object:
+        return type("Q", (), {"score": next(self.scores), "passed": True, "reason": None})()
+
+
+def test_recognized_event_carries_the_best_quality_face_and_ended_tracks_are_dropped(
+    gallery: Gallery, basis: np.ndarray
+) -> None:
+    from agent.geometry import BBox, Face
+    from agent.pipeline import Pipeline
+    from agent.sources.base import Frame
+    from agent.track import Tracker, TrackerConfig
+
+    face = Face(BBox(10, 10, 110, 110), 0.99, {})
+    faces = [mix(basis, e0=0.9, e9=0.1), mix(basis, e0=0.92, e9=0.2), mix(basis, e0=0.91, e9=0.3)]
+    qualities = [0.5, 0.9, 0.7]  # the second face is the best
+    pipeline = Pipeline(
+        _Detector([[face], [face], [face], [], [], []]),  # type: ignore[arg-type]
+        _Embedder(faces),  # type: ignore[arg-type]
+        gallery,
+        Matcher(0.5, 0.05),
+        Tracker(TrackerConfig(min_votes=3, max_missed_frames=0, max_missed_seconds=0.0)),
+        _Gate(qualities),  # type: ignore[arg-type]
+    )
+    events = []
+    for i in range(6):
+        image = np.full((120, 120, 3), min(i, 2), np.uint8)
+        events += pipeline.process(Frame(image, float(i), "door", i)).events
+    assert [(e.type, e.person) for e in events] == [("recognized", "ada"), ("left", "ada")]
+    assert np.array_equal(events[0].embedding, faces[1]) and events[1].embedding is None
+    assert pipeline._best_face == {}  # the visit ended: its face is not kept by the pipeline
