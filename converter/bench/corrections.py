@@ -65,7 +65,8 @@ class PairResult:
     probes: int  # Lee's other photos
     false_accepts_before: int  # of those probes announced as Ada (known or ambiguous)
     false_accepts_after: int
-    false_accepts_after_any: int  # announced as anyone enrolled after the correction
+    false_accepts_before_any: int  # announced as anyone enrolled, before the correction
+    false_accepts_after_any: int  # and after it
     false_accepts_after_strict: int  # alternative rule: refused when a negative reaches the threshold
     person_probes: int  # Ada's held-out photos
     true_accepts_before: int
@@ -160,6 +161,7 @@ def run_pair(
             return [g.match(vectors[r], matcher).person == ada.name for r in rows]
 
         before, own_before = as_ada(probes), as_ada(own)
+        before_any = sum(g.match(vectors[r], matcher).person is not None for r in probes)
         g.add_negative(ada.name, vectors[rejected], source=photos[rejected].name, event_id=None)
         after, own_after = as_ada(probes), as_ada(own)
         after_any = sum(g.match(vectors[r], matcher).person is not None for r in probes)
@@ -178,6 +180,7 @@ def run_pair(
             len(probes),
             sum(before),
             sum(after),
+            before_any,
             after_any,
             sum(strict),
             len(own),
@@ -271,6 +274,9 @@ def summarize(
         "rule": "refused as Ada when closer to one of her negatives than to her templates (shipped)",
         "lookalike_false_accepts_before": asdict(Rate.of(sum(r.false_accepts_before for r in results), probes)),
         "lookalike_false_accepts_after": asdict(Rate.of(sum(r.false_accepts_after for r in results), probes)),
+        "lookalike_accepted_as_anyone_before": asdict(
+            Rate.of(sum(r.false_accepts_before_any for r in results), probes)
+        ),
         "lookalike_accepted_as_anyone_after": asdict(Rate.of(sum(r.false_accepts_after_any for r in results), probes)),
         "person_true_accepts_before": asdict(Rate.of(sum(r.true_accepts_before for r in results), own)),
         "person_true_accepts_after": asdict(Rate.of(sum(r.true_accepts_after for r in results), own)),
@@ -312,7 +318,8 @@ def markdown(rep: dict[str, object]) -> str:
         f"{_rate(rep['lookalike_false_accepts_after'])} |",
         f"| Ada's held-out photos announced as Ada (TAR) | {_rate(rep['person_true_accepts_before'])} | "
         f"{_rate(rep['person_true_accepts_after'])} |",
-        f"| Lee's other photos announced as anyone enrolled | | {_rate(rep['lookalike_accepted_as_anyone_after'])} |",
+        f"| Lee's other photos announced as anyone enrolled | {_rate(rep['lookalike_accepted_as_anyone_before'])} | "
+        f"{_rate(rep['lookalike_accepted_as_anyone_after'])} |",
         "",
         f"Pairs with false accepts before: {rep['pairs_with_false_accepts_before']}; of those, with none left "
         f"after the correction: {rep['pairs_fixed']}.",
