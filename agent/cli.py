@@ -145,6 +145,10 @@ def _stop_on_signal(agent: Any) -> Callable[[int, Any], None]:
     threading.Thread(target=stopper, name="signal-stop", daemon=True).start()
 
     def handler(signum: int, _frame: Any) -> None:
+        # One stop is enough: further SIGTERM/SIGINT are ignored from here on (SIGKILL still ends it). Left armed,
+        # a flood of signals re-enters this handler between its own bytecodes until the stack overflows.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with contextlib.suppress(OSError):  # a full pipe: the stop is already on its way
             os.write(write_fd, bytes([signum]))
 
