@@ -22,7 +22,7 @@ from agent.embed import Embedder
 from agent.gallery import Matcher, TemplateIndex
 from agent.quality import QualityGate
 from agent.sources import Frame
-from agent.track import Tracker, TrackEvent
+from agent.track import Tracker, TrackEvent, TrackUpdate
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class FrameResult:
     embedded: int
     crops: dict[int, np.ndarray]  # track id -> aligned crop embedded this frame (for optional event JPEGs)
     people: tuple[str, ...] = ()  # recognised people whose face is in this frame (presence's last_seen)
+    updates: tuple[TrackUpdate, ...] = ()  # this frame's faces, each with its track (agent.api reports them)
 
 
 class Pipeline:
@@ -157,7 +158,7 @@ class Pipeline:
             embedded += 1
         self.stats.embeddings += embedded
         people = tuple(dict.fromkeys(u.person for u in updates if u.person is not None))
-        return FrameResult(self._events(), len(faces), embedded, crops, people)
+        return FrameResult(self._events(), len(faces), embedded, crops, people, tuple(updates))
 
     def finish(self, ts: float) -> list[TrackEvent]:
         """End every visit (stream ended, shutdown): their ``left`` events."""
