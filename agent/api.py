@@ -28,10 +28,11 @@ from typing import Literal
 
 import numpy as np
 
+from agent.config import DetectionConfig, QualityConfig, TrackingConfig
 from agent.detect import Detector, create_detector
 from agent.embed import Embedder
 from agent.gallery import Gallery, Hygiene, Matcher
-from agent.geometry import Face
+from agent.geometry import BBox, Face
 from agent.imageio import read_image
 from agent.openset import resolve_threshold
 from agent.pipeline import Pipeline
@@ -161,9 +162,8 @@ def _kind_of(model_dir: Path) -> str | None:
         return None
 
 
-def _bbox(face_bbox: object) -> tuple[float, float, float, float]:
-    b = face_bbox
-    return (float(b.x1), float(b.y1), float(b.x2), float(b.y2))  # type: ignore[attr-defined]
+def _bbox(b: BBox) -> tuple[float, float, float, float]:
+    return (float(b.x1), float(b.y1), float(b.x2), float(b.y2))
 
 
 def _check_image(image: object, what: str = "image") -> np.ndarray:
@@ -194,8 +194,20 @@ class FaceRecognizer:
         self._pipeline: Pipeline | None = None
         self._announced: dict[int, TrackEvent] = {}
         if options.running_mode is not RunningMode.IMAGE:
-            tracker = Tracker(TrackerConfig(min_votes=options.min_votes))
-            gate = QualityGate(min_size=max(options.min_face, 8), min_sharpness=0.0, max_yaw=45.0, max_pitch=30.0)
+            # The agent's default tracking and quality gate (agent.config), as `facelite-agent` runs them.
+            t, q = TrackingConfig(), QualityConfig()
+            tracker = Tracker(
+                TrackerConfig(
+                    iou_threshold=t.iou_threshold,
+                    max_missed_frames=t.max_missed_frames,
+                    max_missed_seconds=t.max_missed_seconds,
+                    min_votes=options.min_votes,
+                    recheck_interval_s=t.recheck_interval_s,
+                )
+            )
+            gate = QualityGate(
+                min_size=q.min_size, min_sharpness=q.min_sharpness, max_yaw=q.max_yaw, max_pitch=q.max_pitch
+            )
             self._pipeline = Pipeline(detector, embedder, gallery, self._matcher, tracker, gate)
 
     @classmethod
@@ -212,7 +224,12 @@ class FaceRecognizer:
         if not 0.0 < options.stranger_accept_rate < 0.5:
             raise ValueError(f"stranger_accept_rate must be in (0, 0.5), got {options.stranger_accept_rate}")
         det_dir, emb_dir = options.artifact_dirs()
-        detector = create_detector(det_dir, num_threads=options.num_threads, min_face=options.min_face)
+        detector = create_detector(
+            det_dir,
+            num_threads=options.num_threads,
+            min_face=options.min_face,
+            score_threshold=DetectionConfig().score_threshold,
+        )
         embedder = Embedder.from_model_dir(emb_dir, num_threads=options.num_threads)
         temp_dir = None
         if options.gallery is None:
