@@ -155,3 +155,18 @@ def test_live_stream_delivers_results_and_visit_events(models_dir: Path, faces_d
     ], events
     assert events[0].track_id == events[1].track_id == got[0][0].faces[0].track_id
     assert not got[-1][0].faces
+
+
+def test_a_gallery_file_persists_and_an_in_memory_one_leaves_nothing(
+    models_dir: Path, faces_dir: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "gallery.sqlite"
+    with FaceRecognizer.create_from_options(RecognizerOptions(models=models_dir, gallery=path)) as r:
+        assert r.enroll(PERSON, photos(faces_dir)[:-1]) > 0
+    with FaceRecognizer.create_from_options(RecognizerOptions(models=models_dir, gallery=path)) as r:
+        assert r.recognize(read_image(photos(faces_dir)[-1])).faces[0].person == PERSON
+    memory = FaceRecognizer.create_from_options(RecognizerOptions(models=models_dir))
+    temp_dir = memory._temp_dir
+    assert temp_dir is not None and temp_dir.is_dir()
+    memory.close()
+    assert not temp_dir.exists()
