@@ -92,27 +92,23 @@ def tar_at_far(same: np.ndarray | Sequence[float], diff: np.ndarray | Sequence[f
 def best_accuracy(same: np.ndarray | Sequence[float], diff: np.ndarray | Sequence[float]) -> tuple[float, float]:
     """(accuracy, threshold) maximising (TP + TN) / N when accepting at score >= threshold.
 
-    Sort once, then every candidate threshold (each distinct score, and +inf for "accept nothing") is
-    evaluated from cumulative counts: O(N log N), not O(N^2).
+    Every candidate threshold (each distinct score, and +inf for "accept nothing") is evaluated from the
+    cumulative counts of ``roc_points``: O(N log N), not O(N^2).
     """
     same, diff = _as_scores(same), _as_scores(diff)
     n = same.size + diff.size
     if n == 0:
         raise ValueError("best accuracy needs at least one pair")
-    scores = np.concatenate([same, diff])
-    is_same = np.concatenate([np.ones(same.size, bool), np.zeros(diff.size, bool)])
-    order = np.argsort(-scores, kind="mergesort")
-    s, lab = scores[order], is_same[order]
-    # Threshold t = s[i] accepts every score >= s[i]: the end of each run of equal scores.
-    last_of_run = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
-    tp = np.cumsum(lab)[last_of_run]
-    fp = np.cumsum(~lab)[last_of_run]
-    acc = (tp + (diff.size - fp)) / n
+    if same.size == 0 or diff.size == 0:
+        # One class only: accept everything (all same) or nothing (all different) is exact.
+        return 1.0, (float(same.min()) if same.size else float(np.inf))
+    thresholds, far, tar = roc_points(same, diff)
+    acc = (np.rint(tar * same.size) + diff.size - np.rint(far * diff.size)) / n
     best = int(np.argmax(acc))
     accept_none = diff.size / n
     if accept_none > acc[best]:
         return float(accept_none), float(np.inf)
-    return float(acc[best]), float(s[last_of_run[best]])
+    return float(acc[best]), float(thresholds[best])
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,13 @@ def test_threshold_at_far_is_the_smallest_that_keeps_the_rate(diff: list[float],
         assert np.mean(np.array(diff) >= t) > far
 
 
+def test_best_accuracy_with_one_class_or_none() -> None:
+    assert best_accuracy([0.2, 0.5], []) == (1.0, 0.2)  # all same: accept everything
+    assert best_accuracy([], [0.2, 0.5]) == (1.0, float("inf"))  # all different: accept nothing
+    with pytest.raises(ValueError, match="at least one pair"):
+        best_accuracy([], [])
+
+
 def test_threshold_at_far_refuses_the_kth_score_itself() -> None:
     diff = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
     thr = threshold_at_far(diff, 0.1)  # one of ten may pass: 0.9 passes, 0.8 must not

@@ -138,3 +138,15 @@ def read_json(path: Path, cls: type[T]) -> T:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def report_main(run: Callable[[Any], int], args: Any) -> int:
+    """Entry point of a report command: logging configured here, a FaceliteError as one line and its exit code."""
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return run(args)
+    except FaceliteError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code

@@ -35,11 +35,11 @@ import numpy as np
 from agent.detect import create_detector
 from agent.embed import Embedder
 from agent.embedset import detect_photos, embed_detected
-from agent.errors import FaceliteError
 from agent.gallery import Gallery, Matcher
 from agent.lfw import EVALUATION_FOLDS, lfw_dir, read_view2
 from agent.metrics import wilson_interval
 from agent.openset import resolve_threshold
+from converter.bench.common import report_main
 
 log = logging.getLogger(__name__)
 
@@ -363,13 +363,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        return run(args)
-    except FaceliteError as exc:
-        print(f"error: {exc.one_line()}", file=sys.stderr)
-        return exc.exit_code
+    return report_main(run, parse_args(argv))
 
 
 if __name__ == "__main__":

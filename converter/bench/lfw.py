@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -41,6 +40,7 @@ from agent.lfw_eval import (
 )
 from agent.manifest import Calibration, Manifest
 from agent.metrics import calibration_curve
+from converter.bench.common import report_main
 
 log = logging.getLogger(__name__)
 
@@ -391,13 +391,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        return run(args)
-    except FaceliteError as exc:
-        print(f"error: {exc.one_line()}", file=sys.stderr)
-        return exc.exit_code
+    return report_main(run, parse_args(argv))
 
 
 if __name__ == "__main__":
