@@ -101,6 +101,24 @@ def test_index_lists_recommended_variants(models_dir: Path) -> None:
         assert entry["recommended_variant"] in entry["variants"]
 
 
+@pytest.mark.parametrize("name", ["facenet", "mobilefacenet"])
+def test_embedders_carry_open_set_calibration(models_dir: Path, name: str) -> None:
+    """Every deployable embedder variant has a curve per built detector, fitted on LFW folds 1-5 (not the
+    sample photos), falling rates with rising thresholds down to 1e-6, with enough comparisons."""
+    for variant in DEPLOYABLE[name]:
+        m = Manifest.load(models_dir / name / variant)
+        assert set(m.calibration) == {"blazeface", "mtcnn"}, f"{name}/{variant}"
+        for cal in m.calibration.values():
+            assert "LFW View 2 folds 1-5" in cal.people
+            assert cal.comparisons_diff > 7_000_000 and cal.faces >= 0.99 * cal.photos
+            assert cal.curve[0].far == 0.1 and cal.curve[-1].far == 1e-6
+            empirical = [p for p in cal.curve if p.method == "empirical"]
+            assert all(p.far * cal.comparisons_diff >= 30 for p in empirical)
+        # The fixed thresholds are the device default detector's curve, not the 85 sample photos'.
+        at = {p.far: p.threshold for p in m.calibration["blazeface"].curve}
+        assert m.thresholds["1e-3"] == pytest.approx(at[1e-3])
+
+
 def test_rerun_with_unchanged_inputs_reuses_every_artifact(models_dir: Path, data_dir: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in models_dir.rglob("*.tflite")}
     proc = convert("--data-dir", str(data_dir), "--out", str(models_dir))
@@ -127,6 +145,9 @@ def all_variants(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, model
         str(data_dir),
         "--out",
         str(out),
+        # These variants are checked for running in both runtimes; `make convert`'s calibration on LFW is
+        # checked on the deployable set (test_embedders_carry_open_set_calibration).
+        "--no-open-set-calibration",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
