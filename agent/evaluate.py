@@ -190,7 +190,8 @@ def evaluate(
     index = {e.path.resolve(): e for e in embedded}
     if pairs is None:
         pairs = all_pairs({p: [e.path for e in embedded if e.person == p] for p in tree})
-    same, diff = [], []
+    same: list[float] = []
+    diff: list[float] = []
     for pair in pairs:
         a, b = index.get(Path(pair.a).resolve()), index.get(Path(pair.b).resolve())
         if a is None or b is None:
@@ -204,7 +205,7 @@ def evaluate(
 
     def matcher_for(templates: int) -> Matcher:
         resolved = resolve_threshold(
-            embedder.manifest,  # type: ignore[arg-type]
+            embedder.manifest,
             detector=getattr(det_m, "name", ""),
             stranger_accept_rate=stranger_accept_rate,
             templates=templates,
