@@ -145,6 +145,7 @@ soak: setup data convert
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check agent converter deploy tests
 	$(VENV)/bin/ruff format --check agent converter deploy tests
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf build

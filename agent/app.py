@@ -60,6 +60,11 @@ class Sink(Protocol):
     def close(self, timeout_s: float | None = None) -> None: ...
 
 
+def _fixed_id(event_id: uuid.UUID) -> Callable[[], uuid.UUID]:
+    """A ``new_id`` for event_messages that returns the id already chosen (bound now, not at call time)."""
+    return lambda: event_id
+
+
 def read_key(path: Path | None) -> bytes | None:
     """Gallery key file: 32/24/16 raw bytes, or the same as hex text."""
     if path is None:
@@ -305,7 +310,7 @@ class Agent:
                 frame_size=cam.frame_size,
                 gallery_version=self.gallery.version,
                 now=self.wall(),
-                new_id=lambda eid=event_id: eid,
+                new_id=_fixed_id(event_id),
                 face_jpeg=jpeg,
             )
             if self.faces is not None and ev.type == "recognized" and ev.person and ev.embedding is not None:

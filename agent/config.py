@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# Every table: immutable, and built by keyword only, so required and defaulted keys keep the example's order.
-SECTION = dataclass(frozen=True, kw_only=True)
+# Every table is @dataclass(frozen=True, kw_only=True): immutable, and built by keyword only, so required and
+# defaulted keys keep the example's order (spelled out on each class, so type checkers see the dataclass).
 
 
 def _resolve_path(value: Path, ctx: Context) -> Path:
@@ -72,7 +72,7 @@ _camera_name = partial(_check_name, "camera name")
 _device_id = partial(_check_name, "device_id")
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class Backoff(Section):
     """Exponential reconnect backoff with jitter (jitter spreads reconnects of many devices after an outage)."""
 
@@ -111,7 +111,7 @@ def _camera_source(value: Any, ctx: Context) -> int | str:
     return str(_resolve_path(Path(value), ctx))
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class CameraConfig(Section):
     name: str = setting(description="Camera name used in topics and events.", after=(_camera_name,))
     source: int | str = setting(
@@ -133,7 +133,7 @@ class CameraConfig(Section):
     )
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class ModelsConfig(Section):
     detector: Path = setting(description="Folder of the converted detector (holds manifest.json).", after=RELATIVE)
     embedder: Path = setting(description="Folder of the converted embedder (holds manifest.json).", after=RELATIVE)
@@ -143,13 +143,13 @@ class ModelsConfig(Section):
     num_threads: int = setting(2, ge=1, le=16, description="Interpreter threads per model.")
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class DetectionConfig(Section):
     min_face: int = setting(40, ge=8, le=4096, description="Smallest face side to detect, pixels.")
     score_threshold: float = setting(0.7, gt=0, lt=1, description="Detector confidence needed to keep a face.")
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class QualityConfig(Section):
     min_size: int = setting(60, ge=8, le=4096, description="Smallest face side used for recognition, pixels.")
     min_sharpness: float = setting(
@@ -169,7 +169,7 @@ def _exponent_float(value: Any, ctx: Context) -> Any:
     return value
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class MatchingConfig(Section):
     stranger_accept_rate: float = setting(
         1e-3,
@@ -189,7 +189,7 @@ class MatchingConfig(Section):
     )
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class TrackingConfig(Section):
     iou_threshold: float = setting(0.3, gt=0, le=1, description="Box overlap to continue a track.")
     max_missed_frames: int = setting(10, ge=0, le=10000, description="Frames a track survives without a detection.")
@@ -200,7 +200,7 @@ class TrackingConfig(Section):
     )
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class TlsConfig(Section):
     ca_file: Path | None = setting(
         None, description="CA bundle to verify the broker; None = system CAs.", after=EXISTING_FILE
@@ -232,7 +232,7 @@ def _password_file(value: str, ctx: Context) -> str:
     return str(_existing_file(_resolve_path(Path(value), ctx), ctx))
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class MqttConfig(Section):
     host: str = setting(min_length=1, max_length=253, description="Broker host name or address.")
     port: int = setting(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS).")
@@ -300,7 +300,7 @@ class MqttConfig(Section):
         return None
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class SpoolConfig(Section):
     path: Path = setting(
         Path("/var/lib/facelite/spool.sqlite"), description="SQLite file holding undelivered events.", after=RELATIVE
@@ -311,7 +311,7 @@ class SpoolConfig(Section):
     )
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class GalleryConfig(Section):
     path: Path = setting(
         Path("/var/lib/facelite/gallery.sqlite"), description="SQLite file of enrolled people.", after=RELATIVE
@@ -334,7 +334,7 @@ class GalleryConfig(Section):
     )
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class PresenceConfig(Section):
     away_after_s: float = setting(
         300.0, ge=0, le=7 * 86400, description="A person reads 'away' this long after their last sighting, seconds."
@@ -359,7 +359,7 @@ def _unique_names(value: list[CameraConfig], ctx: Context) -> list[CameraConfig]
     return value
 
 
-@SECTION
+@dataclass(frozen=True, kw_only=True)
 class AgentConfig(Section):
     device_id: str = setting(
         description="Unique device name, used in topics and as MQTT client id.",

@@ -77,7 +77,7 @@ def place(photo: np.ndarray) -> np.ndarray:
 
 
 def write_video(visits: list[Visit], path: Path) -> int:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, FRAME)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), FPS, FRAME)
     if not writer.isOpened():
         raise FaceliteError("OpenCV cannot write an MJPG video", str(path))
     empty = np.full((FRAME[1], FRAME[0], 3), 90, np.uint8)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,8 @@ class DetectedSet:
         return {"boxes": boxes, "marks": marks}
 
     def save(self, path: Path) -> None:
-        arrays = self._arrays()
+        # Any, not ndarray: numpy types savez(**kwds) as if a key could be its allow_pickle flag.
+        arrays: dict[str, Any] = self._arrays()
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, photos=np.array([str(p) for p in self.photos]), unreadable=np.array(self.unreadable), **arrays)
         tmp.replace(path)

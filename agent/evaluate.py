@@ -12,15 +12,15 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from agent.dataset import Pair, all_pairs, people_tree
-from agent.detect import Detector
 from agent.embed import Embedder
 from agent.errors import FaceliteError, ImageError
 from agent.gallery import Matcher, _IndexBuilder
+from agent.geometry import Face
 from agent.imageio import read_image
 from agent.metrics import best_accuracy, roc_points, verification_scores
 from agent.openset import resolve_threshold
@@ -53,8 +53,15 @@ class EvalResult:
         return d
 
 
+class FaceFinder(Protocol):
+    """What evaluation needs of a detector: ``detect``. Any agent Detector is one; so is a peer detector without
+    a manifest (its name, when it has a manifest, goes into the open-set threshold lookup)."""
+
+    def detect(self, image: np.ndarray) -> list[Face]: ...
+
+
 def embed_tree(
-    detector: Detector, embedder: Embedder, tree: dict[str, list[Path]]
+    detector: FaceFinder, embedder: Embedder, tree: dict[str, list[Path]]
 ) -> tuple[list[EmbeddedPhoto], list[str], list[str]]:
     """The largest face of every photo, embedded the way the device does it."""
     out: list[EmbeddedPhoto] = []
@@ -171,7 +178,7 @@ def identification(
 
 
 def evaluate(
-    detector: Detector,
+    detector: FaceFinder,
     embedder: Embedder,
     people_dir: Path,
     *,
@@ -190,7 +197,8 @@ def evaluate(
     index = {e.path.resolve(): e for e in embedded}
     if pairs is None:
         pairs = all_pairs({p: [e.path for e in embedded if e.person == p] for p in tree})
-    same, diff = [], []
+    same: list[float] = []
+    diff: list[float] = []
     for pair in pairs:
         a, b = index.get(Path(pair.a).resolve()), index.get(Path(pair.b).resolve())
         if a is None or b is None:
@@ -204,7 +212,7 @@ def evaluate(
 
     def matcher_for(templates: int) -> Matcher:
         resolved = resolve_threshold(
-            embedder.manifest,  # type: ignore[arg-type]
+            embedder.manifest,
             detector=getattr(det_m, "name", ""),
             stranger_accept_rate=stranger_accept_rate,
             templates=templates,

@@ -333,7 +333,7 @@ def check_vector(vector: Any, dim: int, where: str) -> np.ndarray:
     return (v / norm).astype(np.float32)
 
 
-def normalize_name(person: str) -> str:
+def normalize_name(person: object) -> str:
     """NFC, trimmed, 1..64 characters, no control characters: names show up in logs, topics and HA."""
     if not isinstance(person, str):
         raise GalleryError(f"person name must be text, got {type(person).__name__}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,8 @@ from agent.runtime import TFLiteModel
 def run(model_path: str, inputs_path: str, out_path: str, runtime: str, threads: int) -> dict[str, float]:
     model = TFLiteModel(model_path, runtime=runtime, num_threads=threads)
     data = np.load(inputs_path)
-    outputs: dict[str, np.ndarray] = {}
+    # Any, not ndarray: numpy types savez(**kwds) as if a key could be its allow_pickle flag.
+    outputs: dict[str, Any] = {}
     times = []
     for key in sorted(data.files, key=lambda k: int(k.split("_")[1])):
         x = data[key]

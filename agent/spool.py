@@ -184,6 +184,7 @@ class Spool:
 
     def _put_locked(self, message: Message, size: int) -> tuple[int, int, int]:
         db = self._db
+        assert db is not None  # the caller holds the lock and checked the spool is open
         db.execute("PRAGMA synchronous=FULL")
         db.execute("BEGIN IMMEDIATE")
         need_count = self._pending + 1 - self.max_messages
@@ -217,9 +218,11 @@ class Spool:
         return cursor.lastrowid, freed_count, freed_bytes
 
     def _rollback(self) -> None:
+        db = self._db
+        assert db is not None  # only called after a failed write on the open connection
         try:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # the connection rolls back on its own when the statement failed hard
 

@@ -176,7 +176,7 @@ def _verdict(votes: Sequence[_Vote], min_votes: int, limit: int) -> _Verdict | N
         return None
     known = [v for v in votes if v.decision == "known" and v.person is not None]
     if known:
-        counts = Counter(v.person for v in known)
+        counts = Counter(v.person for v in known if v.person is not None)
         sums: dict[str, float] = {}
         for v in known:
             assert v.person is not None

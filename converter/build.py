@@ -202,7 +202,7 @@ def make_manifest(recipe: Recipe, variant: str, graphs: dict[str, GraphSpec], **
 
     return Manifest(
         name=recipe.name,
-        kind=recipe.kind,  # type: ignore[arg-type]
+        kind=recipe.kind,
         variant=variant,
         graphs=graphs,
         source=recipe.source(),
@@ -541,7 +541,7 @@ class ModelBuild:
                 paths[g.name] = tmp / graph_file_name(self.recipe, g.name)
                 result.convert_seconds += self._convert(vname, g, images, paths[g.name])
             nets = {name: TFLiteModel(p, runtime="ai-edge-litert") for name, p in paths.items()}
-            det = self.recipe.detector(nets)
+            det = self.recipe.detector(dict(nets))  # a dict[str, Network] view (dict is invariant)
             got = [det.detect(img) for img in images]
             result.accuracy = detector_agreement(ref_faces, got)
             result.size_bytes = sum(p.stat().st_size for p in paths.values())

@@ -39,11 +39,18 @@ class Recipe(Protocol):
     name: str
     kind: Literal["detector", "embedder"]
     preprocessing: Preprocessing
-    alignment: Alignment | None  # embedders
-    embedding_size: int | None  # embedders
     detector_type: str | None  # detectors: "mtcnn" | "blazeface" | ...
     extra: dict[str, Any]  # model-specific manifest settings (anchors, P-Net scales, ...)
     default_variants: Sequence[str]
+
+    # Read-only: a recipe may hold them as fields or derive them from the model (UserRecipe).
+    @property
+    def alignment(self) -> Alignment | None:  # embedders
+        ...
+
+    @property
+    def embedding_size(self) -> int | None:  # embedders
+        ...
 
     def source(self) -> Source:
         """Manifest ``source`` block (package, version, file, sha256, format, licence)."""

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,9 @@ def check_legacy(path: Path, inputs: list[np.ndarray], expected: list[list[np.nd
         )
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-        np.savez(src, **{f"in_{i}": x for i, x in enumerate(inputs)})
+        # Any, not ndarray: numpy types savez(**kwds) as if a key could be its allow_pickle flag.
+        arrays: dict[str, Any] = {f"in_{i}": x for i, x in enumerate(inputs)}
+        np.savez(src, **arrays)
         env = dict(os.environ, PYTHONPATH=str(REPO))
         proc = subprocess.run(
             [

@@ -402,10 +402,11 @@ def build_bundle(profile: DeviceProfile, inputs: BundleInputs, runner: Runner = 
         shutil.copy2(REPO / "deploy" / "supervisor.py", root / "service" / "supervisor.py")
         shutil.copy2(REPO / "deploy" / "remote.py", root / "remote.py")
         files_wo_info = _hash_tree(root)
+        base_version = agent_version(inputs.repo)
         info = {
             "format": BUNDLE_FORMAT,
             "device": profile.name,
-            "agent_version": agent_version(inputs.repo),
+            "agent_version": base_version,
             "platform": {
                 "arch": profile.platform.arch,
                 "glibc": profile.platform.glibc,
@@ -436,7 +437,7 @@ def build_bundle(profile: DeviceProfile, inputs: BundleInputs, runner: Runner = 
         files = _hash_tree(root)
         sums = sums_text(files)
         (root / SUMS).write_text(sums)
-        version = version_of(sums, info["agent_version"])
+        version = version_of(sums, base_version)
         final = device_out / f"facelite-{version}"
         archive = device_out / f"facelite-{version}.tar"
         if final.is_dir() and archive.is_file() and (final / SUMS).read_text() == sums:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from agent.geometry import Face
 from agent.manifest import Manifest
 from agent.runtime import Network
+
+if TYPE_CHECKING:
+    from agent.detect.blazeface import BlazeFaceDetector
+    from agent.detect.mtcnn import MTCNNDetector
 
 
 class Detector(Protocol):
@@ -49,6 +53,7 @@ def create_detector(
     manifest = Manifest.load(model_dir)
     if manifest.kind != "detector":
         raise ModelError(f"{manifest.name} is a {manifest.kind}, not a detector", str(model_dir))
+    cls: type[MTCNNDetector] | type[BlazeFaceDetector]
     if manifest.detector_type == "mtcnn":
         from agent.detect.mtcnn import MTCNNDetector as cls
     elif manifest.detector_type == "blazeface":

@@ -76,7 +76,7 @@ class MTCNNSettings:
             raise ModelError(f"manifest extra.nms needs 4 IoU values, got {len(nms_values)}", where)
         if any(g not in GRAPHS for g in batched):
             raise ModelError(f"manifest extra.batched_graphs {list(batched)} names unknown graphs", where)
-        settings = cls(thresholds, scale_factor, nms_values, batched)  # type: ignore[arg-type]
+        settings = cls(thresholds, scale_factor, nms_values, batched)
         settings.check(where)
         return settings
 

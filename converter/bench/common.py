@@ -96,7 +96,7 @@ def from_jsonable(tp: Any, data: Any) -> Any:
         if data is None:
             return None
         return from_jsonable(args[0], data)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
         kwargs = {f.name: from_jsonable(hints[f.name], data[f.name]) for f in dataclasses.fields(tp) if f.name in data}
         return tp(**kwargs)
@@ -104,10 +104,10 @@ def from_jsonable(tp: Any, data: Any) -> Any:
         (arg,) = typing.get_args(tp) or (Any,)
         return [from_jsonable(arg, v) for v in data]
     if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(from_jsonable(args[0], v) for v in data)
-        return tuple(from_jsonable(a, v) for a, v in zip(args, data))
+        items = typing.get_args(tp)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return tuple(from_jsonable(items[0], v) for v in data)
+        return tuple(from_jsonable(a, v) for a, v in zip(items, data))
     if origin is dict:
         _, vt = typing.get_args(tp) or (Any, Any)
         return {k: from_jsonable(vt, v) for k, v in data.items()}

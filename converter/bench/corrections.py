@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,8 +116,8 @@ def lookalike_pairs(people: list[Person], vectors: np.ndarray, threshold: float)
         sims[owner == a] = -np.inf
         best = np.full(len(people), -np.inf)
         np.maximum.at(best, owner, sims)
-        for lee in np.flatnonzero(best >= threshold):
-            pairs.append((float(best[lee]), a, int(lee)))
+        for j in np.flatnonzero(best >= threshold):
+            pairs.append((float(best[j]), a, int(j)))
     pairs.sort(reverse=True)
     seen: set[frozenset[int]] = set()
     out = []
@@ -292,12 +293,12 @@ def summarize(
     }
 
 
-def _rate(d: object) -> str:
-    r = Rate(**{**d, "ci95": tuple(d["ci95"])})  # type: ignore[index, arg-type]
+def _rate(d: dict[str, Any]) -> str:
+    r = Rate(**{**d, "ci95": tuple(d["ci95"])})
     return r.md()
 
 
-def markdown(rep: dict[str, object]) -> str:
+def markdown(rep: dict[str, Any]) -> str:
     lines = [
         "# Corrections on LFW look-alikes",
         "",
@@ -336,7 +337,7 @@ def markdown(rep: dict[str, object]) -> str:
         "| strict | Ada TA before | after | strict |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rep["results"]:  # type: ignore[attr-defined]
+    for r in rep["results"]:
         lines.append(
             f"| {r['person']} | {r['lookalike']} | {r['pair_score']:.3f} | {r['threshold']:.3f} | "
             f"{r['rejected_photo']} | {r['false_accepts_before']}/{r['probes']} | {r['false_accepts_after']} | "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -67,7 +68,9 @@ class Setting:
 def agent_settings() -> tuple[Setting, Setting]:
     """The agent's defaults and its smallest allowed min_face, read from agent.config so they stay in step."""
     fields = {f.name: f for f in dataclasses.fields(DetectionConfig)}
-    min_face, score = int(fields["min_face"].default), float(fields["score_threshold"].default)
+    min_default, score_default = fields["min_face"].default, fields["score_threshold"].default
+    assert min_default is not dataclasses.MISSING and score_default is not dataclasses.MISSING
+    min_face, score = int(min_default), float(score_default)
     floor = int(fields["min_face"].metadata["rule"].ge)
     return Setting("default", min_face, score), Setting("min_face floor", floor, score)
 
@@ -539,7 +542,9 @@ def measure_retry_cost(
     }
     rows = []
     for name, frame in frames.items():
-        no_retry, retry = paired_p50_ms(lambda f=frame: without(f), lambda f=frame: with_retry(f), TIMING_RUNS)
+        no_retry, retry = paired_p50_ms(
+            functools.partial(without, frame), functools.partial(with_retry, frame), TIMING_RUNS
+        )
         rows.append({"frame": name, "no_retry_ms": no_retry, "retry_ms": retry, "faces": len(with_retry(frame))})
     return rows
 

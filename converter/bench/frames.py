@@ -141,7 +141,7 @@ def write_stream(path: Path, groups: Sequence[Sequence[np.ndarray]], visit: int,
     """An MJPG video: each group of heads in view for ``visit`` frames, then ``gap`` empty frames
     (long enough for the tracker to end the visit). Returns (frames, frames with faces)."""
     size = (640, 480)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), STREAM_FPS, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), STREAM_FPS, size)
     if not writer.isOpened():
         raise BenchError("OpenCV cannot write an MJPG video", str(path))
     empty = compose([], size)

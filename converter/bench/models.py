@@ -8,11 +8,12 @@ must import in .venv-legacy: numpy and agent only at the top, TensorFlow inside 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,10 @@ def runtime_version(runtime: str) -> str:
         return "not installed"
 
 
+def _run_next(model: Any, inputs: Iterator[np.ndarray]) -> object:
+    return model.run(next(inputs))
+
+
 def _bench_graphs(models: dict[str, Any], inputs: dict[str, list[np.ndarray]], runs: int) -> list[GraphTiming]:
     out = []
     for g, model in models.items():
@@ -175,7 +180,7 @@ def _bench_graphs(models: dict[str, Any], inputs: dict[str, list[np.ndarray]], r
         if hasattr(model, "resize_input"):
             model.resize_input(xs[0].shape)
         cycle = itertools.cycle(xs)
-        lat = time_runs(lambda m=model, c=cycle: m.run(next(c)), runs)
+        lat = time_runs(functools.partial(_run_next, model, cycle), runs)
         out.append(GraphTiming(g, [int(s) for s in xs[0].shape], lat))
     return out
 
@@ -254,7 +259,9 @@ def make_inputs(recipe: Any, graphs: Sequence[Any], job: SourceJob) -> list[Grap
         if not xs:
             raise BenchError(f"the recipe gave no inputs for {recipe.name}/{g.name}")
         path = job.inputs_dir / f"{recipe.name}_{g.name}.npz"
-        np.savez(path, **{f"in_{i}": x for i, x in enumerate(xs)})
+        # Any, not ndarray: numpy types savez(**kwds) as if a key could be its allow_pickle flag.
+        arrays: dict[str, Any] = {f"in_{i}": x for i, x in enumerate(xs)}
+        np.savez(path, **arrays)
         out.append(GraphInputs(recipe.name, g.name, path, [int(s) for s in xs[0].shape], len(xs)))
     return out
 

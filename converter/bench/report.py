@@ -425,18 +425,18 @@ def build_report(env: Environment, plan: Any, artifacts: Sequence[Artifact], pre
         pipelines.append(PipelineFigure(spec.name, m, b, delta))
     quant = []
     for spec, fspec in plan.quant:
-        m, b = _accuracy_of(c, spec).accuracy, _accuracy_of(c, fspec).accuracy
-        if m and b:
+        mq, bq = _accuracy_of(c, spec).accuracy, _accuracy_of(c, fspec).accuracy
+        if mq and bq:
             quant.append(
                 QuantLoss(
                     spec.embedder,
                     spec.embedder_variant,
                     f"{spec.detector}/{spec.detector_variant}",
-                    m.auc,
-                    b.auc,
-                    m.auc - b.auc,
-                    m.tar_at_far_1e3,
-                    b.tar_at_far_1e3,
+                    mq.auc,
+                    bq.auc,
+                    mq.auc - bq.auc,
+                    mq.tar_at_far_1e3,
+                    bq.tar_at_far_1e3,
                 )
             )
     e2e = _e2e(c)
@@ -703,8 +703,8 @@ def markdown(r: Report) -> str:
                 f"{s.measured[n].frame.p50_ms:.1f} ({s.measured[n].faces_per_frame:g})" if n in s.measured else "-"
                 for n in names
             )
-            b = f"{s.baseline.frame.p50_ms:.1f} ({s.baseline.faces_per_frame:g})" if s.baseline else "-"
-            L.append(f"| {s.x} | {cells} | {b} |")
+            base = f"{s.baseline.frame.p50_ms:.1f} ({s.baseline.faces_per_frame:g})" if s.baseline else "-"
+            L.append(f"| {s.x} | {cells} | {base} |")
         L.append("")
     L += [f"![{c}]({c})" for c in r.charts]
     L += ["", "Step times (s): " + ", ".join(f"{k} {v:g}" for k, v in e.steps_s.items()), ""]

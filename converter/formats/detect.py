@@ -70,6 +70,7 @@ def wire_fields(data: bytes | memoryview) -> list[tuple[int, int, Any]]:
         number, wtype = key >> 3, key & 7
         if number == 0:
             raise _WireError("field number 0")
+        value: int | memoryview
         if wtype == 0:
             value, pos = _varint(data, pos)
         elif wtype == 1:

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -178,7 +179,10 @@ def run_onnxruntime(path: Path, samples: Sequence[Sequence[np.ndarray]]) -> list
     python = onnx_python()
     with tempfile.TemporaryDirectory(prefix="facelite-ort-") as tmp:
         work = Path(tmp)
-        arrays = {f"s{s}_x{k}": np.asarray(x, np.float32) for s, xs in enumerate(samples) for k, x in enumerate(xs)}
+        # Any, not ndarray: numpy types savez(**kwds) as if a key could be its allow_pickle flag.
+        arrays: dict[str, Any] = {
+            f"s{s}_x{k}": np.asarray(x, np.float32) for s, xs in enumerate(samples) for k, x in enumerate(xs)
+        }
         np.savez(work / "in.npz", count=np.array(len(samples)), **arrays)
         model = str(Path(path).resolve())
         _run([str(python), "-c", _ORT_SCRIPT, model, "in.npz", "out.npz"], work, "onnxruntime", str(path))

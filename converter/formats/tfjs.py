@@ -70,7 +70,7 @@ class WeightSpec:
         return math.prod(self.shape) * _STORED_BYTES[self.stored_dtype]
 
     def decode(self, raw: bytes) -> np.ndarray:
-        q = np.frombuffer(raw, dtype=_NUMPY[self.stored_dtype]).reshape(self.shape)
+        q: np.ndarray = np.frombuffer(raw, dtype=_NUMPY[self.stored_dtype]).reshape(self.shape)
         if self.stored_dtype in ("uint8", "uint16") and self.dtype != self.stored_dtype:
             value = q.astype(np.float32) * np.float32(self.scale or 0.0) + np.float32(self.minimum or 0.0)
             # Integer tensors quantized by tfjs-converter must come back as exact integers.

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class UserRecipe:
     outputs: Sequence[str] | None = None
     input_shape: Sequence[int] | None = None
     sample_images: Sequence[np.ndarray] = ()  # photos for onnx2tf's internal checks (ONNX only)
-    kind: str = "embedder"
+    kind: Literal["detector", "embedder"] = "embedder"
     detector_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     default_variants: Sequence[str] = ("fp32", "int8")
