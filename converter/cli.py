@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--calibration",
         type=Path,
         default=None,
-        help="face photos for calibration and verification (default DATA_DIR/faces/people)",
+        help="face photos for verification, and for integer calibration too (default: DATA_DIR/faces/people "
+        "verifies, and faces of LFW folds 1-5 calibrate)",
     )
     ap.add_argument(
         "--pairs",
@@ -233,7 +234,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             detector, det_sha = _alignment_detector(args)
             faces = build_faceset(calib, detector, args.pairs)
-            if calibration_faces is None:
+            if calibration_faces is None and args.calibration is None:
+                # Photos given with --calibration are the user's choice for both; by default integer variants
+                # calibrate on LFW faces disjoint from the sample photos that verify them.
                 calibration_faces = _integer_calibration_faces(args)
             opts = BuildOptions(
                 args.out,
