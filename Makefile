@@ -81,6 +81,7 @@ DEVICE_TESTS := tests/test_recognition.py tests/test_manifest.py tests/test_imag
 	tests/test_mqtt_sink.py tests/test_openset.py tests/test_metrics.py
 
 test: setup setup-onnx data convert
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	FACELITE_RUNTIME=tflite-runtime $(LEGACY)/bin/python -m pytest -q -p no:cacheprovider $(DEVICE_TESTS)
 	$(MAKE) --no-print-directory test-arm64
