@@ -1,6 +1,6 @@
 """Scratch (issue 11 item 3, not the converter's output): MobileFaceNet with its 33 PReLUs written in other forms.
 
-    PYTHONPATH=. FACELITE_MODELS_DIR=... python scratch/prelu_forms.py --out build/prelu-forms
+    PYTHONPATH=. FACELITE_MODELS_DIR=... python docs/experiments/prelu_forms.py --out build/prelu-forms
 
 Forms, all after the converter's own defect fixes and cross-layer equalization (exact in real arithmetic):
   native      one TFLite PRELU (the converter's default today)
