@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def _start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None if it is gone."""
@@ -96,3 +98,21 @@ def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def orthonormal_basis(dim: int, seed: int) -> np.ndarray:
+    """``dim`` orthonormal float32 vectors (rows), deterministic: synthetic embeddings with known cosines."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    return q.T.astype(np.float32)
+
+
+def mix(basis: np.ndarray, **weights: float) -> np.ndarray:
+    """A unit vector with the given cosines to basis rows e0.. (e.g. e0=0.9, e1=0.3); the rest goes to the last row."""
+    v = np.zeros(basis.shape[1], np.float64)
+    for name, w in weights.items():
+        v += w * basis[int(name[1:])]
+    rest = 1.0 - sum(w * w for w in weights.values())
+    assert rest >= 0
+    v += np.sqrt(rest) * basis[-1]
+    return v.astype(np.float32)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import mix, orthonormal_basis
 
 from agent.errors import ConfigError, GalleryError
 from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
@@ -29,20 +30,7 @@ KEY = bytes(range(32))
 
 @pytest.fixture(scope="module")
 def basis() -> np.ndarray:
-    rng = np.random.default_rng(20261203)
-    q, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
-    return q.T.astype(np.float32)
-
-
-def mix(basis: np.ndarray, **weights: float) -> np.ndarray:
-    """A unit vector with the given cosines to basis rows e0.. ; the rest goes to the last row."""
-    v = np.zeros(DIM, np.float64)
-    for name, w in weights.items():
-        v += w * basis[int(name[1:])]
-    rest = 1.0 - sum(w * w for w in weights.values())
-    assert rest >= 0
-    v += np.sqrt(rest) * basis[DIM - 1]
-    return v.astype(np.float32)
+    return orthonormal_basis(DIM, 20261203)
 
 
 def file_bytes(path: Path) -> bytes:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import mix, orthonormal_basis
 
 from agent.errors import ConfigError, GalleryError
 from agent.gallery import GALLERY_SCHEMA, Gallery, Match, Matcher
@@ -27,21 +28,7 @@ KEY = bytes(range(32))
 
 @pytest.fixture(scope="module")
 def basis() -> np.ndarray:
-    """DIM orthonormal float32 vectors (rows), deterministic."""
-    rng = np.random.default_rng(20261125)
-    q, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
-    return q.T.astype(np.float32)
-
-
-def mix(basis: np.ndarray, **weights: float) -> np.ndarray:
-    """A unit vector with the given cosines to basis rows e0.. (e.g. e0=0.9, e1=0.3); the rest goes to e127."""
-    v = np.zeros(DIM, np.float64)
-    for name, w in weights.items():
-        v += w * basis[int(name[1:])]
-    rest = 1.0 - sum(w * w for w in weights.values())
-    assert rest >= 0
-    v += np.sqrt(rest) * basis[DIM - 1]
-    return v.astype(np.float32)
+    return orthonormal_basis(DIM, 20261125)
 
 
 @pytest.fixture
