@@ -212,8 +212,10 @@ def test_forget_while_running_clears_the_broker_and_stays_cleared_after_reconnec
             if agent.poll() is None:
                 agent.kill()
                 agent.communicate()
+        # The visit that outlived the forget ends with a `left` naming no one. It is published as the agent stops:
+        # give the broker a moment to deliver it to the subscriber before reading the list.
+        wait_until(lambda: sum(m.topic == f"{BASE}/events" for m in live.messages) >= 2, 30, "the visit's left event")
         events = [json.loads(m.payload) for m in live.messages if m.topic == f"{BASE}/events"]
-        # The visit that outlived the forget ends with a `left` naming no one.
         assert [(e["type"], e["person"]) for e in events] == [("recognized", ADA), ("left", None)]
 
         run_agent(write_config(tmp_path, setup, broker.port, folder_of(tmp_path / "empty", None, 0)))
