@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,3 +116,15 @@ def mix(basis: np.ndarray, **weights: float) -> np.ndarray:
     assert rest >= 0
     v += np.sqrt(rest) * basis[-1]
     return v.astype(np.float32)
+
+
+def enroll_by_cli(people: Mapping[str, Sequence[Path]], detector: Path, embedder: Path, gallery: Path) -> None:
+    """Enrol each person with `facelite enroll` as a subprocess, exactly as a user would; fail on any refusal."""
+    from agent.demo import enroll_command
+
+    repo = Path(__file__).resolve().parents[1]
+    for name, photos in people.items():
+        proc = subprocess.run(
+            enroll_command(name, list(photos), detector, embedder, gallery), capture_output=True, text=True, cwd=repo
+        )
+        assert proc.returncode == 0, f"enrolling {name}: {proc.stderr}"

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: `python tests/soak.py`
     sys.path.insert(0, str(REPO))
 
-from agent.demo import Visit, place, plan  # noqa: E402
+from agent.demo import Visit, pick, place, plan  # noqa: E402
 from agent.imageio import read_image  # noqa: E402
 from agent.localbroker import MosquittoBroker, Subscriber, free_port  # noqa: E402
 
@@ -52,12 +52,6 @@ GAP_FRAMES = 30  # ... 3 s of empty doorway (longer than the tracker's missed-fa
 
 
 # -- models and gallery ------------------------------------------------------------------------------------------
-def pick(models_dir: Path, name: str) -> Path:
-    """The recommended variant's artifact folder, as `make convert` recorded it in index.json."""
-    index = json.loads((models_dir / "index.json").read_text())
-    return models_dir / name / index["models"][name]["recommended_variant"]
-
-
 def enroll_gallery(
     path: Path,
     detector_dir: Path,

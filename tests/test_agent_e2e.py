@@ -15,18 +15,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 from broker import MosquittoBroker, Subscriber
-from helpers import Reaper, wait_until
+from helpers import Reaper, enroll_by_cli, wait_until
 
-from agent.demo import Visit, enroll_command, plan, write_video
+from agent.demo import Visit, pick, plan, write_video
 from agent.events import EVENT_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "e2e"
-
-
-def pick(models_dir: Path, name: str) -> Path:
-    index = json.loads((models_dir / "index.json").read_text())
-    return models_dir / name / index["models"][name]["recommended_variant"]
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +32,7 @@ def doorway(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, models_di
     enroll_sets, visits = plan(faces_dir / "people")
     video = work / "doorway.avi"
     write_video(visits, video)
-    for name, photos in enroll_sets.items():
-        proc = subprocess.run(
-            enroll_command(name, photos, detector, embedder, work / "gallery.sqlite"),
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-        )
-        assert proc.returncode == 0, proc.stderr
+    enroll_by_cli(enroll_sets, detector, embedder, work / "gallery.sqlite")
     return {"work": work, "video": video, "visits": visits, "detector": detector, "embedder": embedder}
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from broker import MosquittoBroker, Subscriber
-from helpers import wait_until
+from helpers import enroll_by_cli, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.demo import enroll_command, pick
+from agent.demo import pick
 from agent.imageio import list_images
 from agent.spool import Spool
 
@@ -49,14 +49,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, models_dir:
     detector, embedder = pick(models_dir, "blazeface"), pick(models_dir, "mobilefacenet")
     people = sorted(p for p in (faces_dir / "people").iterdir() if p.is_dir())
     ada_photos, bob_photos = list_images(people[0]), list_images(people[1])
-    for name, photos in ((ADA, ada_photos[:-1]), (BOB, bob_photos[:-1])):
-        proc = subprocess.run(
-            enroll_command(name, photos, detector, embedder, work / "gallery.sqlite"),
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-        )
-        assert proc.returncode == 0, proc.stderr
+    enroll_by_cli({ADA: ada_photos[:-1], BOB: bob_photos[:-1]}, detector, embedder, work / "gallery.sqlite")
     return {"work": work, "detector": detector, "embedder": embedder, "probe": ada_photos[-1]}
 
 
