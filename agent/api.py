@@ -195,19 +195,8 @@ class FaceRecognizer:
         self._announced: dict[int, TrackEvent] = {}
         if options.running_mode is not RunningMode.IMAGE:
             # The agent's default tracking and quality gate (agent.config), as `facelite-agent` runs them.
-            t, q = TrackingConfig(), QualityConfig()
-            tracker = Tracker(
-                TrackerConfig(
-                    iou_threshold=t.iou_threshold,
-                    max_missed_frames=t.max_missed_frames,
-                    max_missed_seconds=t.max_missed_seconds,
-                    min_votes=options.min_votes,
-                    recheck_interval_s=t.recheck_interval_s,
-                )
-            )
-            gate = QualityGate(
-                min_size=q.min_size, min_sharpness=q.min_sharpness, max_yaw=q.max_yaw, max_pitch=q.max_pitch
-            )
+            tracker = Tracker(TrackerConfig.from_settings(TrackingConfig(), min_votes=options.min_votes))
+            gate = QualityGate.from_settings(QualityConfig())
             self._pipeline = Pipeline(detector, embedder, gallery, self._matcher, tracker, gate)
 
     @classmethod

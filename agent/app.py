@@ -125,21 +125,11 @@ def make_matcher(config: AgentConfig, models: Models, templates: int) -> tuple[M
 
 
 def make_gate(config: AgentConfig) -> QualityGate:
-    q = config.quality
-    return QualityGate(min_size=q.min_size, min_sharpness=q.min_sharpness, max_yaw=q.max_yaw, max_pitch=q.max_pitch)
+    return QualityGate.from_settings(config.quality)
 
 
 def make_tracker(config: AgentConfig) -> Tracker:
-    t = config.tracking
-    return Tracker(
-        TrackerConfig(
-            iou_threshold=t.iou_threshold,
-            max_missed_frames=t.max_missed_frames,
-            max_missed_seconds=t.max_missed_seconds,
-            min_votes=t.min_votes,
-            recheck_interval_s=t.recheck_interval_s,
-        )
-    )
+    return Tracker(TrackerConfig.from_settings(config.tracking))
 
 
 @dataclass

@@ -43,6 +43,7 @@ DEFAULT_PREFIX = "facelite"
 DISCOVERY_PREFIX = "homeassistant"
 ONLINE = "online"
 OFFLINE = "offline"
+ONLINE_PAYLOAD, OFFLINE_PAYLOAD = ONLINE.encode(), OFFLINE.encode()  # the same words as MQTT payloads
 FACE_CROP_FIELD = "face_jpeg"
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -205,7 +206,7 @@ def _r(x: float, digits: int) -> float:
 # -- availability --------------------------------------------------------------------------------
 def availability_message(topics: Topics, online: bool) -> Message:
     """Retained; the offline one is also the last will, so a crashed agent reads offline."""
-    return Message(topics.availability, (ONLINE if online else OFFLINE).encode(), qos=1, retain=True)
+    return Message(topics.availability, ONLINE_PAYLOAD if online else OFFLINE_PAYLOAD, qos=1, retain=True)
 
 
 # -- events --------------------------------------------------------------------------------------

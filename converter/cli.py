@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import FaceliteError
+from converter.build import Gates
 
 log = logging.getLogger("converter")
 
@@ -82,8 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="detector artifact used to align faces (default: the built mtcnn, else blazeface)",
     )
-    ap.add_argument("--min-mean-cosine", type=float, default=0.98)
-    ap.add_argument("--max-auc-drop", type=float, default=0.002)
+    ap.add_argument("--min-mean-cosine", type=float, default=Gates.min_mean_cosine)
+    ap.add_argument("--max-auc-drop", type=float, default=Gates.max_auc_drop)
     ap.add_argument(
         "--no-legacy-check", action="store_true", help="skip the tflite-runtime 2.14 check (not for release builds)"
     )
@@ -192,7 +193,7 @@ def _integer_calibration_faces(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from agent.dataset import data_dir
-    from converter.build import BuildOptions, Gates, ModelBuild
+    from converter.build import BuildOptions, ModelBuild
     from converter.faceset import build_faceset
 
     t_start = time.perf_counter()

@@ -39,14 +39,15 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 
 from agent.config import MqttConfig
 from agent.errors import ConfigError
+from agent.events import OFFLINE_PAYLOAD as OFFLINE
+from agent.events import ONLINE_PAYLOAD as ONLINE
+from agent.events import Topics
 from agent.messages import Message
 from agent.spool import Spool
 
 log = logging.getLogger(__name__)
 
-ONLINE = b"online"
 _OFFLINE_GRACE_S = 1.0  # after the close deadline, how long to wait for the "offline" PUBACK
-OFFLINE = b"offline"
 
 ClientFactory = Callable[[str], mqtt.Client]
 
@@ -59,10 +60,6 @@ def paho_client_factory(client_id: str) -> mqtt.Client:
         protocol=MQTTProtocolVersion.MQTTv311,
         clean_session=True,
     )
-
-
-def availability_topic(base_topic: str, device_id: str) -> str:
-    return f"{base_topic}/{device_id}/availability"
 
 
 @dataclass(frozen=True)
@@ -105,7 +102,7 @@ class MqttSink:
         self._config = config
         self._spool = spool
         self.client_id = client_id or config.client_id or f"facelite-{device_id}"
-        self.availability_topic = availability_topic(config.base_topic, device_id)
+        self.availability_topic = Topics(device_id, config.base_topic).availability
         self._factory = client_factory
         self._clock = clock
         self._rng = rng or random.Random()
