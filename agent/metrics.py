@@ -269,3 +269,28 @@ def bootstrap_rate_ci(
     lo, hi = (float(np.quantile(rates, alpha)), float(np.quantile(rates, 1 - alpha))) if rates.size else (0.0, 1.0)
     w_lo, w_hi = wilson_interval(total_k, total_n)
     return (min(lo, w_lo), max(hi, w_hi))
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds of one operation over ``runs`` timed repetitions: the one latency summary (p50 / p95) used by
+    the converter's manifests and every benchmark."""
+
+    p50_ms: float
+    p95_ms: float
+    runs: int
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.p50_ms if self.p50_ms > 0 else 0.0
+
+    def as_manifest(self) -> dict[str, float]:
+        """The manifest's ``latency_ms`` form."""
+        return {"p50": self.p50_ms, "p95": self.p95_ms}
+
+
+def latency_summary(times_ms: Sequence[float]) -> Latency:
+    if len(times_ms) == 0:
+        raise ValueError("no timings to summarise: time at least one run")
+    arr = np.asarray(times_ms, np.float64)
+    return Latency(round(float(np.percentile(arr, 50)), 3), round(float(np.percentile(arr, 95)), 3), len(arr))

@@ -23,7 +23,7 @@ from agent.embed import l2_normalize, preprocess
 from agent.errors import FaceliteError
 from agent.geometry import Face
 from agent.manifest import GraphSpec, Manifest, Quantization, TensorSpec, sha256_file
-from agent.metrics import verification_scores
+from agent.metrics import latency_summary, verification_scores
 from agent.runtime import Network, TFLiteModel
 from converter import __version__
 from converter.faceset import FaceSet
@@ -194,7 +194,7 @@ def latency(model: Network, inputs: Sequence[np.ndarray], runs: int) -> dict[str
         t0 = time.perf_counter()
         model.run(inputs[i % len(inputs)])
         times.append((time.perf_counter() - t0) * 1000)
-    return {"p50": round(float(np.percentile(times, 50)), 3), "p95": round(float(np.percentile(times, 95)), 3)}
+    return latency_summary(times).as_manifest()
 
 
 def make_manifest(recipe: Recipe, variant: str, graphs: dict[str, GraphSpec], **extra: Any) -> Manifest:
@@ -553,10 +553,7 @@ class ModelBuild:
                 t0 = time.perf_counter()
                 det.detect(frame)
                 t_runs.append((time.perf_counter() - t0) * 1000)
-            result.latency_ms = {
-                "p50": round(float(np.percentile(t_runs, 50)), 3),
-                "p95": round(float(np.percentile(t_runs, 95)), 3),
-            }
+            result.latency_ms = latency_summary(t_runs).as_manifest()
             per_graph: dict[str, Any] = {}
             min_cos = 1.0
             for g in graphs:

@@ -16,6 +16,7 @@ from agent.metrics import (
     best_accuracy,
     bootstrap_rate_ci,
     calibration_curve,
+    latency_summary,
     per_comparison_far,
     roc_auc,
     roc_points,
@@ -166,3 +167,22 @@ def test_bootstrap_over_people_is_wider_for_clustered_errors() -> None:
     assert bootstrap_rate_ci([0, 0, 0], [10, 10, 10])[1] > 0.0  # zero events is not "exactly zero"
     with pytest.raises(ValueError, match="one entry per person"):
         bootstrap_rate_ci([1, 2], [3])
+
+
+def test_latency_summary_matches_linear_interpolation_of_the_sorted_times() -> None:
+    """p50/p95 by linear interpolation between order statistics (numpy's default), whatever the input order."""
+    times = [float(x) for x in range(100, 0, -1)]  # 100 .. 1, reversed on purpose
+    ordered = sorted(times)
+
+    def brute(q: float) -> float:
+        pos = q * (len(ordered) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(ordered) - 1)
+        return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+    lat = latency_summary(times)
+    assert (lat.p50_ms, lat.p95_ms, lat.runs) == (round(brute(0.50), 3), round(brute(0.95), 3), 100)
+    assert lat.as_manifest() == {"p50": lat.p50_ms, "p95": lat.p95_ms}
+    assert lat.fps == pytest.approx(1000.0 / lat.p50_ms)
+    with pytest.raises(ValueError, match="at least one run"):
+        latency_summary([])

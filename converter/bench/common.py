@@ -13,13 +13,13 @@ import time
 import types
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from agent.errors import FaceliteError
+from agent.metrics import Latency, latency_summary
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +30,10 @@ class BenchError(FaceliteError):
     """The bench cannot run a step (missing artifact, failed worker, bad option)."""
 
 
-@dataclass(frozen=True)
-class Latency:
-    """Milliseconds of one operation over ``runs`` timed repetitions (after a warm-up)."""
-
-    p50_ms: float
-    p95_ms: float
-    runs: int
-
-    @property
-    def fps(self) -> float:
-        return 1000.0 / self.p50_ms if self.p50_ms > 0 else 0.0
-
-
 def latency_of(times_ms: Sequence[float]) -> Latency:
     if not times_ms:
         raise BenchError("no timings to summarise")
-    arr = np.asarray(times_ms, np.float64)
-    return Latency(round(float(np.percentile(arr, 50)), 3), round(float(np.percentile(arr, 95)), 3), len(arr))
+    return latency_summary(times_ms)
 
 
 def time_runs(fn: Callable[[], object], runs: int, warmup: int = 1) -> Latency:
