@@ -41,6 +41,7 @@ from agent.errors import FaceliteError
 from agent.manifest import Manifest, sha256_file
 from deploy.errors import BundleError
 from deploy.profile import DeviceProfile, render_toml
+from deploy.variants import pick_variant
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,11 @@ def choose_models(profile: DeviceProfile, models_dir: Path) -> tuple[ModelChoice
             )
         if entry.get("kind") != role:
             raise BundleError(f"model {name!r} is a {entry.get('kind')}, not a {role}", where)
-        variant = pinned or entry.get("recommended_variant")
+        choice = pick_variant(
+            models_dir, name, entry, pinned=pinned, cpu=profile.platform.cpu, runtime=profile.platform.runtime
+        )
+        variant = choice.variant
+        log.info("%s: %s/%s (%s)", profile.name, name, variant, choice.reason)
         if not variant:
             raise BundleError(f"no variant of {name!r} passed its gates", where, "see its report.md")
         if variant not in entry.get("variants", []):

@@ -55,6 +55,11 @@ class PlatformSection(_Strict):
     glibc: str = Field("2.36", pattern=r"^2\.\d{1,2}$", description="Device glibc (bookworm: 2.36).")
     python: str = Field("3.11", pattern=r"^3\.\d{1,2}$", description="Device Python minor version.")
     runtime: Literal["ai-edge-litert", "tflite-runtime"] = "ai-edge-litert"
+    cpu: Literal["cortex-a53", "cortex-a72", "cortex-a76"] | None = Field(
+        None,
+        description="CPU class (Pi Zero 2: cortex-a53, Pi 4: cortex-a72, Pi 5: cortex-a76): deploy picks the variants "
+        "that run fewest instructions on it (make bench-arm); unset: make convert's x86 choice.",
+    )
 
     @model_validator(mode="after")
     def _runtime_fits(self) -> PlatformSection:

@@ -277,3 +277,27 @@ def test_one_small_model_counted_at_n0_and_n2(models_dir: Path, tmp_path: Path) 
     assert arm.per_invoke(totals[0], totals[2], 2) > 0
     marks = outputs[2].marks  # the same figure within the N=2 process, without start-up or exit
     assert arm.per_invoke(marks[0].total, marks[2 * arm.MARK_STRIDE + len(job.steps)].total, 2) > 0
+
+
+def test_the_deployed_pipeline_per_cpu_takes_the_variant_with_fewest_instructions() -> None:
+    """bench-arm judges the pipeline `make deploy` would ship on each core (deploy.variants' rule), not x86's."""
+    ms = [
+        measurement("blazeface", "fp32", "cortex-a72", 60e6),
+        measurement("mobilefacenet", "fp32", "cortex-a72", 96e6),
+        measurement("mobilefacenet", "int8", "cortex-a72", 222e6),
+        measurement("blazeface", "fp32", "cortex-a76", 50e6),
+        measurement("mobilefacenet", "fp32", "cortex-a76", 97e6),
+        measurement("mobilefacenet", "int8", "cortex-a76", 40e6),
+        measurement("mobilefacenet", "int8", "cortex-a53", 10e6, runtime="tflite-runtime"),
+    ]
+    cpus = ["cortex-a53", "cortex-a72", "cortex-a76"]
+    free = {"detector": None, "embedder": None}
+    per_cpu = arm.deployed_per_cpu(ms, ("blazeface", "fp32"), ("mobilefacenet", "fp32"), free, cpus, "ai-edge-litert")
+    # a53: nothing measured in the profile's runtime, so the profile's current choice stays
+    assert per_cpu == {"cortex-a53": ("fp32", "fp32"), "cortex-a72": ("fp32", "fp32"), "cortex-a76": ("fp32", "int8")}
+    fixed = {"detector": None, "embedder": "fp32"}
+    pinned = arm.deployed_per_cpu(ms, ("blazeface", "fp32"), ("mobilefacenet", "fp32"), fixed, cpus, "ai-edge-litert")
+    assert pinned["cortex-a76"] == ("fp32", "fp32")
+    pipes = arm.pipelines(ms, ("blazeface", "fp32"), ("mobilefacenet", "fp32"), cpus[1:], ["ai-edge-litert"], per_cpu)
+    a76 = next(p for p in pipes if (p.name, p.cpu) == ("deployed", "cortex-a76"))
+    assert (a76.embedder, a76.per_frame, a76.baseline) == ("mobilefacenet/int8", 90e6, 147e6)

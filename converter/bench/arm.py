@@ -41,6 +41,7 @@ import tomllib
 
 from agent.errors import FaceliteError
 from converter.bench.common import BenchError, to_jsonable
+from deploy.variants import BY_CPU_FILE, fewest_instructions, pick_variant, write_by_cpu
 
 log = logging.getLogger("bench-arm")
 
@@ -477,19 +478,52 @@ class Pipeline:
     x86_ms: float | None
 
 
+def counts_by_cpu(ms: Sequence[Measurement], model: str, runtime: str) -> dict[str, dict[str, float]]:
+    """``{cpu: {variant: instructions per inference}}`` of one model in one runtime."""
+    out: dict[str, dict[str, float]] = {}
+    for m in ms:
+        if m.model == model and m.runtime == runtime and not m.view_cpu:
+            out.setdefault(m.cpu, {})[m.variant] = m.per_invoke
+    return out
+
+
+def deployed_per_cpu(
+    ms: Sequence[Measurement],
+    detector: tuple[str, str],
+    embedder: tuple[str, str],
+    pinned: dict[str, str | None],
+    cpus: Sequence[str],
+    runtime: str,
+) -> dict[str, tuple[str, str]]:
+    """``{cpu: (detector variant, embedder variant)}`` as `make deploy` picks them for a profile with that CPU:
+    pinned, else the fewest instructions measured (deploy.variants), else the profile's current choice."""
+    out = {}
+    for cpu in cpus:
+        chosen = []
+        for role, (model, current) in (("detector", detector), ("embedder", embedder)):
+            counts = counts_by_cpu(ms, model, runtime).get(cpu)
+            chosen.append(pinned.get(role) or (fewest_instructions(counts) if counts else current))
+        out[cpu] = (chosen[0], chosen[1])
+    return out
+
+
 def pipelines(
     ms: Sequence[Measurement],
     detector: tuple[str, str],
     embedder: tuple[str, str],
     cpus: Sequence[str],
     runtimes: Sequence[str],
+    deployed: dict[str, tuple[str, str]] | None = None,
 ) -> list[Pipeline]:
-    """The pi pipeline per frame (detector + one face embedded) as deployed and all-fp32, on every CPU/runtime."""
+    """The pi pipeline per frame (detector + one face embedded) as deployed and all-fp32, on every CPU/runtime.
+
+    ``deployed`` gives the variants per CPU (``deployed_per_cpu``); without it, ``detector``/``embedder``'s own."""
     rows = []
     for runtime in runtimes:
         for cpu in cpus:
             figures = {}
-            for name, (dv, ev) in (("all-fp32", ("fp32", "fp32")), ("deployed", (detector[1], embedder[1]))):
+            dv0, ev0 = (deployed or {}).get(cpu, (detector[1], embedder[1]))
+            for name, (dv, ev) in (("all-fp32", ("fp32", "fp32")), ("deployed", (dv0, ev0))):
                 d, e = find(ms, detector[0], dv, cpu, runtime), find(ms, embedder[0], ev, cpu, runtime)
                 per_frame = d.per_invoke + e.per_invoke if d and e else None
                 x86 = d.x86_ms + e.x86_ms if d and e and d.x86_ms and e.x86_ms else None
@@ -727,6 +761,24 @@ def render(report: dict[str, Any], ms: Sequence[Measurement]) -> str:
             for p in report["pipelines"]
         ],
     )
+    lines += [
+        "",
+        "## The variant `make deploy` picks per CPU",
+        "",
+        f"For a profile with `platform.cpu` set and runtime {report['profile_runtime']}: per model, the built variant "
+        "that executes the fewest instructions on that core (`<model>/by_cpu.json`, written by this run beside the "
+        "variants with each one's sha256; a rebuilt variant makes it stale and deploy falls back to make convert's x86 "
+        "choice, with a warning). Pinned variants in the profile win. pi: cortex-a72, pi5: cortex-a76.",
+        "",
+    ]
+    by_model = {model: counts_by_cpu(ms, model, report["profile_runtime"]) for model in {m.model for m in ms}}
+    lines += md_table(
+        ["model", *cpus],
+        [
+            [model, *(fewest_instructions(counts[c]) if c in counts else "-" for c in cpus)]
+            for model, counts in sorted(by_model.items())
+        ],
+    )
     lines += ["", "## Targets (issue 11; profile runtime " + report["profile_runtime"] + ")", ""]
     lines += md_table(
         ["target", "measured", "limit", "result"],
@@ -837,6 +889,25 @@ def setup(out: Path, cpus: Sequence[str]) -> Env:
     return parse_setup(proc.stdout)
 
 
+def pinned_variants(profile: str) -> dict[str, str | None]:
+    from deploy.profile import load_profile
+
+    p = load_profile(profile)
+    return {"detector": p.models.detector_variant, "embedder": p.models.embedder_variant}
+
+
+def record_by_cpu(facts: dict[str, Any], ms: Sequence[Measurement], models_dir: Path) -> list[Path]:
+    """Write ``<model>/by_cpu.json`` for every measured model: what `make deploy` reads (deploy.variants)."""
+    written = []
+    runtime = facts["profile_runtime"]
+    for model in sorted({m.model for m in ms}):
+        counts = counts_by_cpu(ms, model, runtime)
+        if counts and (models_dir / model).is_dir():
+            write_by_cpu(models_dir / model, counts, runtime=runtime, generated=facts["generated"])
+            written.append(models_dir / model / BY_CPU_FILE)
+    return written
+
+
 def deployed_models(profile: str, models_dir: Path) -> tuple[tuple[str, str], tuple[str, str], str]:
     """(detector, variant), (embedder, variant), runtime of a device profile; variants as `make deploy` picks them."""
     from deploy.profile import load_profile
@@ -847,7 +918,12 @@ def deployed_models(profile: str, models_dir: Path) -> tuple[tuple[str, str], tu
     def pick(name: str, pinned: str | None) -> tuple[str, str]:
         if name not in index:
             raise BenchError(f"profile {profile} names model {name!r}, not in {models_dir}/index.json")
-        return name, pinned or index[name]["recommended_variant"]
+        choice = pick_variant(
+            models_dir, name, index[name], pinned=pinned, cpu=p.platform.cpu, runtime=p.platform.runtime
+        )
+        if choice.variant is None:
+            raise BenchError(f"no variant of {name} passed its gates ({choice.reason})")
+        return name, choice.variant
 
     return (
         pick(p.models.detector, p.models.detector_variant),
@@ -967,6 +1043,7 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
         "profile": args.profile,
         "profile_runtime": profile_runtime,
         "deployed": {"detector": list(detector), "embedder": list(embedder)},
+        "pinned": pinned_variants(args.profile),
         "jobs": [{"model": j.model, "variant": j.variant, "unit": j.unit, "x86_ms": j.x86_ms} for j in jobs],
         "cpu_probes": probes,
         "measurements": to_jsonable(ms),
@@ -977,14 +1054,22 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
 def judge(facts: dict[str, Any]) -> tuple[dict[str, Any], list[Measurement], list[Verdict]]:
     """Pipelines, kernels and targets from the measured facts (pure: --report-only re-renders through here)."""
     ms = [Measurement(**m) for m in facts["measurements"]]
-    detector, embedder = (tuple(str(facts["deployed"][k]).split("/")) if isinstance(facts["deployed"][k], str)
-                          else tuple(facts["deployed"][k]) for k in ("detector", "embedder"))  # fmt: skip
-    pipes = pipelines(ms, detector, embedder, facts["cpus"], facts["runtimes"])  # type: ignore[arg-type]
+
+    def model_variant(k: str) -> tuple[str, str]:
+        value = facts["deployed"][k]
+        name, variant = str(value).split("/") if isinstance(value, str) else value
+        return str(name), str(variant)
+
+    detector, embedder = model_variant("detector"), model_variant("embedder")
+    pinned = facts.get("pinned") or {"detector": None, "embedder": None}
+    per_cpu = deployed_per_cpu(ms, detector, embedder, pinned, facts["cpus"], facts["profile_runtime"])
+    pipes = pipelines(ms, detector, embedder, facts["cpus"], facts["runtimes"], per_cpu)
     targets = verdicts(ms, pipes, facts["profile_runtime"])
     has_dot = {p["cpu"]: p["asimddp"] for p in facts["cpu_probes"]}
     report = {
         **facts,
         "pipelines": to_jsonable(pipes),
+        "deployed_per_cpu": {cpu: {"detector": d, "embedder": e} for cpu, (d, e) in per_cpu.items()},
         "kernels": to_jsonable(kernel_rows(ms, has_dot)),
         "targets": to_jsonable(targets),
         "passed": all(v.passed for v in targets),
@@ -1006,6 +1091,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         facts = measure_all(args)
     report, ms, targets = judge(facts)
+    if not args.report_only:  # re-rendered counts may belong to artifacts rebuilt since: never record those
+        for path in record_by_cpu(facts, ms, Path(facts["models_dir"])):
+            log.info("wrote %s (the variant per CPU that make deploy picks)", path)
     timed("chart", chart, report, ms, args.out / "instructions.png")
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "report.md").write_text(render(report, ms))

@@ -1,0 +1,109 @@
+"""Which variant a device gets (deploy/variants.py): pinned, else fewest instructions on the profile's CPU as
+`make bench-arm` recorded them for these very artifacts, else make convert's x86 choice — with real manifests and
+artifacts of `make convert`, and the real device profiles."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deploy.bundle import choose_models
+from deploy.profile import load_profile
+from deploy.variants import BY_CPU_FILE, fewest_instructions, pick_variant, write_by_cpu
+
+
+@pytest.fixture()
+def models(models_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the converted blazeface and mobilefacenet (every built variant) with their index entries."""
+    index = json.loads((models_dir / "index.json").read_text())
+    for name in ("blazeface", "mobilefacenet"):
+        shutil.copytree(models_dir / name, tmp_path / name, ignore=shutil.ignore_patterns(BY_CPU_FILE))
+    kept = {"models": {k: v for k, v in index["models"].items() if k in ("blazeface", "mobilefacenet")}}
+    (tmp_path / "index.json").write_text(json.dumps(kept))
+    return tmp_path
+
+
+def entry(models: Path, name: str) -> dict:
+    return json.loads((models / "index.json").read_text())["models"][name]
+
+
+def other_variant(models: Path, name: str) -> str:
+    """A built variant that is not make convert's recommendation (the case per-CPU figures must be able to win)."""
+    e = entry(models, name)
+    others = [v for v in e["variants"] if v != e["recommended_variant"]]
+    if not others:
+        pytest.fail(f"{name} has a single built variant; make convert builds fp32 and int8")
+    return others[0]
+
+
+def test_fewest_instructions_breaks_ties_by_name() -> None:
+    assert fewest_instructions({"int8": 60.0, "fp32": 95.0}) == "int8"
+    assert fewest_instructions({"int8": 95.0, "fp32": 95.0}) == "fp32"
+    with pytest.raises(ValueError, match="no variant measured"):
+        fewest_instructions({})
+
+
+def test_without_a_cpu_or_figures_deploy_keeps_make_converts_choice(
+    models: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    e = entry(models, "mobilefacenet")
+    plain = pick_variant(models, "mobilefacenet", e, pinned=None, cpu=None, runtime="ai-edge-litert")
+    assert plain.variant == e["recommended_variant"] and "no platform.cpu" in plain.reason
+    with caplog.at_level(logging.WARNING, logger="deploy.variants"):
+        missing = pick_variant(models, "mobilefacenet", e, pinned=None, cpu="cortex-a72", runtime="ai-edge-litert")
+    assert missing.variant == e["recommended_variant"]
+    assert "run `make bench-arm`" in missing.reason and "make bench-arm" in caplog.text
+
+
+def test_the_variant_with_fewest_instructions_on_the_cpu_wins_while_its_figures_hold(models: Path) -> None:
+    e, other = entry(models, "mobilefacenet"), other_variant(models, "mobilefacenet")
+    rec = e["recommended_variant"]
+    counts = {"cortex-a72": {rec: 95e6, other: 222e6}, "cortex-a76": {rec: 97e6, other: 40e6}}
+    written = write_by_cpu(models / "mobilefacenet", counts, runtime="ai-edge-litert", generated="now")
+    assert written["cpus"]["cortex-a72"]["variant"] == rec and written["cpus"]["cortex-a76"]["variant"] == other
+
+    def pick(cpu: str, runtime: str = "ai-edge-litert", pinned: str | None = None) -> tuple[str | None, str]:
+        c = pick_variant(models, "mobilefacenet", e, pinned=pinned, cpu=cpu, runtime=runtime)
+        return c.variant, c.reason
+
+    assert pick("cortex-a72")[0] == rec
+    assert pick("cortex-a76") == (other, "fewest instructions on cortex-a76 in ai-edge-litert (make bench-arm)")
+    assert pick("cortex-a76", pinned=rec) == (rec, "pinned in the device profile")
+    variant, reason = pick("cortex-a76", runtime="tflite-runtime")
+    assert variant == rec and "measured in ai-edge-litert, not tflite-runtime" in reason
+    assert pick("cortex-a53")[0] == rec and "no figures for cortex-a53" in pick("cortex-a53")[1]
+
+    # The real deploy path: the pi5 profile (cortex-a76) gets the measured variant, the pi profile (a72) the other.
+    chosen = {p: {c.name: c.variant for c in choose_models(load_profile(p), models)} for p in ("pi", "pi5")}
+    assert chosen["pi5"]["mobilefacenet"] == other and chosen["pi"]["mobilefacenet"] == rec
+
+    # Rebuilding the variant after the measurement makes the figures stale: back to make convert's choice.
+    manifest = models / "mobilefacenet" / other / "manifest.json"
+    data = json.loads(manifest.read_text())
+    graph = next(iter(data["graphs"].values()))
+    graph["sha256"] = "0" * 64
+    manifest.write_text(json.dumps(data))
+    variant, reason = pick("cortex-a76")
+    assert variant == rec and "is stale" in reason
+
+
+def test_a_broken_figures_file_is_a_warning_not_a_failed_deploy(models: Path) -> None:
+    e = entry(models, "mobilefacenet")
+    (models / "mobilefacenet" / BY_CPU_FILE).write_text("{not json")
+    c = pick_variant(models, "mobilefacenet", e, pinned=None, cpu="cortex-a72", runtime="ai-edge-litert")
+    assert c.variant == e["recommended_variant"] and "cannot be read" in c.reason
+    (models / "mobilefacenet" / BY_CPU_FILE).write_text(
+        json.dumps({"runtime": "ai-edge-litert", "cpus": {"cortex-a72": {"variant": "int4"}}, "sha256": {}})
+    )
+    c = pick_variant(models, "mobilefacenet", e, pinned=None, cpu="cortex-a72", runtime="ai-edge-litert")
+    assert c.variant == e["recommended_variant"] and "not a built variant" in c.reason
+
+
+def test_profiles_name_their_cpu() -> None:
+    assert load_profile("pi").platform.cpu == "cortex-a72"
+    assert load_profile("pi5").platform.cpu == "cortex-a76"
+    assert load_profile("local-test").platform.cpu is None
