@@ -280,9 +280,12 @@ def _hygiene(args: argparse.Namespace, detector: Any, embedder: Any) -> Any:
 
 
 def enroll(args: argparse.Namespace) -> int:
+    from agent import enroll_cli
     from agent.gallery import Gallery
     from agent.imageio import read_image
 
+    if enroll_cli.wanted(args):  # --from-event / --camera
+        return enroll_cli.run(args)
     detector, embedder, gallery_path = _models_from(args)
     report = EnrollReport()
     vectors, sources = [], []
@@ -412,6 +415,12 @@ def _reject(args: argparse.Namespace, gallery: Any, embedder: Any) -> str:
             f"the gallery uses {embedder.sha256[:12]}",
             str(store.path),
             "reject an event seen since the model changed",
+        )
+    if face.person is None:
+        raise FaceliteError(
+            f"event {event_id} was unknown: no one was announced, so there is nothing to reject",
+            "facelite gallery reject",
+            f"to name that face, run `facelite enroll NAME --from-event {event_id}`",
         )
     if face.person not in {p.name for p in gallery.people()}:
         raise FaceliteError(
@@ -559,6 +568,8 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agent.enroll_cli import add_options as enroll_options
+
     _quiet_native_logs()
     ap = argparse.ArgumentParser(prog="facelite", description="Enroll people, manage the gallery, evaluate.")
     ap.add_argument("--log-level", default="WARNING")
@@ -571,10 +582,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--gallery", type=Path, help="gallery file (without --config)")
         p.add_argument("--key-file", type=Path, help="gallery encryption key (without --config)")
 
-    p = sub.add_parser("enroll", help="enroll a person from photos (files or folders)")
+    p = sub.add_parser("enroll", help="enroll a person from photos (files or folders), an event or a camera")
     p.add_argument("name")
-    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("images", type=Path, nargs="*")
     p.add_argument("--largest", action="store_true", help="with several faces in a photo, take the largest")
+    enroll_options(p)
     model_flags(p)
     p = sub.add_parser(
         "gallery",
