@@ -233,6 +233,7 @@ def run_capture(
     deadline = clock() + capture.settings.timeout_s
     asked: Pose | None = None
     stopped = "end of source"
+    read = 0
     try:
         while True:
             wanted = capture.wanted()
@@ -245,18 +246,17 @@ def run_capture(
             frame = source.read()
             if frame is None:
                 break
+            read += 1
             if wanted is not asked:  # prompted once frames flow: a source that gives none gets one error line
                 asked = wanted
                 say(f"{wanted.name}: {wanted.prompt}")
             try:
-                faces = detect(frame.image)
-            except Exception as exc:  # one odd frame must not end the enrolment; counted as faceless
+                capture.offer(frame.image, detect(frame.image), frame.index)
+            except Exception as exc:  # one odd frame must not end the enrolment: logged, and the next one read
                 log.warning("frame %d skipped: %s", frame.index, str(exc).splitlines()[0] if str(exc) else exc)
-                faces = []
-            capture.offer(frame.image, faces, frame.index)
         detail = source.status.detail  # before close(), which would say "closed"
     finally:
         source.close()
-    if capture.frames == 0:
+    if read == 0:
         raise FaceliteError(f"no frame could be read: {detail or stopped}", f"camera {source.name}")
     return capture.result(stopped)
