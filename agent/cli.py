@@ -28,7 +28,9 @@ def _quiet_native_logs() -> None:
     """OpenCV and FFmpeg print their own warnings (every reconnect attempt) straight to stderr, around our
     one-line logging: keep them to errors. Must run before cv2 is imported; the user's setting wins."""
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "16")  # AV_LOG_ERROR
+    # Setting this makes OpenCV install its own FFmpeg log callback, which printf()s to *stdout*, where the stdout
+    # sink's JSON lines and the CLI reports go: so AV_LOG_QUIET. The sources report what failed in their own line.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 
 def _setup_logging(level: str) -> None:
