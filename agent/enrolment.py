@@ -99,5 +99,11 @@ def enroll_from_event(
         return EventEnrollment(eid, person, face.person, None)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(face.ts))
     outcome = gallery.add_templates(person, [vector], [f"event {eid} ({face.camera}, {when} UTC)"], hygiene=hygiene)
+    if outcome.added:
+        # After the gallery write: a store that cannot be updated leaves the face to expire, the enrolment stands.
+        try:
+            store.mark_enrolled(eid, person)
+        except FaceliteError as exc:
+            log.warning("event %s: %s", eid, exc.one_line())
     log.info("event %s enrolled as %s: %d template(s) added", eid, person, outcome.added)
     return EventEnrollment(eid, person, face.person, outcome)

@@ -12,7 +12,8 @@ of NAME (agent/enrolment.py). The event on MQTT carries no embedding, so the age
   ``gallery.event_faces_keep_s`` (default 3 days; 0 keeps nothing). An expired face is erased but its event id is
   remembered (no vector, no person) so `reject` can say "expired" rather than "unknown"; those ids are bounded too.
 - Encrypted when the gallery is: AES-GCM with the gallery's key, the event id and embedder in the associated data.
-- Forget means gone: faces announced as a forgotten person are erased (``secure_delete`` + ``VACUUM``).
+- Forget means gone: faces announced as a forgotten person, or enrolled as them from the event, are erased
+  (``secure_delete`` + ``VACUUM``).
 - The face kept is the best-quality one embedded during the visit before it was announced.
 
 The agent writes, the CLI reads (and erases on forget): SQLite in WAL mode with a busy timeout serialises them.
@@ -56,7 +57,13 @@ CREATE TABLE IF NOT EXISTS faces (
     vector BLOB,
     nonce BLOB
 );
-CREATE INDEX IF NOT EXISTS faces_ts ON faces(ts)
+CREATE INDEX IF NOT EXISTS faces_ts ON faces(ts);
+-- Who a face was enrolled as (`enroll --from-event`), so `forget` finds unknown faces too. A table of its own, not a
+-- column: an older agent writing `faces` keeps working on a file a newer CLI touched.
+CREATE TABLE IF NOT EXISTS enrolled (
+    event_id TEXT PRIMARY KEY,
+    person TEXT NOT NULL
+)
 """
 
 
@@ -201,22 +208,39 @@ class EventFaceStore:
             "ORDER BY ts DESC LIMIT -1 OFFSET ?)",
             (self.policy.max_faces * _TOMBSTONE_FACTOR,),
         )
+        # A name goes with its face.
+        conn.execute("DELETE FROM enrolled WHERE event_id NOT IN (SELECT event_id FROM faces WHERE vector IS NOT NULL)")
 
     def forget(self, people: Iterable[str]) -> int:
-        """Erase the faces announced as these people from the file bytes; returns how many. Raises GalleryError."""
+        """Erase the faces announced as these people, or enrolled as them (``mark_enrolled``), from the file bytes;
+        returns how many. Raises GalleryError."""
         names = sorted(set(people))
         if not names or not self.path.exists():
             return 0
         try:
             conn = self._connect()
             marks = ",".join("?" * len(names))
-            cur = conn.execute(f"DELETE FROM faces WHERE person IN ({marks})", names)  # only ? marks in the text
+            # Only ? marks in the text. Faces announced as them, and faces enrolled as them from their events.
+            cur = conn.execute(
+                f"DELETE FROM faces WHERE person IN ({marks}) "
+                f"OR event_id IN (SELECT event_id FROM enrolled WHERE person IN ({marks}))",
+                names + names,
+            )
             erased = int(cur.rowcount or 0)
-            if erased:
+            named = conn.execute(f"DELETE FROM enrolled WHERE person IN ({marks})", names).rowcount or 0
+            erased_any = erased or named
+            if erased_any:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 conn.execute("VACUUM")
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return erased
+        except sqlite3.Error as exc:
+            raise GalleryError(f"event face store cannot be updated: {exc}", str(self.path)) from None
+
+    def mark_enrolled(self, event_id: str, person: str) -> None:
+        """Remember that this event's face was enrolled as ``person``, so forgetting them erases it too."""
+        try:
+            self._connect().execute("INSERT OR REPLACE INTO enrolled VALUES (?, ?)", (check_event_id(event_id), person))
         except sqlite3.Error as exc:
             raise GalleryError(f"event face store cannot be updated: {exc}", str(self.path)) from None
 

@@ -110,3 +110,24 @@ def test_an_unknown_event_enrolled_as_lee_makes_the_next_visit_recognized_as_lee
         con.execute("UPDATE faces SET ts = ts - 400000")
     one_error(cli("enroll", "Mo", "--from-event", event_id, "--config", str(world["lee1"])), "has expired")
     assert "Mo" not in cli("gallery", "list", "--config", str(world["lee1"])).stdout
+    with sqlite3.connect(store) as con:
+        con.execute("UPDATE faces SET ts = ts + 400000")
+
+
+def test_forget_erases_the_unknown_face_a_person_was_enrolled_from(world: dict[str, Path]) -> None:
+    events = run_agent(world["lee1"])
+    assert decided(events) == [("recognized", "Lee")]  # enrolled from this photo's unknown event above
+    lee_event = str(next(e["event_id"] for e in events if e["type"] == "recognized"))
+    store = world["work"] / "state" / "event_faces.sqlite"
+    lees = "SELECT event_id FROM faces WHERE person = 'Lee' OR event_id IN (SELECT event_id FROM enrolled)"
+    with sqlite3.connect(store) as con:
+        assert con.execute("SELECT COUNT(*) FROM enrolled WHERE person = 'Lee'").fetchone()[0] == 1
+        faces = {r[0] for r in con.execute(lees)}
+    assert lee_event in faces and len(faces) >= 2  # the face Lee was enrolled from, and the events announcing Lee
+    proc = cli("gallery", "forget", "Lee", "--config", str(world["lee1"]))
+    assert proc.returncode == 0, proc.stderr
+    assert f"and {len(faces)} face(s) of their recent events" in proc.stdout, proc.stdout
+    with sqlite3.connect(store) as con:
+        assert con.execute("SELECT COUNT(*) FROM enrolled").fetchone()[0] == 0
+        assert con.execute(lees).fetchall() == []
+    one_error(cli("enroll", "Lee", "--from-event", lee_event, "--config", str(world["lee1"])), "unknown event")

@@ -94,6 +94,22 @@ def test_an_unknown_event_becomes_a_template_and_a_replay_changes_nothing(
     assert gallery.version == version and {p.name: p.templates for p in gallery.people()}["Lee"] == 1
 
 
+def test_forgetting_a_person_erases_the_unknown_faces_they_were_enrolled_from(
+    world: tuple[Gallery, EventFaceStore], basis: np.ndarray
+) -> None:
+    gallery, store = world
+    assert enrol(world, 1, "Lee").added == 1
+    gallery.forget("Lee")
+    assert store.forget(["Lee"]) == 1
+    with pytest.raises(GalleryError, match="unknown event"):
+        store.get(str(uuid.UUID(int=1)))
+    store.close()
+    raw = b"".join(p.read_bytes() for p in (store.path, Path(f"{store.path}-wal")) if p.exists())
+    assert basis[5].astype("<f4").tobytes() not in raw and b"Lee" not in raw
+    with EventFaceStore(store.path, key=None, policy=store.policy, clock=Clock()) as again:  # other faces stay
+        assert again.get(str(uuid.UUID(int=2))).person == "ada"
+
+
 def test_an_event_announced_as_that_person_adds_a_view_of_them(world: tuple[Gallery, EventFaceStore]) -> None:
     assert enrol(world, 2, "ada").added == 1
     assert {p.name: p.templates for p in world[0].people()}["ada"] == 2
