@@ -39,7 +39,12 @@ log = logging.getLogger(__name__)
 
 FRONT_YAW = 12.0  # degrees: |yaw| below this is "front"; BlazeFace yaw is rough (+-10 to 20 degrees, quality.py)
 
-REASON_WORDS = {"blurry": "blurred", "pose": "turned too far", "too_small": "too small", "off_pose": "not a pose asked"}
+REASON_WORDS = {
+    "blurry": "blurred",
+    "pose": "turned too far",
+    "too_small": "too small",
+    "off_pose": "in no pose asked for",
+}
 
 
 @dataclass(frozen=True)

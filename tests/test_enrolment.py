@@ -231,7 +231,7 @@ def test_capture_sorts_faces_into_poses_keeps_the_best_and_counts_every_refusal(
 def test_a_face_in_no_asked_pose_is_refused_as_such() -> None:
     capture = Capture(CaptureSettings(parse_poses("front")), DEFAULT_GATE, embed_yaw)
     assert capture.offer(SHARP, [face_at(30)], 0) == "off_pose"
-    assert "1 not a pose asked" in capture.result("end of source").summary()
+    assert "1 in no pose asked for" in capture.result("end of source").summary()
 
 
 def test_driver_prompts_each_pose_once_stops_when_complete_and_closes_the_source() -> None:
