@@ -171,7 +171,7 @@ class Agent:
         faces: EventFaceStore | None = None,
     ) -> None:
         self.config = config
-        self.faces = faces  # faces of recognized events, for `facelite gallery reject` (None: not kept)
+        self.faces = faces  # faces of recognized/unknown events, for `gallery reject`, `enroll --from-event`
         self.models = models
         self.gallery = gallery
         self.sink = sink
@@ -303,10 +303,11 @@ class Agent:
                 new_id=_fixed_id(event_id),
                 face_jpeg=jpeg,
             )
-            if self.faces is not None and ev.type == "recognized" and ev.person and ev.embedding is not None:
-                # Kept before publishing: a user who sees the event can reject it at once.
+            if self.faces is not None and ev.type in ("recognized", "unknown") and ev.embedding is not None:
+                # Kept before publishing: a user who sees the event can reject it, or enrol its face, at once.
+                person = ev.person if ev.type == "recognized" else None  # None: an unknown event's face
                 self.faces.put(
-                    EventFace(str(event_id), ev.ts, ev.person, cam.name, self.models.embedder.sha256, ev.embedding)
+                    EventFace(str(event_id), ev.ts, person, cam.name, self.models.embedder.sha256, ev.embedding)
                 )
             self._publish_all(msgs)
             if ev.type == "recognized" and ev.person is not None:

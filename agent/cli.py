@@ -28,7 +28,9 @@ def _quiet_native_logs() -> None:
     """OpenCV and FFmpeg print their own warnings (every reconnect attempt) straight to stderr, around our
     one-line logging: keep them to errors. Must run before cv2 is imported; the user's setting wins."""
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "16")  # AV_LOG_ERROR
+    # Setting this makes OpenCV install its own FFmpeg log callback, which printf()s to *stdout*, where the stdout
+    # sink's JSON lines and the CLI reports go: so AV_LOG_QUIET. The sources report what failed in their own line.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 
 def _setup_logging(level: str) -> None:
@@ -280,9 +282,12 @@ def _hygiene(args: argparse.Namespace, detector: Any, embedder: Any) -> Any:
 
 
 def enroll(args: argparse.Namespace) -> int:
+    from agent import enroll_cli
     from agent.gallery import Gallery
     from agent.imageio import read_image
 
+    if enroll_cli.wanted(args):  # --from-event / --camera
+        return enroll_cli.run(args)
     detector, embedder, gallery_path = _models_from(args)
     report = EnrollReport()
     vectors, sources = [], []
@@ -412,6 +417,12 @@ def _reject(args: argparse.Namespace, gallery: Any, embedder: Any) -> str:
             f"the gallery uses {embedder.sha256[:12]}",
             str(store.path),
             "reject an event seen since the model changed",
+        )
+    if face.person is None:
+        raise FaceliteError(
+            f"event {event_id} was unknown: no one was announced, so there is nothing to reject",
+            "facelite gallery reject",
+            f"to name that face, run `facelite enroll NAME --from-event {event_id}`",
         )
     if face.person not in {p.name for p in gallery.people()}:
         raise FaceliteError(
@@ -559,6 +570,8 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agent.enroll_cli import add_options as enroll_options
+
     _quiet_native_logs()
     ap = argparse.ArgumentParser(prog="facelite", description="Enroll people, manage the gallery, evaluate.")
     ap.add_argument("--log-level", default="WARNING")
@@ -571,10 +584,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--gallery", type=Path, help="gallery file (without --config)")
         p.add_argument("--key-file", type=Path, help="gallery encryption key (without --config)")
 
-    p = sub.add_parser("enroll", help="enroll a person from photos (files or folders)")
+    p = sub.add_parser("enroll", help="enroll a person from photos (files or folders), an event or a camera")
     p.add_argument("name")
-    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("images", type=Path, nargs="*")
     p.add_argument("--largest", action="store_true", help="with several faces in a photo, take the largest")
+    enroll_options(p)
     model_flags(p)
     p = sub.add_parser(
         "gallery",

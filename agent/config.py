@@ -326,8 +326,8 @@ class GalleryConfig(Section):
         3 * 86400.0,
         ge=0,
         le=90 * 86400,
-        description="Keep the face of each recognized event this long so `facelite gallery reject` can correct it "
-        "(0: keep none), seconds.",
+        description="Keep the face of each recognized and unknown event this long, for `facelite gallery reject` "
+        "and `facelite enroll --from-event` (0: keep none), seconds.",
     )
     event_faces_max: int = setting(
         200, ge=1, le=100_000, description="At most this many event faces are kept (oldest erased first)."
@@ -455,7 +455,7 @@ max_bytes = 67108864
 path = "/var/lib/facelite/gallery.sqlite"
 # key_file = "/etc/facelite/gallery.key"
 max_templates_per_person = 10 # the most central templates of each person are kept
-event_faces_keep_s = 259200  # faces of recognized events kept 3 days for `facelite gallery reject` (0: none)
+event_faces_keep_s = 259200  # event faces kept 3 days for `gallery reject`, `enroll --from-event` (0: none)
 event_faces_max = 200
 
 [presence]

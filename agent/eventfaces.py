@@ -1,14 +1,19 @@
-"""The faces behind recent ``recognized`` events, so a user can say "that was not Ada" later.
+"""The faces behind recent ``recognized`` and ``unknown`` events, so a user can say "that was not Ada" or
+"that stranger is Lee" later.
 
-``facelite gallery reject EVENT_ID`` turns an event's face into a negative example of the person it was announced
-as (agent/gallery.py). The event on MQTT carries no embedding, so the agent keeps one per ``recognized`` event
-here: ``event_faces.sqlite`` in its state folder (beside the spool and ``presence.json``), mode 0600.
+``facelite gallery reject EVENT_ID`` turns a recognized event's face into a negative example of the person it was
+announced as (agent/gallery.py); ``facelite enroll NAME --from-event EVENT_ID`` turns an event's face into a template
+of NAME (agent/enrolment.py). The event on MQTT carries no embedding, so the agent keeps one per event here:
+``event_faces.sqlite`` in its state folder (beside the spool and ``presence.json``), mode 0600.
 
-- Bounded: at most ``gallery.event_faces_max`` faces (oldest dropped first) and for ``gallery.event_faces_keep_s``
-  (default 3 days; 0 keeps nothing). An expired face is erased but its event id is remembered (no vector, no
-  person) so `reject` can say "expired" rather than "unknown"; those ids are bounded too.
+- A recognized event's row names its person; an unknown event's row has no person but a vector. An expired row has
+  neither (a tombstone), so "unknown event", "expired" and "nobody was named" stay three different answers.
+- Bounded: at most ``gallery.event_faces_max`` faces of either kind (oldest dropped first) and for
+  ``gallery.event_faces_keep_s`` (default 3 days; 0 keeps nothing). An expired face is erased but its event id is
+  remembered (no vector, no person) so `reject` can say "expired" rather than "unknown"; those ids are bounded too.
 - Encrypted when the gallery is: AES-GCM with the gallery's key, the event id and embedder in the associated data.
-- Forget means gone: faces announced as a forgotten person are erased (``secure_delete`` + ``VACUUM``).
+- Forget means gone: faces announced as a forgotten person, or enrolled as them from the event, are erased
+  (``secure_delete`` + ``VACUUM``).
 - The face kept is the best-quality one embedded during the visit before it was announced.
 
 The agent writes, the CLI reads (and erases on forget): SQLite in WAL mode with a busy timeout serialises them.
@@ -52,17 +57,23 @@ CREATE TABLE IF NOT EXISTS faces (
     vector BLOB,
     nonce BLOB
 );
-CREATE INDEX IF NOT EXISTS faces_ts ON faces(ts)
+CREATE INDEX IF NOT EXISTS faces_ts ON faces(ts);
+-- Who a face was enrolled as (`enroll --from-event`), so `forget` finds unknown faces too. A table of its own, not a
+-- column: an older agent writing `faces` keeps working on a file a newer CLI touched.
+CREATE TABLE IF NOT EXISTS enrolled (
+    event_id TEXT PRIMARY KEY,
+    person TEXT NOT NULL
+)
 """
 
 
 @dataclass(frozen=True)
 class EventFace:
-    """The face of one ``recognized`` event: who it was announced as, when, where, and its unit embedding."""
+    """The face of one event: who it was announced as (None: ``unknown``), when, where, and its unit embedding."""
 
     event_id: str
     ts: float  # epoch seconds of the event
-    person: str
+    person: str | None  # None for an unknown event
     camera: str
     embedder_sha256: str
     vector: np.ndarray
@@ -79,13 +90,13 @@ def store_path(spool_path: Path) -> Path:
     return Path(spool_path).with_name(STORE_NAME)
 
 
-def check_event_id(text: str) -> str:
-    """A uuid as events carry it (lower case), or a one-line error."""
+def check_event_id(text: str, where: str = "facelite gallery reject") -> str:
+    """A uuid as events carry it (lower case), or a one-line error naming ``where`` it was given."""
     if not isinstance(text, str) or not _UUID.match(text.strip()):
         raise GalleryError(
             f"{str(text)[:60]!r} is not an event id",
-            "facelite gallery reject",
-            "give the event_id of a recognized event",
+            where,
+            "give the event_id of a recognized or unknown event",
         )
     return str(uuid.UUID(text.strip()))
 
@@ -197,22 +208,39 @@ class EventFaceStore:
             "ORDER BY ts DESC LIMIT -1 OFFSET ?)",
             (self.policy.max_faces * _TOMBSTONE_FACTOR,),
         )
+        # A name goes with its face.
+        conn.execute("DELETE FROM enrolled WHERE event_id NOT IN (SELECT event_id FROM faces WHERE vector IS NOT NULL)")
 
     def forget(self, people: Iterable[str]) -> int:
-        """Erase the faces announced as these people from the file bytes; returns how many. Raises GalleryError."""
+        """Erase the faces announced as these people, or enrolled as them (``mark_enrolled``), from the file bytes;
+        returns how many. Raises GalleryError."""
         names = sorted(set(people))
         if not names or not self.path.exists():
             return 0
         try:
             conn = self._connect()
             marks = ",".join("?" * len(names))
-            cur = conn.execute(f"DELETE FROM faces WHERE person IN ({marks})", names)  # only ? marks in the text
+            # Only ? marks in the text. Faces announced as them, and faces enrolled as them from their events.
+            cur = conn.execute(
+                f"DELETE FROM faces WHERE person IN ({marks}) "
+                f"OR event_id IN (SELECT event_id FROM enrolled WHERE person IN ({marks}))",
+                names + names,
+            )
             erased = int(cur.rowcount or 0)
-            if erased:
+            named = conn.execute(f"DELETE FROM enrolled WHERE person IN ({marks})", names).rowcount or 0
+            erased_any = erased or named
+            if erased_any:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 conn.execute("VACUUM")
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return erased
+        except sqlite3.Error as exc:
+            raise GalleryError(f"event face store cannot be updated: {exc}", str(self.path)) from None
+
+    def mark_enrolled(self, event_id: str, person: str) -> None:
+        """Remember that this event's face was enrolled as ``person``, so forgetting them erases it too."""
+        try:
+            self._connect().execute("INSERT OR REPLACE INTO enrolled VALUES (?, ?)", (check_event_id(event_id), person))
         except sqlite3.Error as exc:
             raise GalleryError(f"event face store cannot be updated: {exc}", str(self.path)) from None
 
@@ -224,7 +252,7 @@ class EventFaceStore:
             raise GalleryError(
                 f"unknown event {eid}: no event faces are kept here",
                 str(self.path),
-                "run the agent with this configuration (gallery.event_faces_keep_s > 0) and reject a recent event",
+                "run the agent with this configuration (gallery.event_faces_keep_s > 0) and use a recent event",
             )
         try:
             row = (
@@ -238,10 +266,10 @@ class EventFaceStore:
             raise GalleryError(f"event face store cannot be read: {exc}", str(self.path)) from None
         if row is None:
             raise GalleryError(
-                f"unknown event {eid}: only recognized events are kept, the last {self.policy.max_faces} for "
-                f"{_days(self.policy.keep_s)}",
+                f"unknown event {eid}: only recognized and unknown events are kept, the last "
+                f"{self.policy.max_faces} for {_days(self.policy.keep_s)}",
                 str(self.path),
-                "copy the event_id of a recent recognized event from MQTT",
+                "copy the event_id of a recent event from MQTT",
             )
         ts, person, camera, sha, blob, nonce = row
         expired = blob is None or float(ts) < float(self._clock()) - self.policy.keep_s
@@ -250,7 +278,7 @@ class EventFaceStore:
                 f"event {eid} has expired: its face was erased (faces are kept {_days(self.policy.keep_s)}, "
                 f"the last {self.policy.max_faces})",
                 str(self.path),
-                "reject a more recent event of the same person, or raise gallery.event_faces_keep_s",
+                "use a more recent event of the same person, or raise gallery.event_faces_keep_s",
             )
         if self._aead is not None:
             if nonce is None:
@@ -268,7 +296,7 @@ class EventFaceStore:
                 "event face store is encrypted but no gallery key is set", str(self.path), "set gallery.key_file"
             )
         vec = np.frombuffer(blob, _F32).astype(np.float32)
-        return EventFace(eid, float(ts), str(person), str(camera), str(sha), vec)
+        return EventFace(eid, float(ts), None if person is None else str(person), str(camera), str(sha), vec)
 
 
 def _days(seconds: float) -> str:

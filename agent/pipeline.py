@@ -114,10 +114,11 @@ class Pipeline:
             return FrameResult(self._events(), 0, 0, {})
 
     def _events(self, popped: list[TrackEvent] | None = None) -> list[TrackEvent]:
-        """The tracker's events, ``recognized`` ones carrying the visit's best face; forget faces of ended tracks."""
+        """The tracker's events, ``recognized`` and ``unknown`` ones carrying the visit's best face; forget faces of
+        ended tracks."""
         events = [
             dataclasses.replace(ev, embedding=self._best_face[ev.track_id][1])
-            if ev.type == "recognized" and ev.track_id in self._best_face
+            if ev.type in ("recognized", "unknown") and ev.track_id in self._best_face
             else ev
             for ev in (self.tracker.pop_events() if popped is None else popped)
         ]

@@ -38,7 +38,8 @@ from soak import (
     write_config,
 )
 
-from agent.demo import Visit, plan, write_video
+from agent.demo import Visit, place, plan, write_video
+from agent.imageio import read_image
 from agent.spool import Spool
 
 DEVICE = "fault"
@@ -534,6 +535,63 @@ def test_locked_gallery_while_rejecting_fails_in_one_line_then_works(tmp_path: P
     assert negatives_in(gallery) == 0
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO_DIR)
     assert ok.returncode == 0 and negatives_in(gallery) == 1, ok.stderr
+
+
+def test_locked_gallery_while_enrolling_from_an_event_fails_in_one_line_then_works(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    config, event_id = reject_setup(tmp_path, models_dir)  # an event announced as Ada: enrolling it as Ada is allowed
+    gallery = tmp_path / "gallery.sqlite"
+    cmd = [sys.executable, "-m", "agent.cli", "enroll", "Ada", "--from-event", event_id, "--config", str(config)]
+    holder = sqlite3.connect(gallery, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the gallery for longer than the 5 s busy timeout
+    try:
+        locked = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO_DIR)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert locked.returncode != 0 and locked.stdout == "" and "Traceback" not in locked.stderr
+    (line,) = locked.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "locked" in line and str(gallery) in line, line
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO_DIR)
+    assert ok.returncode == 0 and ok.stdout.startswith(f"enrolled Ada from event {event_id}"), ok.stderr
+    with sqlite3.connect(gallery) as con:
+        assert con.execute("SELECT COUNT(*) FROM templates").fetchone()[0] == 3
+
+
+def test_camera_lost_during_guided_capture_ends_it_with_what_was_kept(tmp_path: Path, world: World) -> None:
+    """An IP camera that shows a frontal face goes away before the other poses: after its reconnect attempts the
+    capture ends, enrols the front face and says which poses got none; bounded time, no traceback."""
+    person = sorted((world.faces / "people" / "deepface_id04").glob("*.jpg"))
+    frontal = place(read_image(next(p for p in person if p.name == "img17.jpg")))
+    gallery = copy_gallery(world, tmp_path)
+    camera = MjpegCamera([frontal]).start()
+    cmd = [sys.executable, "-m", "agent.cli", "enroll", "Dee", "--camera", camera.url, "--timeout-s", "120",
+           "--detector", str(world.detector), "--embedder", str(world.embedder), "--gallery", str(gallery)]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_DIR)
+    try:
+        assert proc.stderr is not None
+        prompts = [proc.stderr.readline().strip(), proc.stderr.readline().strip()]
+        assert prompts[0].startswith("pose front:") and prompts[1].startswith("pose left:"), prompts
+        camera.stop()  # unplugged while the person turns
+        out, err = proc.communicate(timeout=60)
+    finally:
+        camera.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    summary, enrolled = out.strip().splitlines()  # nothing else on stdout (OpenCV's FFmpeg log went there)
+    assert summary.startswith("kept 1 template(s) (front 1, left 0, right 0)"), summary
+    assert "stopped: end of source" in summary and summary.endswith("no face for: left, right")
+    assert enrolled.startswith("enrolled Dee: 1 template(s) from the camera")
+    assert elapsed < 60
+    with sqlite3.connect(gallery) as con:
+        sources = [r[0] for r in con.execute("SELECT source FROM templates WHERE source LIKE 'camera %'")]
+    assert len(sources) == 1 and "(front)" in sources[0]
+    print(f"camera lost mid-capture: {summary} in {elapsed:.1f} s")
 
 
 # -- the camera goes away --------------------------------------------------------------------------------------

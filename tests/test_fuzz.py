@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -547,7 +548,8 @@ def test_event_ids_are_a_uuid_or_one_line(text: str) -> None:
     assert str(uuid.UUID(got)) == got
 
 
-def test_reject_with_bad_ids_or_a_damaged_event_face_store_is_one_line(tmp_path: Path, kit: Kit) -> None:
+def state_config(tmp_path: Path, kit: Kit) -> tuple[Path, Path, Path]:
+    """A copy of the kit's gallery and an agent config with a state folder; returns (config, gallery, state)."""
     state = tmp_path / "state"
     state.mkdir()
     gallery = tmp_path / "gallery.sqlite"
@@ -559,7 +561,11 @@ def test_reject_with_bad_ids_or_a_damaged_event_face_store_is_one_line(tmp_path:
         "gallery": {"path": str(gallery)},
         "spool": {"path": str(state / "spool.sqlite")},
     }
-    write_config(tmp_path / "agent.toml", config)
+    return write_config(tmp_path / "agent.toml", config), gallery, state
+
+
+def test_reject_with_bad_ids_or_a_damaged_event_face_store_is_one_line(tmp_path: Path, kit: Kit) -> None:
+    _, gallery, state = state_config(tmp_path, kit)
 
     def reject(event_id: str) -> str:
         proc = cli("-m", "agent.cli", "gallery", "reject", event_id, "--config", str(tmp_path / "agent.toml"))
@@ -587,6 +593,113 @@ def test_reject_with_bad_ids_or_a_damaged_event_face_store_is_one_line(tmp_path:
     assert "who is no longer in the gallery" in reject(known)
     with Gallery.open(gallery, embedder_sha256=sha, embedding_size=192) as g:
         assert sum(p.negatives for p in g.people()) == 0
+
+
+# -- enrolment: `facelite enroll NAME --from-event EVENT_ID` and `--camera SOURCE` -------------------------------
+def test_enroll_from_event_with_bad_ids_a_damaged_store_or_a_replay_is_one_line(tmp_path: Path, kit: Kit) -> None:
+    config, gallery, state = state_config(tmp_path, kit)
+
+    def enroll(event_id: str, *more: str, ok: bool = False) -> str:
+        proc = cli("-m", "agent.cli", "enroll", "Newcomer", *more, "--from-event", event_id, "--config", str(config))
+        assert "Traceback" not in proc.stderr and (proc.returncode == 0) is ok, proc.stderr
+        return one_line(proc.stdout.strip() if ok else proc.stderr.strip())
+
+    def templates() -> dict[str, int]:
+        with Gallery.open(gallery, embedder_sha256=sha, embedding_size=192) as g:
+            return {p.name: p.templates for p in g.people()}
+
+    known = str(uuid.uuid4())
+    for bad in ("", "x" * 5000, "ünïcode-ïd", f"{known}x", known.replace("-", "")):
+        assert "not an event id (facelite enroll --from-event)" in enroll(bad)
+    assert "exactly one of them" in enroll(known, str(kit.people["fr_obama"][0]))
+    assert "no event faces are kept" in enroll(known)
+    store = state / "event_faces.sqlite"
+    store.write_bytes(random.Random(6).randbytes(20000))
+    line = enroll(known)
+    assert "event face store" in line and str(store) in line
+    store.unlink()
+    sha = Embedder.from_model_dir(kit.embedder).sha256
+    now = dt.datetime.now().timestamp()
+    ids = {k: str(uuid.uuid4()) for k in ("stranger", "old", "other_model", "obama")}
+    vec = np.random.default_rng(8).standard_normal(192).astype(np.float32)
+    with EventFaceStore(store, key=None, policy=StorePolicy()) as faces:
+        faces.put(EventFace(ids["stranger"], now, None, "door", sha, vec / np.linalg.norm(vec)))
+        faces.put(EventFace(ids["old"], now - 400000, None, "door", sha, vec / np.linalg.norm(vec)))
+        faces.put(EventFace(ids["other_model"], now, None, "door", "f" * 64, vec / np.linalg.norm(vec)))
+        faces.put(EventFace(ids["obama"], now, "fr_obama", "door", sha, np.ones(192, np.float32) / np.sqrt(192)))
+    assert "unknown event" in enroll(known)
+    assert "has expired" in enroll(ids["old"])
+    assert "was embedded by model ffffffffffff" in enroll(ids["other_model"])
+    assert f"facelite gallery reject {ids['obama']}" in enroll(ids["obama"])
+    before = templates()
+    assert enroll(ids["stranger"], ok=True).startswith(f"enrolled Newcomer from event {ids['stranger']}")
+    assert "already a template of Newcomer" in enroll(ids["stranger"], ok=True)  # replayed: harmless
+    assert templates() == {**before, "Newcomer": 1}
+
+
+def mjpg_clip(path: Path, photos: list[bytes], frames: int = 6) -> bytes:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (320, 240))
+    assert writer.isOpened()
+    for i in range(frames):
+        image = cv2.imdecode(np.frombuffer(photos[i % len(photos)], np.uint8), cv2.IMREAD_COLOR)
+        writer.write(cv2.resize(image, (320, 240)))
+    writer.release()
+    return path.read_bytes()
+
+
+def test_damaged_videos_give_a_capture_report_or_one_line_never_a_traceback(tmp_path: Path, kit: Kit) -> None:
+    from agent.capture import Capture, CaptureSettings, run_capture
+    from agent.errors import FaceliteError
+    from agent.quality import DEFAULT_GATE
+    from agent.sources import open_source
+
+    detector, embedder = create_detector(kit.detector), Embedder.from_model_dir(kit.embedder)
+    clip = mjpg_clip(tmp_path / "clip.avi", kit.photos)
+    outcomes: dict[str, int] = {}
+
+    @settings(FUZZ, max_examples=30)
+    @given(data=damaged_files([clip]))
+    def run(data: bytes) -> None:
+        path = tmp_path / "input.avi"
+        path.write_bytes(data)
+        capture = Capture(CaptureSettings(timeout_s=30.0), DEFAULT_GATE, lambda i, f: embedder.embed(i, f).vector)
+        try:
+            result = run_capture(
+                open_source(path, name="fuzz", max_attempts=1), detector.detect, capture, clock=time.monotonic,
+                say=lambda s: None,
+            )  # fmt: skip
+        except FaceliteError as exc:
+            assert "no frame could be read" in one_line(exc.one_line())
+            outcomes["one line"] = outcomes.get("one line", 0) + 1
+            return
+        one_line(result.summary())
+        assert result.frames >= 1 and len(result.kept) <= 3
+        outcomes["report"] = outcomes.get("report", 0) + 1
+
+    run()
+    assert len(outcomes) == 2, outcomes  # both readable and unreadable clips were exercised
+    print(f"damaged videos: {outcomes}")
+
+
+def test_enroll_camera_with_bad_sources_or_options_is_one_line(tmp_path: Path, kit: Kit) -> None:
+    flags = ["--detector", str(kit.detector), "--embedder", str(kit.embedder), "--gallery", str(tmp_path / "g.db")]
+    shutil.copy(kit.gallery, tmp_path / "g.db")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "noise.avi").write_bytes(random.Random(9).randbytes(5000))
+    cases = {
+        str(tmp_path / "missing.avi"): ([], "camera source not found"),
+        str(tmp_path / "noise.avi"): ([], "no frame could be read"),
+        str(tmp_path / "empty"): ([], "no frame could be read"),
+        "ftp://camera/x": ([], "unsupported stream scheme"),
+        "/dev/video-facelite-missing": ([], "gave up after 2 reconnect attempt(s)"),
+        "0x": (["--poses", "front,up"], "poses must be distinct names"),
+        "0y": (["--per-pose", "0"], "faces per pose must be 1..20"),
+        "0z": (["--timeout-s", "nan"], "timeout must be > 0 seconds"),
+    }
+    for source, (more, says) in cases.items():
+        proc = cli("-m", "agent.cli", "enroll", "Newcomer", "--camera", source, *more, *flags)
+        assert proc.returncode != 0 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
+        assert says in one_line(proc.stderr.strip()), (source, proc.stderr)
 
 
 # -- configs ---------------------------------------------------------------------------------------------------
