@@ -640,6 +640,14 @@ BASE: dict[str, Any] = {
         "event_faces_max": 200,
     },
     "presence": {"away_after_s": 300.0, "last_seen_interval_s": 30.0},
+    # Off here, so fuzzing [mqtt] away is no problem of [commands]; fuzzing enabled = true alone is fine.
+    "commands": {
+        "enabled": False,
+        "allowed": ["ping", "forget"],
+        "max_payload_bytes": 4096,
+        "replay_window_s": 86400.0,
+        "replay_max_ids": 1000,
+    },
 }
 Loc = tuple[str | int, ...]
 
