@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -32,11 +33,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from soak import AgentProcess, enroll_gallery, pick, toml_text, write_config
 
+from agent.commands import CommandRefused, parse_command
 from agent.config import AgentConfig, ConfigError, ConfigErrors, key_path, load_config
 from agent.detect import create_detector
 from agent.embed import Embedder
 from agent.errors import GalleryError, ImageError, ModelError
 from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
+from agent.events import Topics
 from agent.gallery import Gallery, Matcher
 from agent.imageio import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_bgr
 from agent.pipeline import Pipeline
@@ -545,6 +548,41 @@ def test_event_ids_are_a_uuid_or_one_line(text: str) -> None:
         assert "not an event id" in one_line(exc.one_line())
         return
     assert str(uuid.UUID(got)) == got
+
+
+COMMAND_TOPICS = Topics("fuzz")
+COMMAND_DOCS = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.one_of(st.text(max_size=70), st.sampled_from(["a", "req-1", "x" * 64]), st.integers()),
+        "command": st.one_of(st.sampled_from(["ping", "list", "forget", "reject", "rename", "nope"]), st.text()),
+        "args": st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=8), st.integers(), st.none())),
+        "reply_to": st.one_of(st.text(max_size=30), st.just("facelite/fuzz/x"), st.just("facelite/fuzz/command")),
+    },
+)
+
+
+@settings(FUZZ, max_examples=400)
+@given(
+    payload=st.one_of(
+        st.binary(max_size=600),
+        COMMAND_DOCS.map(lambda d: json.dumps(d).encode()),
+        st.recursive(
+            st.none() | st.booleans() | st.floats() | st.text(max_size=5), lambda c: st.lists(c, max_size=3)
+        ).map(lambda v: json.dumps(v).encode()),
+        st.integers(1, 5000).map(lambda n: b"[" * n + b"]" * n),
+    ),
+    max_bytes=st.sampled_from([128, 4096, 1 << 20]),
+)
+def test_the_command_parser_gives_a_command_or_its_own_refusal_for_any_bytes(payload: bytes, max_bytes: int) -> None:
+    try:
+        command = parse_command(payload, COMMAND_TOPICS, max_bytes=max_bytes)
+    except CommandRefused as refused:
+        one_line(refused.reason)
+        assert refused.request_id is None or re.fullmatch(r"[A-Za-z0-9._-]{1,64}", refused.request_id)
+        return
+    assert len(payload) <= max_bytes and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", command.id)
+    assert command.reply_to.startswith("facelite/fuzz/") and command.reply_to != COMMAND_TOPICS.command
 
 
 def test_reject_with_bad_ids_or_a_damaged_event_face_store_is_one_line(tmp_path: Path, kit: Kit) -> None:
