@@ -317,3 +317,49 @@ def test_sink_subscribes_after_every_connect_and_bounds_its_inbound_queue(tmp_pa
             pub.stop()
             sink.close()
             spool.close()
+
+
+def documented_acl() -> str:
+    """The ACL block of docs/mqtt-commands.md, as a user would copy it."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "mqtt-commands.md").read_text()
+    block = text.split("<!-- acl:", 1)[1].split("```", 2)[1]
+    return block.lstrip("\n")
+
+
+def test_the_documented_acl_lets_only_the_home_automation_user_command_the_device(tmp_path: Path) -> None:
+    users = {"facelite": "dev-pw", "homeassistant": "ha-pw", "guest": "guest-pw"}
+    with MosquittoBroker(tmp_path / "b", users=users, acl=documented_acl()) as broker:
+        config = MqttConfig(
+            host="127.0.0.1", port=broker.port, username="facelite", password_env="PW",
+            reconnect=Backoff(initial_s=0.1, max_s=0.5), close_timeout_s=2,
+        )  # fmt: skip
+        spool = Spool(tmp_path / "spool.sqlite", 100, 1 << 20)
+        sink = MqttSink(config, spool, device_id="hall", subscribe=TOPICS.command, environ={"PW": "dev-pw"}).start()
+        ha = Subscriber(broker, ["facelite/#", "homeassistant/#"], username="homeassistant", password="ha-pw")
+        guest = Subscriber(broker, ["facelite/#"], username="guest", password="guest-pw")
+        try:
+            ha.start()
+            guest.start()
+            wait_until(lambda: subacks(broker, sink.client_id) == 1, what="the device's subscription")
+            # Denied writes are acknowledged and dropped by mosquitto: once acked, they were judged.
+            guest.client.publish(TOPICS.command, b"from-guest", qos=1).wait_for_publish(5)
+            sink.publish(Message(TOPICS.command, b"from-device", qos=1))  # the device cannot command itself
+            sink.publish(Message(TOPICS.command_reply + "/ha", b"reply", qos=1))
+            sink.publish(Message(TOPICS.state, b"state", qos=1, retain=True))
+            sink.publish(Message("homeassistant/sensor/facelite_hall/fps/config", b"{}", qos=1, retain=True))
+            ha.wait_for(1, topic="homeassistant/sensor/facelite_hall/fps/config")
+            ha.wait_for(1, topic=TOPICS.state)
+            ha.wait_for(1, topic=TOPICS.command_reply + "/ha")
+            ha.client.publish(TOPICS.command, b"from-ha", qos=1).wait_for_publish(5)
+            got: list[Message] = []
+            wait_until(lambda: got.extend(sink.receive()) or got, what="the home-automation user's command")
+            time.sleep(0.3)
+            got += sink.receive()
+            assert [m.payload for m in got] == [b"from-ha"]
+            assert guest.messages == []  # the guest reads nothing under facelite/
+            assert [m.payload for m in ha.messages if m.topic == TOPICS.command] == [b"from-ha"]
+        finally:
+            ha.stop()
+            guest.stop()
+            sink.close()
+            spool.close()
