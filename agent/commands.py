@@ -16,7 +16,8 @@ Request ids are single use: an id seen within ``replay_window_s`` is refused as 
 (``commands_seen.json`` in the state folder, beside the spool, bounded by ``replay_max_ids``).
 
 Adding a command is one function ``(CommandContext, args) -> result dict`` and one ``REGISTRY`` entry naming its
-string arguments and whether it changes the gallery (the agent then re-matches and re-syncs the broker).
+string arguments. Whatever a command writes to the gallery (its version moves), the agent then re-matches and
+brings the broker in line, as after `facelite enroll` or `facelite gallery forget` from another process.
 """
 
 from __future__ import annotations
@@ -186,15 +187,14 @@ def _reject(ctx: CommandContext, args: Args) -> dict[str, Any]:
 class CommandSpec:
     run: Callable[[CommandContext, Args], dict[str, Any]]
     args: tuple[str, ...] = ()  # required string arguments (no others are accepted)
-    changes_gallery: bool = False  # the agent re-matches and clears forgotten people from the broker after it
 
 
 REGISTRY: dict[str, CommandSpec] = {
     "ping": CommandSpec(_ping),
     "list": CommandSpec(_list),
-    "forget": CommandSpec(_forget, ("person",), changes_gallery=True),
-    "rename": CommandSpec(_rename, ("old", "new"), changes_gallery=True),
-    "reject": CommandSpec(_reject, ("event_id",), changes_gallery=True),
+    "forget": CommandSpec(_forget, ("person",)),
+    "rename": CommandSpec(_rename, ("old", "new")),
+    "reject": CommandSpec(_reject, ("event_id",)),
 }
 
 
@@ -293,6 +293,7 @@ class CommandCounters:
 @dataclass(frozen=True)
 class Handled:
     replies: list[Message] = field(default_factory=list)
+    # The gallery's version moved (also when the command failed half-way): the agent re-matches and re-syncs.
     gallery_changed: bool = False
 
 
@@ -316,6 +317,11 @@ class CommandProcessor:
         self.counters = CommandCounters()
 
     def handle(self, message: Message, ctx: CommandContext) -> Handled:
+        version = ctx.gallery.version
+        handled = self._handle(message, ctx)
+        return Handled(handled.replies, gallery_changed=ctx.gallery.version != version)
+
+    def _handle(self, message: Message, ctx: CommandContext) -> Handled:
         self.counters.received += 1
         if message.retain:
             self.counters.ignored_retained += 1
@@ -355,7 +361,7 @@ class CommandProcessor:
         self.counters.ok += 1
         log.info("command id=%s %s: ok", command.id, command.name)
         body = {"id": command.id, "command": command.name, "ok": True, "result": result}
-        return Handled([self._reply(command.reply_to, body)], gallery_changed=spec.changes_gallery)
+        return Handled([self._reply(command.reply_to, body)])
 
     def _refused(self, refused: CommandRefused) -> Handled:
         reason = " ".join(refused.reason.split())  # one line, whatever an error carried
