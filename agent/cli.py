@@ -378,8 +378,10 @@ def gallery_cmd(args: argparse.Namespace) -> int:
         elif args.action == "reject":
             print(_reject(args, g, embedder))
         elif args.action == "rename":
-            g.rename(args.args[0], args.args[1])
-            print(f"renamed {args.args[0]} -> {args.args[1]}")
+            from agent.galleryops import rename_person
+
+            old, new = rename_person(g, args.args[0], args.args[1])
+            print(f"renamed {old} -> {new}")
         elif args.action == "export":
             n = g.export(Path(args.args[0]))
             print(f"exported {n} template(s) to {args.args[0]}")
