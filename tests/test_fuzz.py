@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from soak import AgentProcess, enroll_gallery, pick, toml_text, write_config
 
-from agent.commands import CommandRefused, parse_command
+from agent.commands import CommandContext, CommandProcessor, CommandRefused, ReplayLog, parse_command
 from agent.config import AgentConfig, ConfigError, ConfigErrors, key_path, load_config
 from agent.detect import create_detector
 from agent.embed import Embedder
@@ -42,6 +42,7 @@ from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event
 from agent.events import Topics
 from agent.gallery import Gallery, Matcher
 from agent.imageio import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_bgr
+from agent.messages import Message
 from agent.pipeline import Pipeline
 from agent.quality import QualityGate
 from agent.schema import Section, sections_of
@@ -583,6 +584,45 @@ def test_the_command_parser_gives_a_command_or_its_own_refusal_for_any_bytes(pay
         return
     assert len(payload) <= max_bytes and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", command.id)
     assert command.reply_to.startswith("facelite/fuzz/") and command.reply_to != COMMAND_TOPICS.command
+
+
+def test_the_command_processor_answers_at_most_once_in_one_line_and_never_raises(tmp_path: Path) -> None:
+    sha = "ab" * 32
+    gallery = Gallery.open(tmp_path / "gallery.sqlite", embedder_sha256=sha, embedding_size=8)
+    gallery.enroll("Ada", [np.eye(8, dtype=np.float32)[0]], ["a.jpg"])
+    replay = ReplayLog(tmp_path / "commands_seen.json", window_s=3600, max_ids=50, clock=dt.datetime.now().timestamp)
+    processor = CommandProcessor(COMMAND_TOPICS, allowed=None, max_bytes=4096, replay=replay)
+    ctx = CommandContext(gallery, None, sha, dict)
+    shapes = {"ok": {"id", "command", "ok", "result"}, "refused": {"id", "command", "ok", "error"}}
+
+    @settings(FUZZ, max_examples=300)
+    @given(
+        payload=st.one_of(
+            st.binary(max_size=300),
+            COMMAND_DOCS.map(lambda d: json.dumps(d).encode()),
+            st.builds(  # well-formed ones too, so the answered path is fuzzed as well
+                lambda n, c: json.dumps({"id": f"ok-{n}", "command": c}).encode(),
+                st.integers(0, 10**9),
+                st.sampled_from(["ping", "list"]),
+            ),
+        ),
+        retain=st.booleans(),
+    )
+    def run(payload: bytes, retain: bool) -> None:
+        handled = processor.handle(Message(COMMAND_TOPICS.command, payload, qos=1, retain=retain), ctx)
+        assert len(handled.replies) <= 1
+        for reply in handled.replies:
+            body = json.loads(reply.payload)
+            assert set(body) == shapes["ok" if body["ok"] else "refused"], body
+            assert reply.topic.startswith("facelite/fuzz/") and reply.topic != COMMAND_TOPICS.command
+            if not body["ok"]:
+                one_line(body["error"])
+
+    run()
+    with gallery:
+        counts = processor.counters.as_dict()
+    assert counts["ok"] > 0 and counts["refused"] > 0 and counts["invalid"] > 0, counts
+    assert counts["received"] == counts["ok"] + counts["refused"] + counts["invalid"] + counts["ignored_retained"]
 
 
 def test_reject_with_bad_ids_or_a_damaged_event_face_store_is_one_line(tmp_path: Path, kit: Kit) -> None:
