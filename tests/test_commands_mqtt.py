@@ -90,6 +90,15 @@ class Commander:
         self.command = f"facelite/{device}/command"
         self.sub = Subscriber(broker, ["facelite/#", "homeassistant/#"]).start()
 
+    def wait_online(self, count: int = 1) -> None:
+        """Wait for the agent's ``count``-th "online": it subscribes to commands before it says so (same CONNACK)."""
+        availability = self.command.replace("/command", "/availability")
+        wait_until(
+            lambda: sum(m.topic == availability and m.payload == b"online" for m in self.sub.messages) >= count,
+            90,
+            f"online #{count}",
+        )
+
     def send(self, payload: bytes | dict[str, Any]) -> None:
         raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.sub.client.publish(self.command, raw, qos=1).wait_for_publish(10)
@@ -129,6 +138,7 @@ def test_commands_are_off_unless_configured(tmp_path: Path, setup: dict[str, Pat
         try:
             with AgentProcess(config) as agent:
                 agent.wait_line(r"event recognized .*person=Ada Lovelace", timeout=90)
+                commander.wait_online()
                 commander.send({"id": "off-1", "command": "forget", "args": {"person": ADA}})
                 commander.send({"id": "off-2", "command": "ping"})
                 # Twice the state interval: an enabled agent answers within one loop pass (the test below).
@@ -158,6 +168,7 @@ def test_enabled_commands_reject_list_forget_refuse_and_remember_ids_across_a_re
         try:
             with AgentProcess(config) as agent:
                 agent.wait_line(r"event recognized .*person=Ada Lovelace", timeout=90)
+                commander.wait_online()
                 events = [json.loads(m.payload) for m in commander.sub.messages if m.topic.endswith("/events")]
                 event_id = next(e["event_id"] for e in events if e["type"] == "recognized")
 
@@ -201,7 +212,7 @@ def test_enabled_commands_reject_list_forget_refuse_and_remember_ids_across_a_re
                 assert any(f"command id={request_id} " in line for line in agent.lines), request_id
 
             with AgentProcess(config) as again:  # ids are remembered across restarts (state folder)
-                again.wait_line(r"agent cmd running", timeout=90)
+                commander.wait_online(2)
                 reply = commander.ask({"id": "forget-1", "command": "ping"})
                 assert reply == {"id": "forget-1", "command": "ping", "ok": False, "error": "replayed"}
                 assert commander.ask({"id": "ping-2", "command": "ping"})["ok"] is True

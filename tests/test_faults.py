@@ -558,6 +558,7 @@ def test_disk_full_while_a_command_writes_the_gallery_is_refused_with_the_reason
         try:
             with AgentProcess(config, wrapper=namespace_with_tmpfs(mount, "4m", f'cp -a "{host}/." "$0/"')) as agent:
                 agent.wait_line(seen, timeout=90)
+                commander.wait_online()
                 assert commander.ask({"id": "before", "command": "ping"})["ok"]
                 ballast = fill(inside(agent, mount))
                 full = commander.ask({"id": "full-1", "command": "forget", "args": {"person": visit.person}})
