@@ -238,7 +238,7 @@ def test_refused_commands_answer_with_a_reason_and_change_nothing(
     assert reply["error"] == "replayed"
 
 
-def test_reject_without_kept_faces_and_a_locked_gallery_are_refusals_not_crashes(
+def test_reject_without_kept_faces_is_a_refusal_with_the_config_key(
     tmp_path: Path, world: tuple[Gallery, EventFaceStore, np.ndarray]
 ) -> None:
     gallery, _, _ = world
@@ -248,16 +248,8 @@ def test_reject_without_kept_faces_and_a_locked_gallery_are_refusals_not_crashes
     assert "keeps no event faces" in reply["error"] and "gallery.event_faces_keep_s = 0" in reply["error"]
     (reply,), _ = send(p, no_faces, cmd(id="n2", command="reject", args={"event_id": "not-an-id"}))
     assert "keeps no event faces" in reply["error"]
-    holder = sqlite3.connect(gallery.path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # another writer holds the gallery past the busy timeout (5 s)
-    try:
-        (reply,), changed = send(p, no_faces, cmd(id="n3", command="forget", args={"person": "Ada"}))
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    assert reply["ok"] is False and "locked" in reply["error"] and str(gallery.path) in reply["error"], reply
-    assert "\n" not in reply["error"] and not changed
-    (reply,), changed = send(p, no_faces, cmd(id="n4", command="forget", args={"person": "Ada"}))
+    # A gallery that cannot be written (full disk) through the real agent: tests/test_faults.py.
+    (reply,), changed = send(p, no_faces, cmd(id="n3", command="forget", args={"person": "Ada"}))
     assert reply["ok"] and changed
 
 
