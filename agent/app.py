@@ -374,11 +374,7 @@ class Agent:
             uptime_s=self.monotonic() - self._started,
             camera=camera,
             matching=self.open_set.as_dict(),
-            commands=(
-                {**self.commands.processor.counters.as_dict(), "dropped": getattr(sink, "inbound_dropped", 0)}
-                if self.commands
-                else {}
-            ),
+            commands=self.commands.counters(getattr(sink, "inbound_dropped", 0)) if self.commands else {},
         )
 
     def run(self) -> RunSummary:
@@ -427,7 +423,7 @@ class Agent:
                 self._publish_all(self.roster.presence_messages(self.presence.tick(self.wall())))
                 next_state = now + self.config.state_interval_s
             if self.commands is not None:
-                self._handle_commands()
+                self.commands.drain(self._command_ctx, gallery_changed=self._gallery_changed, publish=self.sink.publish)
             if now >= next_refresh:
                 next_refresh = now + GALLERY_REFRESH_S
                 self._refresh_gallery()
@@ -452,14 +448,6 @@ class Agent:
         log.info("gallery changed (version %d): %d people", self.gallery.version, len(people))
         self._rematch()
         self._sync(self.roster.set_people(people))
-
-    def _handle_commands(self) -> None:
-        assert self.commands is not None
-        for message in self.commands.receive():
-            handled = self.commands.processor.handle(message, self._command_ctx)
-            if handled.gallery_changed:  # first: a forgotten person's retained topics are cleared before the reply
-                self._gallery_changed()
-            self._publish_all(handled.replies)
 
     def _rematch(self) -> None:
         """A gallery of another size needs another threshold to hold the same per-visit stranger rate."""

@@ -392,6 +392,21 @@ class CommandInbox:
     processor: CommandProcessor
     receive: Callable[[], list[Message]]
 
+    def drain(
+        self, ctx: CommandContext, *, gallery_changed: Callable[[], None], publish: Callable[[Message], None]
+    ) -> None:
+        """Run every command received since the last call (the frame loop calls this once per pass)."""
+        for message in self.receive():
+            handled = self.processor.handle(message, ctx)
+            if handled.gallery_changed:  # first: a forgotten person's retained topics are cleared before the reply
+                gallery_changed()
+            for reply in handled.replies:
+                publish(reply)
+
+    def counters(self, dropped: int) -> dict[str, int]:
+        """For the state message: the processor's counters and the commands the sink dropped (queue full)."""
+        return {**self.processor.counters.as_dict(), "dropped": int(dropped)}
+
 
 def open_commands(
     config: Any, topics: Topics, receive: Callable[[], list[Message]], clock: Callable[[], float]
