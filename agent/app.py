@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import cv2
 
+from agent.commands import CommandContext, open_commands
 from agent.config import AgentConfig
 from agent.detect import Detector, create_detector
 from agent.embed import Embedder
@@ -169,6 +170,7 @@ class Agent:
         notifier: Notifier | None = None,
         record: RecordFile | None = None,
         faces: EventFaceStore | None = None,
+        receive_commands: Callable[[], list[Message]] | None = None,
     ) -> None:
         self.config = config
         self.faces = faces  # faces of recognized/unknown events, for `gallery reject`, `enroll --from-event`
@@ -202,6 +204,9 @@ class Agent:
             discovery=bool(config.mqtt and config.mqtt.discovery),
         )
         self.presence = self.roster.presence
+        # MQTT commands (agent/commands.py): run here, in the frame loop that owns the gallery and the matcher.
+        self.commands = open_commands(config, self.topics, receive_commands, wall) if receive_commands else None
+        self._command_ctx = CommandContext(gallery, faces, models.embedder.sha256, lambda: self.open_set.as_dict())
         self._announced = False
         self.summary = RunSummary()
         self._stop = threading.Event()
@@ -360,6 +365,7 @@ class Agent:
             uptime_s=self.monotonic() - self._started,
             camera=camera,
             matching=self.open_set.as_dict(),
+            commands=self.commands.counters(getattr(sink, "inbound_dropped", 0)) if self.commands else {},
         )
 
     def run(self) -> RunSummary:
@@ -407,6 +413,8 @@ class Agent:
                 self.sink.publish(state_message(self.topics, self.state(fps), now=self.wall()))
                 self._publish_all(self.roster.presence_messages(self.presence.tick(self.wall())))
                 next_state = now + self.config.state_interval_s
+            if self.commands is not None:
+                self.commands.drain(self._command_ctx, gallery_changed=self._gallery_changed, publish=self.sink.publish)
             if now >= next_refresh:
                 next_refresh = now + GALLERY_REFRESH_S
                 self._refresh_gallery()
@@ -424,10 +432,13 @@ class Agent:
             log.warning("gallery refresh failed: %s", exc.one_line())
             return
         if changed:
-            people = [p.name for p in self.gallery.people()]
-            log.info("gallery changed (version %d): %d people", self.gallery.version, len(people))
-            self._rematch()
-            self._sync(self.roster.set_people(people))
+            self._gallery_changed()
+
+    def _gallery_changed(self) -> None:
+        people = [p.name for p in self.gallery.people()]
+        log.info("gallery changed (version %d): %d people", self.gallery.version, len(people))
+        self._rematch()
+        self._sync(self.roster.set_people(people))
 
     def _rematch(self) -> None:
         """A gallery of another size needs another threshold to hold the same per-visit stranger rate."""

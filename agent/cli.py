@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +98,7 @@ def run_agent(config: Any) -> int:
     if config.mqtt is not None:
         spool = Spool(config.spool.path, config.spool.max_messages, config.spool.max_bytes)
         # Started once the agent has announced: the spool must lose forgotten people's events before it is sent.
-        sink: Any = MqttSink(config.mqtt, spool, device_id=config.device_id)
+        sink: Any = MqttSink(config.mqtt, spool, device_id=config.device_id, subscribe=_command_topic(config))
     else:
         sink = StdoutSink()
     sources = open_sources(config)
@@ -109,7 +108,8 @@ def run_agent(config: Any) -> int:
     # Faces of recognized events (for `facelite gallery reject`) live in the state folder the spool made.
     state_dir = Path(config.spool.path).parent
     faces = open_event_faces(config) if config.gallery.event_faces_keep_s > 0 and state_dir.is_dir() else None
-    agent = Agent(config, models, gallery, sink, sources, record=record, faces=faces)
+    receive = sink.receive if config.commands.enabled else None  # config: commands need [mqtt]
+    agent = Agent(config, models, gallery, sink, sources, record=record, faces=faces, receive_commands=receive)
     agent.announce()
     if config.mqtt is not None:
         sink.start()
@@ -129,6 +129,15 @@ def run_agent(config: Any) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
+
+
+def _command_topic(config: Any) -> str | None:
+    """The topic the sink subscribes to: the device's command topic when commands are enabled, else none."""
+    if not config.commands.enabled:
+        return None
+    from agent.events import Topics
+
+    return Topics(config.device_id, config.mqtt.base_topic, config.mqtt.discovery_prefix).command
 
 
 def _stop_on_signal(agent: Any) -> Callable[[int, Any], None]:
@@ -365,18 +374,19 @@ def gallery_cmd(args: argparse.Namespace) -> int:
             g.remove(args.args[0])
             print(f"removed {args.args[0]}")
         elif args.action == "forget":
-            complete = g.forget(args.args[0])
-            erased = _forget_event_faces(args, args.args[0])
+            outcome = _forget(args, g)
             print(
-                f"forgot {args.args[0]}"
-                + (f" and {erased} face(s) of their recent events" if erased else "")
-                + ("" if complete else " (another process holds the file: traces vanish when it closes)")
+                f"forgot {outcome.person}"
+                + (f" and {outcome.faces_erased} face(s) of their recent events" if outcome.faces_erased else "")
+                + ("" if outcome.complete else " (another process holds the file: traces vanish when it closes)")
             )
         elif args.action == "reject":
             print(_reject(args, g, embedder))
         elif args.action == "rename":
-            g.rename(args.args[0], args.args[1])
-            print(f"renamed {args.args[0]} -> {args.args[1]}")
+            from agent.galleryops import rename_person
+
+            old, new = rename_person(g, args.args[0], args.args[1])
+            print(f"renamed {old} -> {new}")
         elif args.action == "export":
             n = g.export(Path(args.args[0]))
             print(f"exported {n} template(s) to {args.args[0]}")
@@ -386,16 +396,17 @@ def gallery_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _forget_event_faces(args: argparse.Namespace, person: str) -> int:
-    """Erase the faces of recent events announced as ``person`` (the agent does it too, within 5 s)."""
+def _forget(args: argparse.Namespace, gallery: Any) -> Any:
+    """Forget a person; with --config also the faces of their recent events (the agent does it too, within 5 s)."""
+    from agent.galleryops import forget_person
+
     if not getattr(args, "config", None):
-        return 0
+        return forget_person(gallery, None, args.args[0])
     from agent.app import open_event_faces
     from agent.config import load_config
-    from agent.gallery import normalize_name
 
     with open_event_faces(load_config(args.config)) as store:
-        return store.forget([normalize_name(person)])
+        return forget_person(gallery, store, args.args[0])
 
 
 def _reject(args: argparse.Namespace, gallery: Any, embedder: Any) -> str:
@@ -403,6 +414,7 @@ def _reject(args: argparse.Namespace, gallery: Any, embedder: Any) -> str:
     from agent.app import open_event_faces
     from agent.config import load_config
     from agent.eventfaces import check_event_id
+    from agent.galleryops import reject_event
 
     event_id = check_event_id(args.args[0])
     if not getattr(args, "config", None):
@@ -410,37 +422,13 @@ def _reject(args: argparse.Namespace, gallery: Any, embedder: Any) -> str:
             "gallery reject needs --config", "facelite gallery reject", "the agent's state folder keeps event faces"
         )
     with open_event_faces(load_config(args.config)) as store:
-        face = store.get(event_id)
-    if face.embedder_sha256 != embedder.sha256:
-        raise FaceliteError(
-            f"event {event_id} was embedded by model {face.embedder_sha256[:12]}, "
-            f"the gallery uses {embedder.sha256[:12]}",
-            str(store.path),
-            "reject an event seen since the model changed",
-        )
-    if face.person is None:
-        raise FaceliteError(
-            f"event {event_id} was unknown: no one was announced, so there is nothing to reject",
-            "facelite gallery reject",
-            f"to name that face, run `facelite enroll NAME --from-event {event_id}`",
-        )
-    if face.person not in {p.name for p in gallery.people()}:
-        raise FaceliteError(
-            f"event {event_id} was announced as {face.person!r}, who is no longer in the gallery",
-            str(gallery.path),
-            "nothing to correct (removed, forgotten or renamed since)",
-        )
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(face.ts))
-    added = gallery.add_negative(
-        face.person, face.vector, source=f"event {event_id} ({face.camera}, {when} UTC)", event_id=event_id
-    )
-    count = next((p.negatives for p in gallery.people() if p.name == face.person), 0)
-    if not added:
-        return f"event {event_id} was already rejected as {face.person} ({count} negative(s))"
+        r = reject_event(gallery, store, embedder.sha256, event_id)
+    if not r.added:
+        return f"event {r.event_id} was already rejected as {r.person} ({r.negatives} negative(s))"
     return (
-        f"rejected event {event_id}: that face was not {face.person}; {face.person} has {count} negative(s), a face "
-        f"closer to one of them than to {face.person}'s templates is no longer announced as {face.person} "
-        f"(gallery version {gallery.version})"
+        f"rejected event {r.event_id}: that face was not {r.person}; {r.person} has {r.negatives} negative(s), a face "
+        f"closer to one of them than to {r.person}'s templates is no longer announced as {r.person} "
+        f"(gallery version {r.version})"
     )
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from agent.errors import ConfigError
 from agent.events import topic_prefix_problem
-from agent.schema import Context, Loc, Problem, Section, key_path, setting, short, validate
+from agent.schema import Context, KeyProblem, Loc, Problem, Section, key_path, setting, short, validate
 
 if TYPE_CHECKING:
     import yaml
@@ -347,6 +347,39 @@ class PresenceConfig(Section):
     )
 
 
+def _known_commands(value: list[str], ctx: Context) -> list[str]:
+    from agent.commands import REGISTRY  # the registry is the one list of commands (imported late: no cycle)
+
+    unknown = sorted({name for name in value if name not in REGISTRY})
+    if unknown:
+        raise ValueError(f"unknown command(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(REGISTRY))}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandsConfig(Section):
+    """Commands over MQTT (docs/mqtt-commands.md): off unless enabled; the broker's ACL decides who may send."""
+
+    enabled: bool = setting(
+        False, description="Accept commands on <base_topic>/<device_id>/command (needs [mqtt] and a broker ACL)."
+    )
+    allowed: list[str] | None = setting(
+        None, min_length=1, description="Commands accepted (default: all).", after=(_known_commands,)
+    )
+    max_payload_bytes: int = setting(
+        4096, ge=128, le=1_048_576, description="Larger command payloads are refused unread, bytes."
+    )
+    replay_window_s: float = setting(
+        7 * 86400.0,
+        ge=0,
+        le=365 * 86400,
+        description="A request id seen this long ago is refused as replayed (kept across restarts), seconds.",
+    )
+    replay_max_ids: int = setting(
+        10000, ge=1, le=1_000_000, description="At most this many request ids are remembered (oldest forgotten)."
+    )
+
+
 def _upper(value: Any, ctx: Context) -> Any:
     return value.upper() if isinstance(value, str) else value
 
@@ -379,10 +412,15 @@ class AgentConfig(Section):
     presence: PresenceConfig = setting(
         default_factory=PresenceConfig, description="Per-person home/away (kept in presence.json beside the spool)."
     )
+    commands: CommandsConfig = setting(default_factory=CommandsConfig, description="Commands over MQTT (off).")
     state_interval_s: float = setting(60.0, ge=1, le=3600, description="Publish the state message this often.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
         "INFO", description="Agent log level.", before=_upper
     )
+
+    def _check(self) -> None:
+        if self.commands.enabled and self.mqtt is None:
+            raise KeyProblem(("commands", "enabled"), "commands need a broker: add an [mqtt] table or disable them")
 
     @staticmethod
     def example_toml() -> str:
@@ -461,6 +499,15 @@ event_faces_max = 200
 [presence]
 away_after_s = 300         # home -> away this long after the last sighting
 last_seen_interval_s = 30  # while someone is in view, their last_seen moves at most this often
+
+[commands]
+# Commands over MQTT on <base_topic>/<device_id>/command (docs/mqtt-commands.md). Off by default: enable them
+# only with a broker ACL that lets the home-automation user alone publish there.
+enabled = false
+# allowed = ["ping", "list", "forget", "reject", "rename"]   # default: all
+max_payload_bytes = 4096
+replay_window_s = 604800   # a request id seen within this window is refused as "replayed"
+replay_max_ids = 10000
 """
 
 

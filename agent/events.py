@@ -187,6 +187,16 @@ class Topics:
         return f"{self.base}/person/{slugify(name)}"
 
     @property
+    def command(self) -> str:
+        """Where the home-automation user sends commands (agent/commands.py; off unless configured)."""
+        return f"{self.base}/command"
+
+    @property
+    def command_reply(self) -> str:
+        """Default topic of command replies (a command may name another under ``base``)."""
+        return f"{self.command}/reply"
+
+    @property
     def node_id(self) -> str:
         # HA discovery node ids allow [a-zA-Z0-9_-]; the device id is validated to that alphabet.
         return f"facelite_{self.device_id}"
@@ -480,6 +490,8 @@ class StateReport:
     # The open-set threshold in force: agent.openset.OpenSetThreshold.as_dict() (threshold, templates,
     # target and expected stranger accept rate per visit, where it came from).
     matching: Mapping[str, Any] = field(default_factory=dict)
+    # MQTT command counters (agent.commands.CommandCounters.as_dict()), empty when commands are off.
+    commands: Mapping[str, int] = field(default_factory=dict)
 
 
 def state_message(topics: Topics, report: StateReport, *, now: float) -> Message:
@@ -498,6 +510,8 @@ def state_message(topics: Topics, report: StateReport, *, now: float) -> Message
         "camera": report.camera,
         "matching": dict(report.matching),
     }
+    if report.commands:  # only when MQTT commands are enabled
+        payload["commands"] = {k: int(v) for k, v in sorted(report.commands.items())}
     return Message(topics.state, _json(payload), qos=1, retain=True)
 
 

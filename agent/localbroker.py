@@ -73,6 +73,7 @@ class MosquittoBroker:
         users: dict[str, str] | None = None,
         tls: TlsFiles | None = None,
         require_client_cert: bool = False,
+        acl: str | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -103,6 +104,10 @@ class MosquittoBroker:
             lines += ["allow_anonymous false", f"password_file {password_file}"]
         else:
             lines.append("allow_anonymous true")
+        if acl is not None:  # mosquitto's acl_file text (docs/mqtt-commands.md)
+            acl_file = self.folder / "acl"
+            acl_file.write_text(acl)
+            lines.append(f"acl_file {acl_file}")
         if tls:
             lines += [f"cafile {tls.ca_cert}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}"]
             lines.append(f"require_certificate {'true' if require_client_cert else 'false'}")

@@ -86,6 +86,15 @@ class Problem:
     reason: str
 
 
+class KeyProblem(ValueError):
+    """Raised by a table's ``_check`` for a rule across tables that belongs to one key (``loc`` inside the table),
+    so the problem is reported at that key's path and line rather than at the table."""
+
+    def __init__(self, loc: Loc, reason: str) -> None:
+        super().__init__(reason)
+        self.loc = loc
+
+
 class SchemaError(ValueError):
     """A section built in code with a bad value: the first problem, with its key path."""
 
@@ -185,6 +194,9 @@ def validate(cls: type[Section], data: Any, ctx: Context, loc: Loc, problems: li
         _trusted.reset(token)
     try:
         instance._check()
+    except KeyProblem as exc:
+        problems.append(Problem((*loc, *exc.loc), str(exc)))
+        return None
     except ValueError as exc:
         problems.append(Problem(loc, str(exc)))
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -592,6 +593,48 @@ def test_camera_lost_during_guided_capture_ends_it_with_what_was_kept(tmp_path: 
         sources = [r[0] for r in con.execute("SELECT source FROM templates WHERE source LIKE 'camera %'")]
     assert len(sources) == 1 and "(front)" in sources[0]
     print(f"camera lost mid-capture: {summary} in {elapsed:.1f} s")
+
+
+# -- MQTT commands on a full disk --------------------------------------------------------------------------------
+def test_disk_full_while_a_command_writes_the_gallery_is_refused_with_the_reason_and_the_agent_keeps_recognising(
+    tmp_path: Path, world: World
+) -> None:
+    from test_commands_mqtt import Commander, agent_config, visits_folder
+
+    visit = next(v for v in world.visits if v.enrolled)
+    seen = rf"event recognized .*person={re.escape(visit.person)} "
+    mount, host = tmp_path / "var", tmp_path / "host"
+    mount.mkdir()
+    copy_gallery(world, host)
+    frames = visits_folder(tmp_path / "frames", visit.photo, 40)
+    models = {"work": host, "detector": world.detector, "embedder": world.embedder}
+    with MosquittoBroker(tmp_path / "b") as broker:
+        commander = Commander(broker, DEVICE)
+        config = agent_config(host, models, broker.port, frames, device=DEVICE, commands={"enabled": True})
+        # The gallery and the state folder live on a small tmpfs: written on the host, copied in, paths rewritten.
+        config.write_text(config.read_text().replace(str(host), str(mount)))
+        try:
+            with AgentProcess(config, wrapper=namespace_with_tmpfs(mount, "4m", f'cp -a "{host}/." "$0/"')) as agent:
+                agent.wait_line(seen, timeout=90)
+                commander.wait_online()
+                assert commander.ask({"id": "before", "command": "ping"})["ok"]
+                ballast = fill(inside(agent, mount))
+                full = commander.ask({"id": "full-1", "command": "forget", "args": {"person": visit.person}})
+                assert full["ok"] is False and "full" in full["error"], full
+                recognized = len(agent.wait_line(seen))
+                agent.wait_line(seen, count=recognized + 1, timeout=60)  # still recognising
+                assert agent.alive()
+                (inside(agent, mount) / "ballast").unlink()
+                done = commander.ask({"id": "full-2", "command": "forget", "args": {"person": visit.person}})
+                assert done["ok"], done
+                assert agent.terminate() == 0
+        finally:
+            commander.close()
+    assert ballast > 0
+    no_traceback(agent)
+    # The record of command ids could not be written either: said once, the ids kept in memory.
+    assert len([line for line in agent.lines if "command id record" in line and "cannot be written" in line]) == 1
+    print(f"disk full (command): refused with {full['error']!r}")
 
 
 # -- the camera goes away --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -33,13 +34,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from soak import AgentProcess, enroll_gallery, pick, toml_text, write_config
 
+from agent.commands import CommandContext, CommandProcessor, CommandRefused, ReplayLog, parse_command
 from agent.config import AgentConfig, ConfigError, ConfigErrors, key_path, load_config
 from agent.detect import create_detector
 from agent.embed import Embedder
 from agent.errors import GalleryError, ImageError, ModelError
 from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
+from agent.events import Topics
 from agent.gallery import Gallery, Matcher
 from agent.imageio import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_bgr
+from agent.messages import Message
 from agent.pipeline import Pipeline
 from agent.quality import QualityGate
 from agent.schema import Section, sections_of
@@ -548,6 +552,80 @@ def test_event_ids_are_a_uuid_or_one_line(text: str) -> None:
     assert str(uuid.UUID(got)) == got
 
 
+COMMAND_TOPICS = Topics("fuzz")
+COMMAND_DOCS = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.one_of(st.text(max_size=70), st.sampled_from(["a", "req-1", "x" * 64]), st.integers()),
+        "command": st.one_of(st.sampled_from(["ping", "list", "forget", "reject", "rename", "nope"]), st.text()),
+        "args": st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=8), st.integers(), st.none())),
+        "reply_to": st.one_of(st.text(max_size=30), st.just("facelite/fuzz/x"), st.just("facelite/fuzz/command")),
+    },
+)
+
+
+@settings(FUZZ, max_examples=400)
+@given(
+    payload=st.one_of(
+        st.binary(max_size=600),
+        COMMAND_DOCS.map(lambda d: json.dumps(d).encode()),
+        st.recursive(
+            st.none() | st.booleans() | st.floats() | st.text(max_size=5), lambda c: st.lists(c, max_size=3)
+        ).map(lambda v: json.dumps(v).encode()),
+        st.integers(1, 5000).map(lambda n: b"[" * n + b"]" * n),
+    ),
+    max_bytes=st.sampled_from([128, 4096, 1 << 20]),
+)
+def test_the_command_parser_gives_a_command_or_its_own_refusal_for_any_bytes(payload: bytes, max_bytes: int) -> None:
+    try:
+        command = parse_command(payload, COMMAND_TOPICS, max_bytes=max_bytes)
+    except CommandRefused as refused:
+        one_line(refused.reason)
+        assert refused.request_id is None or re.fullmatch(r"[A-Za-z0-9._-]{1,64}", refused.request_id)
+        return
+    assert len(payload) <= max_bytes and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", command.id)
+    assert command.reply_to.startswith("facelite/fuzz/") and command.reply_to != COMMAND_TOPICS.command
+
+
+def test_the_command_processor_answers_at_most_once_in_one_line_and_never_raises(tmp_path: Path) -> None:
+    sha = "ab" * 32
+    gallery = Gallery.open(tmp_path / "gallery.sqlite", embedder_sha256=sha, embedding_size=8)
+    gallery.enroll("Ada", [np.eye(8, dtype=np.float32)[0]], ["a.jpg"])
+    replay = ReplayLog(tmp_path / "commands_seen.json", window_s=3600, max_ids=50, clock=dt.datetime.now().timestamp)
+    processor = CommandProcessor(COMMAND_TOPICS, allowed=None, max_bytes=4096, replay=replay)
+    ctx = CommandContext(gallery, None, sha, dict)
+    shapes = {"ok": {"id", "command", "ok", "result"}, "refused": {"id", "command", "ok", "error"}}
+
+    @settings(FUZZ, max_examples=300)
+    @given(
+        payload=st.one_of(
+            st.binary(max_size=300),
+            COMMAND_DOCS.map(lambda d: json.dumps(d).encode()),
+            st.builds(  # well-formed ones too, so the answered path is fuzzed as well
+                lambda n, c: json.dumps({"id": f"ok-{n}", "command": c}).encode(),
+                st.integers(0, 10**9),
+                st.sampled_from(["ping", "list"]),
+            ),
+        ),
+        retain=st.booleans(),
+    )
+    def run(payload: bytes, retain: bool) -> None:
+        handled = processor.handle(Message(COMMAND_TOPICS.command, payload, qos=1, retain=retain), ctx)
+        assert len(handled.replies) <= 1
+        for reply in handled.replies:
+            body = json.loads(reply.payload)
+            assert set(body) == shapes["ok" if body["ok"] else "refused"], body
+            assert reply.topic.startswith("facelite/fuzz/") and reply.topic != COMMAND_TOPICS.command
+            if not body["ok"]:
+                one_line(body["error"])
+
+    run()
+    with gallery:
+        counts = processor.counters.as_dict()
+    assert counts["ok"] > 0 and counts["refused"] > 0 and counts["invalid"] > 0, counts
+    assert counts["received"] == counts["ok"] + counts["refused"] + counts["invalid"] + counts["ignored_retained"]
+
+
 def state_config(tmp_path: Path, kit: Kit) -> tuple[Path, Path, Path]:
     """A copy of the kit's gallery and an agent config with a state folder; returns (config, gallery, state)."""
     state = tmp_path / "state"
@@ -753,6 +831,14 @@ BASE: dict[str, Any] = {
         "event_faces_max": 200,
     },
     "presence": {"away_after_s": 300.0, "last_seen_interval_s": 30.0},
+    # Off here, so fuzzing [mqtt] away is no problem of [commands]; fuzzing enabled = true alone is fine.
+    "commands": {
+        "enabled": False,
+        "allowed": ["ping", "forget"],
+        "max_payload_bytes": 4096,
+        "replay_window_s": 86400.0,
+        "replay_max_ids": 1000,
+    },
 }
 Loc = tuple[str | int, ...]
 

@@ -17,6 +17,10 @@ Threading: one thread owns the paho client and does all network I/O with paho's 
 (``loop_read``/``loop_write``/``loop_misc`` around our own ``select``), so paho is never used from two threads.
 ``publish()`` only touches the spool and a locked outbox, then wakes that thread through a socketpair.
 Every connection attempt uses a fresh paho client: paho's own resend queue never competes with the spool.
+
+Inbound (MQTT commands, only when ``subscribe`` names a topic): subscribed after every CONNACK (a fresh client and
+a clean session each time), and each message received is put on a bounded queue that the frame loop drains with
+``receive()``; when it is full the message is dropped and counted. Nothing is executed on the network thread.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import queue
 import random
 import select
 import socket
@@ -72,6 +77,7 @@ class SinkStats:
     rejected: int  # invalid messages (bad topic/QoS) refused without sending
     reconnects: int  # connections established after the first one
     last_error: str | None
+    inbound_dropped: int = 0  # received commands dropped because the inbound queue was full
 
 
 def _valid(message: Message) -> str | None:
@@ -98,6 +104,8 @@ class MqttSink:
         environ: Mapping[str, str] | None = None,
         max_inflight: int = 20,
         connack_timeout_s: float = 10.0,
+        subscribe: str | None = None,
+        inbox_size: int = 32,
     ) -> None:
         self._config = config
         self._spool = spool
@@ -121,6 +129,9 @@ class MqttSink:
         self._rejected = 0
         self._connects = 0
         self._last_error: str | None = None
+        self._subscribe = subscribe
+        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=inbox_size)
+        self._inbound_dropped = 0
 
         # Loop-thread state (touched only by the thread that owns the client).
         self._client: mqtt.Client | None = None
@@ -204,6 +215,15 @@ class MqttSink:
             log.exception("mqtt: spool purge failed unexpectedly")
             return 0
 
+    def receive(self) -> list[Message]:
+        """Messages received on the subscribed topic since the last call (never blocks, never raises)."""
+        out: list[Message] = []
+        while True:
+            try:
+                out.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return out
+
     def stats(self) -> SinkStats:
         spool = self._spool.stats()
         with self._lock:
@@ -216,6 +236,7 @@ class MqttSink:
                 rejected=self._rejected,
                 reconnects=max(0, self._connects - 1),
                 last_error=self._last_error,
+                inbound_dropped=self._inbound_dropped,
             )
 
     @property
@@ -305,6 +326,7 @@ class MqttSink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def _session(self) -> bool:
@@ -488,6 +510,8 @@ class MqttSink:
             self.client_id,
             f" (reconnect {connects - 1})" if connects > 1 else "",
         )
+        if self._subscribe is not None:
+            client.subscribe(self._subscribe, qos=1)  # a clean session forgets subscriptions: every CONNACK
         # Only now, after CONNACK, is "online" true.
         client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
         for message in retained:
@@ -517,3 +541,18 @@ class MqttSink:
         if is_user:
             with self._lock:
                 self._published += 1
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: Any) -> None:
+        if client is not self._client:
+            return
+        try:
+            inbound = Message(str(message.topic), bytes(message.payload), qos=0, retain=bool(message.retain))
+            self._inbox.put_nowait(inbound)
+        except queue.Full:
+            with self._lock:
+                self._inbound_dropped += 1
+                dropped = self._inbound_dropped
+            if dropped == 1 or dropped % 100 == 0:
+                log.warning("mqtt: inbound queue full: %d command(s) dropped so far", dropped)
+        except Exception:  # a strange message must not take the connection down
+            log.exception("mqtt: inbound message dropped")
