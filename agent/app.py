@@ -24,7 +24,7 @@ from agent.commands import CommandContext, open_commands
 from agent.config import AgentConfig
 from agent.detect import Detector, create_detector
 from agent.embed import Embedder
-from agent.errors import ConfigError, FaceliteError
+from agent.errors import ConfigError, FaceliteError, ModelError
 from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, store_path
 from agent.events import (
     EmbedderInfo,
@@ -36,7 +36,7 @@ from agent.events import (
     names_person,
     state_message,
 )
-from agent.gallery import Gallery, Matcher
+from agent.gallery import Gallery, Hygiene, Matcher
 from agent.messages import Message
 from agent.openset import OpenSetThreshold, resolve_threshold
 from agent.pipeline import Pipeline
@@ -118,6 +118,19 @@ def open_set_threshold(config: AgentConfig, models: Models, templates: int) -> O
         templates=templates,
         fixed=config.matching.threshold,
     )
+
+
+def enrolment_hygiene(config: AgentConfig, models: Models) -> Hygiene:
+    """Template hygiene for enrolling commands: the configured limit, the threshold of the gallery as it will be."""
+
+    def threshold_for(templates: int) -> float:
+        return open_set_threshold(config, models, templates).threshold
+
+    try:
+        threshold_for(1)
+    except ModelError:  # no calibration and no fixed threshold: hygiene keeps the limit only
+        return Hygiene(config.gallery.max_templates_per_person)
+    return Hygiene(config.gallery.max_templates_per_person, threshold_for)
 
 
 def make_matcher(config: AgentConfig, models: Models, templates: int) -> tuple[Matcher, OpenSetThreshold]:
@@ -206,7 +219,9 @@ class Agent:
         self.presence = self.roster.presence
         # MQTT commands (agent/commands.py): run here, in the frame loop that owns the gallery and the matcher.
         self.commands = open_commands(config, self.topics, receive_commands, wall) if receive_commands else None
-        self._command_ctx = CommandContext(gallery, faces, models.embedder.sha256, lambda: self.open_set.as_dict())
+        self._command_ctx = CommandContext(
+            gallery, faces, models.embedder.sha256, lambda: self.open_set.as_dict(), enrolment_hygiene(config, models)
+        )
         self._announced = False
         self.summary = RunSummary()
         self._stop = threading.Event()

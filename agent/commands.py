@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.enrolment import enroll_from_event
 from agent.errors import FaceliteError, GalleryError
 from agent.eventfaces import EventFaceStore
 from agent.events import Topics
-from agent.gallery import Gallery
+from agent.gallery import Gallery, Hygiene
 from agent.galleryops import forget_person, list_people, reject_event, rename_person
 from agent.messages import Message
 
@@ -149,6 +150,7 @@ class CommandContext:
     faces: EventFaceStore | None
     embedder_sha256: str
     matching: Callable[[], Mapping[str, Any]]  # the open-set threshold in force (OpenSetThreshold.as_dict())
+    hygiene: Hygiene = field(default_factory=Hygiene)  # template hygiene for the enrolling commands, as the CLI's
 
 
 Args = Mapping[str, str]
@@ -173,14 +175,34 @@ def _rename(ctx: CommandContext, args: Args) -> dict[str, Any]:
     return {"old": old, "new": new, "gallery_version": ctx.gallery.version}
 
 
+def _no_event_faces() -> GalleryError:
+    return GalleryError("this agent keeps no event faces", "gallery.event_faces_keep_s = 0")
+
+
 def _reject(ctx: CommandContext, args: Args) -> dict[str, Any]:
     if ctx.faces is None:
-        raise GalleryError(
-            "this agent keeps no event faces, so no event can be rejected", "gallery.event_faces_keep_s = 0"
-        )
+        raise _no_event_faces()
     r = reject_event(ctx.gallery, ctx.faces, ctx.embedder_sha256, args["event_id"])
     return {"event_id": r.event_id, "person": r.person, "added": r.added, "negatives": r.negatives,
             "gallery_version": r.version}  # fmt: skip
+
+
+def _enroll_event(ctx: CommandContext, args: Args) -> dict[str, Any]:
+    """`facelite enroll NAME --from-event EVENT_ID` over MQTT: the same rules (agent/enrolment.py)."""
+    if ctx.faces is None:
+        raise _no_event_faces()
+    r = enroll_from_event(
+        ctx.gallery,
+        ctx.faces,
+        event_id=args["event_id"],
+        name=args["person"],
+        embedder_sha256=ctx.embedder_sha256,
+        hygiene=ctx.hygiene,
+    )
+    if r.outcome is not None and not r.outcome.added:
+        raise GalleryError(r.line(), "template hygiene")  # refused: say why, as the CLI does, and change nothing
+    return {"event_id": r.event_id, "person": r.person, "added": r.added, "line": r.line(),
+            "gallery_version": ctx.gallery.version}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -195,6 +217,7 @@ REGISTRY: dict[str, CommandSpec] = {
     "forget": CommandSpec(_forget, ("person",)),
     "rename": CommandSpec(_rename, ("old", "new")),
     "reject": CommandSpec(_reject, ("event_id",)),
+    "enroll_event": CommandSpec(_enroll_event, ("event_id", "person")),
 }
 
 

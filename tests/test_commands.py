@@ -30,7 +30,7 @@ from agent.commands import (
 from agent.config import Backoff, ConfigErrors, MqttConfig, load_config
 from agent.eventfaces import EventFace, EventFaceStore, StorePolicy
 from agent.events import Topics
-from agent.gallery import Gallery
+from agent.gallery import Gallery, Hygiene
 from agent.messages import Message
 from agent.sinks.mqtt import MqttSink
 from agent.spool import Spool
@@ -253,6 +253,42 @@ def test_reject_without_kept_faces_is_a_refusal_with_the_config_key(
     assert reply["ok"] and changed
 
 
+def test_enroll_event_makes_an_unknown_face_a_template_by_the_clis_rules(
+    tmp_path: Path, world: tuple[Gallery, EventFaceStore, np.ndarray]
+) -> None:
+    """`enroll_event` is `facelite enroll NAME --from-event ID` over MQTT (agent/enrolment.py): an unknown face
+    becomes a template; the same event twice changes nothing; a face announced as someone else, a face that
+    template hygiene refuses (it matches another person better) and a missing store are refusals with the reason."""
+    gallery, faces, basis = world
+    hygiene = Hygiene(max_templates_per_person=10, threshold_for=lambda n: 0.5)
+    ctx = CommandContext(gallery, faces, SHA, dict, hygiene)
+    p = processor(tmp_path)
+    lee, ada_lookalike, as_ada = (str(uuid.uuid4()) for _ in range(3))
+    assert faces.put(EventFace(lee, time.time(), None, "door", SHA, mix(basis, e4=1.0)))
+    assert faces.put(EventFace(ada_lookalike, time.time(), None, "door", SHA, mix(basis, e0=0.95, e5=0.3)))
+    assert faces.put(EventFace(as_ada, time.time(), "Ada", "door", SHA, mix(basis, e0=0.8, e6=0.6)))
+
+    (reply,), changed = send(p, ctx, cmd(id="e1", command="enroll_event", args={"event_id": lee, "person": "Lee"}))
+    assert changed and reply["ok"] and reply["result"]["added"] == 1 and reply["result"]["person"] == "Lee", reply
+    assert {x.name: x.templates for x in gallery.people()} == {"Ada": 2, "Bob": 1, "Lee": 1}
+    (reply,), changed = send(p, ctx, cmd(id="e2", command="enroll_event", args={"event_id": lee, "person": "Lee"}))
+    assert reply["ok"] and reply["result"]["added"] == 0 and "already a template" in reply["result"]["line"]
+    assert not changed
+
+    version = gallery.version
+    (reply,), _ = send(p, ctx, cmd(id="e3", command="enroll_event", args={"event_id": as_ada, "person": "Lee"}))
+    assert not reply["ok"] and "announced as Ada" in reply["error"] and "gallery reject" in reply["error"]
+    (reply,), _ = send(p, ctx, cmd(id="e4", command="enroll_event", args={"event_id": ada_lookalike, "person": "Mia"}))
+    assert not reply["ok"] and "Ada" in reply["error"], reply  # hygiene: it is closer to Ada than to a new person
+    (reply,), _ = send(
+        p,
+        CommandContext(gallery, None, SHA, dict),
+        cmd(id="e5", command="enroll_event", args={"event_id": lee, "person": "Lee"}),
+    )
+    assert not reply["ok"] and "keeps no event faces" in reply["error"]
+    assert gallery.version == version and "Mia" not in {x.name for x in gallery.people()}
+
+
 # -- configuration -----------------------------------------------------------------------------------------------
 def test_commands_are_off_by_default_and_need_mqtt(tmp_path: Path) -> None:
     base = 'device_id = "d"\n[[cameras]]\nname = "c"\nsource = 0\n[models]\ndetector = "d"\nembedder = "e"\n'
@@ -272,7 +308,7 @@ def test_commands_are_off_by_default_and_need_mqtt(tmp_path: Path) -> None:
     assert problem.key == "commands.allowed" and problem.line == 12 and "unknown command(s) 'rm_rf'" in problem.reason
     path.write_text(base + '[mqtt]\nhost = "h"\n[commands]\nenabled = true\nallowed = ["ping"]\n')
     assert load_config(path, check_files=False).commands.allowed == ["ping"]
-    assert set(REGISTRY) == {"ping", "list", "forget", "rename", "reject"}
+    assert set(REGISTRY) == {"ping", "list", "forget", "rename", "reject", "enroll_event"}
 
 
 # -- the sink's inbound side on a real broker ---------------------------------------------------------------------
