@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -557,13 +559,61 @@ def eval_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+# One command family: `facelite <command>`. These run another entry point with the rest of the command line
+# (their own flags and --help); the names they had stay as aliases (facelite-agent, facelite-convert, python -m ...).
+FAMILY: dict[str, tuple[str, str, str]] = {
+    "agent": ("agent.cli", "agent_main", "run the agent (as facelite-agent): --config, --check-config, --self-test"),
+    "convert": ("converter.cli", "main", "convert the models (as facelite-convert / make convert; host only)"),
+    "deploy": ("deploy.cli", "main", "deploy to a device profile (as make deploy; host only)"),
+    "bench": ("converter.bench", "", "speed and accuracy benchmark (as make bench; host only)"),
+    "bench-arm": ("converter.bench.arm", "main", "ARM instruction counts under qemu (as make bench-arm; host only)"),
+    "eval-lfw": ("converter.bench.lfw", "main", "LFW View 2 report of every pipeline (as make eval-lfw; host only)"),
+}
+
+
+def _run_family(command: str, rest: list[str]) -> int:
+    module, function, _ = FAMILY[command]
+    if not function:
+        # The benchmark drops the page cache before anything maps numpy or a runtime (converter/bench/__main__.py),
+        # so it needs a fresh interpreter, not this one.
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # the parent package is missing (a device bundle has no converter/)
+            found = False
+        if not found:
+            return _fail(_host_only(command))
+        os.execv(sys.executable, [sys.executable, "-m", module, *rest])
+    try:
+        entry = getattr(importlib.import_module(module), function)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("converter", "deploy"):
+            return _fail(_host_only(command))
+        raise
+    return int(entry(rest))
+
+
+def _host_only(command: str) -> FaceliteError:
+    return FaceliteError(
+        f"`facelite {command}` runs on the host: this installation has no converter or deploy code (a device bundle)",
+        f"facelite {command}",
+        "run it in the source tree (make setup)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from agent.enroll_cli import add_options as enroll_options
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FAMILY:
+        return _run_family(argv[0], argv[1:])
     _quiet_native_logs()
-    ap = argparse.ArgumentParser(prog="facelite", description="Enroll people, manage the gallery, evaluate.")
+    ap = argparse.ArgumentParser(
+        prog="facelite", description="Enroll people, manage the gallery, evaluate; convert, run, deploy, benchmark."
+    )
     ap.add_argument("--log-level", default="WARNING")
     sub = ap.add_subparsers(dest="command", required=True)
+    for name, (_, _, summary) in FAMILY.items():
+        sub.add_parser(name, help=summary, add_help=False)  # listed in --help; dispatched above, never parsed here
 
     def model_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, help="agent configuration (models, gallery, key)")

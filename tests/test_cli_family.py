@@ -1,0 +1,58 @@
+"""`facelite <command>`: one command family over every entry point (issue 12 item 5)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def facelite(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+
+
+def test_help_lists_every_command_of_the_family() -> None:
+    out = facelite("--help").stdout
+    for name in (*cli.FAMILY, "enroll", "gallery", "eval"):
+        assert name in out, name
+
+
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [
+        ("convert", "usage: facelite-convert"),
+        ("deploy", "usage: python -m deploy"),
+        ("bench-arm", "usage: python -m converter.bench.arm"),
+        ("eval-lfw", "usage: python -m converter.bench.lfw"),
+        ("bench", "usage: python -m converter.bench"),
+        ("agent", "usage: facelite-agent"),
+    ],
+)
+def test_each_command_runs_its_entry_point_with_the_rest_of_the_line(command: str, usage: str) -> None:
+    proc = facelite(command, "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith(usage), (proc.stdout[:200], proc.stderr[-400:])
+
+
+def test_the_agents_own_errors_come_through_unchanged() -> None:
+    proc = facelite("agent", "--check-config")
+    assert proc.returncode == 2 and "--config is required" in proc.stderr
+
+
+def test_host_commands_on_a_device_bundle_say_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A device bundle ships agent/ only: `facelite convert` there must say where it runs, not raise."""
+    monkeypatch.setitem(cli.FAMILY, "convert", ("converter.not_in_this_bundle", "main", "convert"))
+    monkeypatch.setitem(cli.FAMILY, "bench", ("converter.not_in_this_bundle", "", "bench"))
+    for command in ("convert", "bench"):
+        assert cli.main([command, "--models", "x"]) != 0
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("error: ") and "runs on the host" in err, err
