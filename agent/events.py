@@ -185,6 +185,10 @@ class Topics:
     def person(self, name: str) -> str:
         return f"{self.base}/person/{slugify(name)}"
 
+    def unknown(self, k: int) -> str:
+        """Retained summary of recurring stranger ``k`` (agent/strangers.py)."""
+        return f"{self.base}/unknown/{int(k)}"
+
     @property
     def node_id(self) -> str:
         # HA discovery node ids allow [a-zA-Z0-9_-]; the device id is validated to that alphabet.
