@@ -350,7 +350,7 @@ class StrangersConfig(Section):
         0.0, ge=0, le=86400, description="Two visits are separate when the later starts this long after the earlier."
     )
     cluster_far: float = setting(
-        1e-4,
+        3e-6,
         gt=0,
         lt=0.5,
         before=_exponent_float,
@@ -498,7 +498,7 @@ keep_s = 604800            # each face erased 7 days after its visit
 max_visits = 500
 min_visits = 2             # separate visits before unknown/<k> is published and `--from-unknown k` may enrol
 min_gap_s = 0
-cluster_far = 1e-4         # per-comparison false-accept rate of the clustering threshold (calibration curve)
+cluster_far = 3e-6         # per-comparison false-accept rate of the clustering threshold (make eval-strangers)
 """
 
 

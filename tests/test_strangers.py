@@ -270,3 +270,34 @@ def test_drop_and_forget_erase_clusters(store: StrangerStore, gallery: Gallery, 
     assert store.clusters() == []
     assert payloads(store.sync(TOPICS)) == {"facelite/door1/unknown/2": None}
     assert mix(basis, e1=0.9).astype("<f4").tobytes() not in file_bytes(store.path)
+
+
+# -- the LFW measurement's bookkeeping (converter/bench/strangers.py) --------------------------------------------------
+
+
+def test_bench_groups_keep_a_person_whole_and_bound_visits() -> None:
+    from converter.bench.strangers import split
+
+    people = np.array([0, 1, 0, 2, 0, 1, 3, 0, 2, 0])
+    rows, groups = split(people, window=4, per_person=3, seed=1)
+    assert rows.tolist() == [0, 1, 2, 3, 4, 5, 6, 8]  # person 0's 4th and 5th visits are left out
+    kept = people[rows]
+    for p in set(kept.tolist()):
+        assert len(set(groups[kept == p].tolist())) == 1  # a person never spans two memories
+    assert max(np.bincount(groups)) <= 4
+
+
+def test_bench_scores_merges_false_announcements_and_completeness() -> None:
+    from converter.bench.strangers import score
+
+    # Clusters: 1 = {a, a} (pure, announced), 2 = {b, c} (merged, no one twice: a false announcement),
+    # 3 = {d}, 4 = {d} (d split in two, never announced), 5 = {e, e, f} (merged, but e really recurs).
+    people = np.array([0, 0, 1, 2, 3, 3, 4, 4, 5])
+    owners = np.array([1, 1, 2, 2, 3, 4, 5, 5, 5])
+    o = score(people, owners, 1e-5, 0.6, min_visits=2, seed=0)
+    assert (o.clusters, o.announced) == (5, 3)
+    assert (o.merged.count, o.merged.trials) == (2, 3)
+    assert o.false_announcements.count == 1
+    assert o.recurring_people == 3  # a, d, e
+    assert o.complete.count == 2 and o.announced_people.count == 2  # a and e; d split
+    assert o.purity == pytest.approx(7 / 9)  # c and f are not their cluster's majority
