@@ -356,7 +356,8 @@ class StrangerStore:
         except (sqlite3.Error, OSError) as exc:
             self._write_failed(exc, "unknown person messages are not updated until it can")
             return []
-        self._write_ok()
+        if out:  # a sync that wrote nothing proves nothing about a full disk: only a real write clears the failure
+            self._write_ok()
         return out
 
     # -- CLI side --------------------------------------------------------------------------------

@@ -590,3 +590,64 @@ def test_camera_lost_reports_reconnecting_backs_off_and_resumes(tmp_path: Path, 
     back = [line for line in agent.lines if "reconnected after" in line]
     assert len(back) == 1 and int(back[0].split("after ")[1].split()[0]) >= 4
     print(f"camera: attempts {len(attempts)} with gaps {np.round(gaps, 2).tolist()} s; {back[0]}")
+
+
+# -- recurring strangers: a store that cannot be written ------------------------------------------------------------
+def strangers_config(work: Path, world: World, video_path: Path, gallery: Path) -> dict[str, object]:
+    config = base_config(
+        work,
+        detector=world.detector,
+        embedder=world.embedder,
+        source=str(video_path),
+        gallery=gallery,
+        port=None,  # events as JSON lines on stdout: the disk holds nothing but the state folder
+        camera={"realtime": True},  # the visits as far apart in wall time as in the video
+    )
+    config["strangers"] = {"enabled": True}
+    return config
+
+
+def test_corrupt_stranger_store_is_logged_once_the_agent_goes_on_and_the_cli_says_so_in_one_line(
+    tmp_path: Path, world: World
+) -> None:
+    from test_strangers_e2e import STRANGER, video
+
+    stranger = sorted((world.faces / "lfw" / "people" / STRANGER).glob("*.jpg"))[0]
+    clip = video(tmp_path / "two.avi", stranger, visits=2)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "strangers.sqlite").write_bytes(b"not a database, a damaged file " * 300)
+    config = write_config(tmp_path / "agent.toml", strangers_config(state, world, clip, copy_gallery(world, tmp_path)))
+    with AgentProcess(config) as agent:
+        assert agent.wait(300) == 0, agent.stderr[-3000:]
+    no_traceback(agent)
+    assert [(e.type, e.person) for e in agent.events()] == [("unknown", None), ("left", None)] * 2
+    assert len([line for line in agent.lines if "stranger store" in line and "cannot be written" in line]) == 1
+    for args in (("gallery", "unknowns"), ("enroll", "Cleo", "--from-unknown", "1")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent.cli", *args, "--config", str(config)],
+            capture_output=True, text=True, cwd=REPO_DIR, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode != 0 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("error: stranger store cannot be read") and "strangers.sqlite" in line, line
+
+
+def test_disk_full_while_keeping_strangers_is_logged_once_and_every_event_still_goes_out(
+    tmp_path: Path, world: World
+) -> None:
+    from test_strangers_e2e import STRANGER, video
+
+    stranger = sorted((world.faces / "lfw" / "people" / STRANGER).glob("*.jpg"))[0]
+    clip = video(tmp_path / "two.avi", stranger, visits=2)
+    mount = tmp_path / "var"
+    mount.mkdir()
+    config = write_config(tmp_path / "agent.toml", strangers_config(mount, world, clip, copy_gallery(world, tmp_path)))
+    with AgentProcess(config, wrapper=namespace_with_tmpfs(mount, "2m")) as agent:
+        agent.wait_line(r"agent fault running", timeout=60)
+        ballast = fill(inside(agent, mount))  # before the first visit ends (2 s of face, then 4 s of empty frames)
+        assert agent.wait(300) == 0, agent.stderr[-3000:]
+    no_traceback(agent)
+    assert ballast > 0
+    assert [(e.type, e.person) for e in agent.events()] == [("unknown", None), ("left", None)] * 2
+    assert len([line for line in agent.lines if "stranger store" in line and "cannot be written" in line]) == 1
