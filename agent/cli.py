@@ -418,10 +418,11 @@ def gallery_cmd(args: argparse.Namespace) -> int:
         elif args.action == "forget":
             strangers = _forget_strangers(args, g, detector, embedder, args.args[0])
             complete = g.forget(args.args[0])
-            erased = _forget_event_faces(args, args.args[0]) + strangers
+            erased = _forget_event_faces(args, args.args[0])
             print(
                 f"forgot {args.args[0]}"
                 + (f" and {erased} face(s) of their recent events" if erased else "")
+                + (f" and {strangers} face(s) of unknown visits that match them" if strangers else "")
                 + ("" if complete else " (another process holds the file: traces vanish when it closes)")
             )
         elif args.action == "reject":

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -157,3 +158,40 @@ def test_stranger_commands_need_the_agent_config(action: tuple[str, ...], models
         str(tmp_path / "g.sqlite"),
     )
     one_line_error(proc, "recurring strangers need --config")
+
+
+def test_forget_erases_the_persons_earlier_unknown_visits_from_the_stranger_store(
+    tmp_path: Path, faces_dir: Path, models_dir: Path
+) -> None:
+    from agent.app import read_key
+    from agent.config import load_config
+    from agent.embed import Embedder
+    from agent.gallery import Gallery
+    from agent.strangers import Visit
+    from agent.unknowns import open_strangers
+
+    (tmp_path / "state").mkdir()
+    (tmp_path / "gallery.key").write_bytes(os.urandom(32))
+    config = write_config(tmp_path, models_dir, 1, tmp_path / "unused.avi")  # the CLI never connects
+    proc = cli("enroll", "Ada", *map(str, list_images(faces_dir / "people" / "deepface_id00")), "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    embedder = Embedder.from_model_dir(pick(models_dir, "mobilefacenet"))
+    size = int(embedder.manifest.embedding_size or 0)
+    key = read_key(tmp_path / "gallery.key")
+    with Gallery.open(tmp_path / "gallery.sqlite", embedder_sha256=embedder.sha256, embedding_size=size, key=key) as g:
+        ada = g.index.rows_of("Ada")
+    other = np.random.default_rng(3).standard_normal(size).astype(np.float32)
+    other /= np.linalg.norm(other)
+    # Ada seen twice as a stranger before her enrolment, and someone else twice.
+    with open_strangers(load_config(config), embedder.manifest, "blazeface") as store:
+        now = time.time()
+        for i, vector in enumerate([ada[0], ada[1], other, other]):
+            assert store.add(Visit(now + 100 * i, now + 100 * i + 5, "door", embedder.sha256, vector, 0.9))
+        assert sum(c.faces for c in store.clusters()) == 4
+
+    proc = cli("gallery", "forget", "Ada", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert "2 face(s) of unknown visits that match them" in proc.stdout, proc.stdout
+    with open_strangers(load_config(config), embedder.manifest, "blazeface") as store:
+        (left,) = store.clusters()
+        assert np.allclose(store.faces(left.k).vectors, other)
