@@ -273,7 +273,7 @@ class Agent:
         if not self._announced:
             self._announced = True
             self._sync(self.roster.start())
-            self._sync_strangers()
+            self._sync_strangers(republish=True)
 
     def _sync(self, sync: Sync) -> None:
         """Publish what keeps the broker in line with the gallery; erase spooled events of people who left it."""
@@ -352,9 +352,9 @@ class Agent:
             log.info("unknown visit on camera %s kept as unknown person %d", cam.name, k)
             self._sync_strangers()
 
-    def _sync_strangers(self) -> None:
+    def _sync_strangers(self, *, republish: bool = False) -> None:
         if self.strangers is not None:
-            self._publish_all(self.strangers.sync(self.topics))
+            self._publish_all(self.strangers.sync(self.topics, republish=republish))
 
     def state(self, fps: float) -> StateReport:
         stage: dict[str, float] = {}

@@ -332,9 +332,11 @@ class StrangerStore:
             (LIVE, _TOMBSTONES),
         )
 
-    def sync(self, topics: Topics) -> list[Message]:
+    def sync(self, topics: Topics, *, republish: bool = False) -> list[Message]:
         """Expire what is due and return the retained messages that bring the broker in line with the store:
-        clusters newly announced or changed, and clears for clusters gone since they were announced."""
+        clusters newly announced or changed, and clears for clusters gone since they were announced.
+        ``republish`` (at the agent's start) repeats every current announcement too: a broker restarted without
+        persistence has lost them, and the sink only re-publishes what this process published."""
         try:
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
@@ -345,7 +347,7 @@ class StrangerStore:
                 for k, announced in conn.execute("SELECT k, announced FROM clusters").fetchall():
                     cluster = wanted.get(int(k))
                     body = json.dumps(cluster.payload(), sort_keys=True) if cluster is not None else None
-                    if body != announced:
+                    if body != announced or (republish and cluster is not None):
                         out.append(unknown_message(topics, int(k), cluster))
                         conn.execute("UPDATE clusters SET announced = ? WHERE k = ?", (body, k))
                 conn.execute("COMMIT")

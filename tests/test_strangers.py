@@ -151,7 +151,9 @@ def test_second_separate_visit_announces_once_and_other_people_start_their_own_c
             "cameras": ["door", "yard"],
         }
     }
-    assert all(m.retain for m in store.sync(TOPICS)) and store.sync(TOPICS) == []  # unchanged: not re-published
+    assert store.sync(TOPICS) == []  # unchanged: not re-published
+    again = store.sync(TOPICS, republish=True)  # the agent's start: every current announcement again
+    assert [(m.topic, m.retain) for m in again] == [("facelite/door1/unknown/1", True)]
 
 
 def test_overlapping_visits_are_one_visit_and_are_not_announced(store: StrangerStore, basis: np.ndarray) -> None:
