@@ -464,12 +464,23 @@ class StrangerStore:
         so the agent clears its message and the CLI can say what happened. Returns the faces erased."""
         try:
             conn = self._connect()
-            cur = conn.execute("DELETE FROM visits WHERE k = ?", (k,))
-            conn.execute("UPDATE clusters SET status = ?, detail = ? WHERE k = ?", (status, detail, k))
-            self._scrub(conn)
-            return int(cur.rowcount or 0)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = conn.execute("DELETE FROM visits WHERE k = ?", (k,))
+                conn.execute("UPDATE clusters SET status = ?, detail = ? WHERE k = ?", (status, detail, k))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             raise GalleryError(f"stranger store cannot be updated: {exc}", str(self.path)) from None
+        try:
+            self._scrub(conn)
+        except sqlite3.Error as exc:
+            # The rows are gone and secure_delete zeroed their cells; only the rewrite (free pages, WAL) failed.
+            log.warning("stranger store %s not compacted after erasing (%s): done at the next erase", self.path, exc)
+        return int(cur.rowcount or 0)
 
     def forget_like(self, templates: np.ndarray, embedder_sha256: str, person: str) -> int:
         """Erase every cluster holding a face that matches one of ``templates`` at the clustering threshold
