@@ -462,8 +462,13 @@ def _forget_strangers(args: argparse.Namespace, gallery: Any, detector: Any, emb
     if not load_config(args.config).strangers.enabled and not _strangers_file(args).exists():
         return 0
     name = normalize_name(person)
-    with strangers_from_args(args, detector, embedder) as store:
-        return store.forget_like(gallery.index.rows_of(name), embedder.sha256, name)
+    try:
+        with strangers_from_args(args, detector, embedder) as store:
+            return store.forget_like(gallery.index.rows_of(name), embedder.sha256, name)
+    except FaceliteError as exc:
+        # A damaged stranger store must not stop a forget: the person still leaves the gallery, and is told.
+        print(f"warning: unknown visits not searched for {name}: {exc.one_line()}", file=sys.stderr)
+        return 0
 
 
 def _strangers_file(args: argparse.Namespace) -> Path:

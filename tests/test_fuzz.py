@@ -667,6 +667,13 @@ def test_stranger_commands_with_bad_numbers_or_a_damaged_store_are_one_line(tmp_
             assert "stranger store" in line and str(store) in line, (name, args, line)
     with Gallery.open(gallery, embedder_sha256=Embedder.from_model_dir(kit.embedder).sha256, embedding_size=192) as g:
         assert "Cleo" not in {p.name for p in g.people()}
+        someone = g.people()[0].name
+    # A damaged store does not stop a forget: one warning line, the person leaves the gallery.
+    proc = cli("-m", "agent.cli", "gallery", "forget", someone, "--config", str(tmp_path / "agent.toml"))
+    assert proc.returncode == 0 and proc.stdout.startswith(f"forgot {someone}"), proc.stderr
+    assert "warning: unknown visits not searched" in one_line(proc.stderr.strip())
+    with Gallery.open(gallery, embedder_sha256=Embedder.from_model_dir(kit.embedder).sha256, embedding_size=192) as g:
+        assert someone not in {p.name for p in g.people()}
 
 
 # -- configs ---------------------------------------------------------------------------------------------------
