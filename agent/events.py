@@ -8,6 +8,8 @@ Topics live under ``<prefix>/<device_id>/`` (prefix ``facelite``)::
     last_person         retained: the last recognized person (feeds the Home Assistant sensor); emptied on forget
     person/<slug>       retained presence {state: home|away, last_seen}; emptied on forget
     state               retained periodic statistics
+    unknown/<k>         retained recurring stranger {k, visits, first_seen, last_seen, cameras} (agent/strangers.py);
+                        emptied when enrolled, dropped or expired
 
 plus Home Assistant MQTT discovery configs (retained) under ``homeassistant/<component>/facelite_<device_id>/``.
 Person names reach topics only through ``slugify`` so no name can inject '+', '#' or '/'.
