@@ -15,7 +15,7 @@ export FACELITE_LEGACY_PYTHON := $(abspath $(LEGACY))/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-onnx system-deps data convert test test-fast lint demo eval eval-lfw eval-corrections deploy plan test-arm64 soak bench bench-arm clean
+.PHONY: help setup setup-onnx system-deps data convert test test-fast lint demo eval eval-lfw eval-corrections eval-strangers deploy plan test-arm64 soak bench bench-arm clean
 
 help:
 	@echo "make demo    convert models, enroll people from the sample photos, run the agent, print MQTT events"
@@ -78,7 +78,7 @@ convert: setup data
 # Agent-side tests that import no TensorFlow, run again under tflite-runtime 2.14 (numpy<2).
 DEVICE_TESTS := tests/test_recognition.py tests/test_manifest.py tests/test_imageio.py tests/test_gallery.py tests/test_track.py \
 	tests/test_events.py tests/test_spool.py tests/test_config.py tests/test_quality.py tests/test_sources.py \
-	tests/test_mqtt_sink.py tests/test_openset.py tests/test_metrics.py tests/test_commands.py
+	tests/test_mqtt_sink.py tests/test_openset.py tests/test_metrics.py tests/test_commands.py tests/test_strangers.py
 
 test: setup setup-onnx data convert
 	$(MAKE) --no-print-directory lint
@@ -122,6 +122,11 @@ bench-arm: setup data convert
 # false accepts of the look-alike's other photos before/after, and the cost to Ada's true-accept rate.
 eval-corrections: setup data convert
 	$(PY) -m converter.bench.corrections --models $(MODELS) --data-dir $(DATA_DIR) --out build/corrections
+
+# Recurring strangers on LFW (agent/strangers.py's clustering): the rate chosen on folds 1-5, purity, merged clusters
+# and completeness on folds 6-10; build/strangers/report.md|json, exits 1 when merged clusters exceed 1% of announced.
+eval-strangers: setup data convert
+	$(PY) -m converter.bench.strangers --models $(MODELS) --data-dir $(DATA_DIR) --out build/strangers
 
 eval: setup data convert
 	$(VENV)/bin/facelite eval $(or $(DATA),$(DATA_DIR)/faces/people) --models $(MODELS) --out build/eval

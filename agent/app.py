@@ -44,6 +44,7 @@ from agent.quality import QualityGate
 from agent.roster import RecordFile, Roster, Sync
 from agent.sd_notify import Notifier
 from agent.sources import Frame, FrameSource, open_camera
+from agent.strangers import StrangerStore, Visit
 from agent.track import Tracker, TrackerConfig
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,10 @@ class Agent:
         record: RecordFile | None = None,
         faces: EventFaceStore | None = None,
         receive_commands: Callable[[], list[Message]] | None = None,
+        strangers: StrangerStore | None = None,
     ) -> None:
         self.config = config
+        self.strangers = strangers  # unknown visits' faces, for recurring strangers (None: not kept)
         self.faces = faces  # faces of recognized/unknown events, for `gallery reject`, `enroll --from-event`
         self.models = models
         self.gallery = gallery
@@ -280,6 +283,7 @@ class Agent:
         if not self._announced:
             self._announced = True
             self._sync(self.roster.start())
+            self._sync_strangers(republish=True)
 
     def _sync(self, sync: Sync) -> None:
         """Publish what keeps the broker in line with the gallery; erase spooled events of people who left it."""
@@ -330,6 +334,7 @@ class Agent:
                     EventFace(str(event_id), ev.ts, person, cam.name, self.models.embedder.sha256, ev.embedding)
                 )
             self._publish_all(msgs)
+            self._keep_stranger(cam, ev)
             if ev.type == "recognized" and ev.person is not None:
                 self.roster.last_person_published(ev.person)
             self._publish_all(self.roster.presence_messages(self.presence.on_event(ev)))
@@ -343,6 +348,24 @@ class Agent:
                 ev.person,
                 ev.similarity,
             )
+
+    def _keep_stranger(self, cam: _Camera, ev: Any) -> None:
+        """A visit that ended never recognised joins the stranger store; announce its cluster when it recurs."""
+        if self.strangers is None or ev.type != "left" or ev.person is not None or ev.decision != "unknown":
+            return
+        if ev.embedding is None:
+            return
+        visit = Visit(
+            ev.first_seen, ev.last_seen, cam.name, self.models.embedder.sha256, ev.embedding, ev.quality, ev.crop
+        )
+        k = self.strangers.add(visit)
+        if k is not None:
+            log.info("unknown visit on camera %s kept as unknown person %d", cam.name, k)
+            self._sync_strangers()
+
+    def _sync_strangers(self, *, republish: bool = False) -> None:
+        if self.strangers is not None:
+            self._publish_all(self.strangers.sync(self.topics, republish=republish))
 
     def state(self, fps: float) -> StateReport:
         stage: dict[str, float] = {}
@@ -433,6 +456,7 @@ class Agent:
             if now >= next_refresh:
                 next_refresh = now + GALLERY_REFRESH_S
                 self._refresh_gallery()
+                self._sync_strangers()  # expiry, and clusters the CLI enrolled or dropped: clear their messages
             if self.notifier.watchdog_interval_s and now >= next_watchdog:
                 self.notifier.watchdog()
                 next_watchdog = now + self.notifier.watchdog_interval_s

@@ -111,7 +111,22 @@ def run_agent(config: Any) -> int:
     state_dir = Path(config.spool.path).parent
     faces = open_event_faces(config) if config.gallery.event_faces_keep_s > 0 and state_dir.is_dir() else None
     receive = sink.receive if config.commands.enabled else None  # config: commands need [mqtt]
-    agent = Agent(config, models, gallery, sink, sources, record=record, faces=faces, receive_commands=receive)
+    strangers = None
+    if config.strangers.enabled and state_dir.is_dir():
+        from agent.unknowns import open_strangers
+
+        strangers = open_strangers(config, models.embedder.manifest, models.detector.manifest.name)
+    agent = Agent(
+        config,
+        models,
+        gallery,
+        sink,
+        sources,
+        record=record,
+        faces=faces,
+        receive_commands=receive,
+        strangers=strangers,
+    )
     agent.announce()
     if config.mqtt is not None:
         sink.start()
@@ -126,6 +141,8 @@ def run_agent(config: Any) -> int:
         gallery.close()
         if faces is not None:
             faces.close()
+        if strangers is not None:
+            strangers.close()
         # Stopped and flushed: a SIGTERM repeated from here on (Python restores the default action while it exits)
         # must not turn exit 0 into a death by signal in what systemd or the supervisor reads.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -297,8 +314,8 @@ def enroll(args: argparse.Namespace) -> int:
     from agent.gallery import Gallery
     from agent.imageio import read_image
 
-    if enroll_cli.wanted(args):  # --from-event / --camera
-        return enroll_cli.run(args)
+    if enroll_cli.wanted(args):  # --from-event / --camera / --from-unknown (checks that exactly one is asked)
+        return _enroll_unknown(args) if args.from_unknown is not None else enroll_cli.run(args)
     detector, embedder, gallery_path = _models_from(args)
     report = EnrollReport()
     vectors, sources = [], []
@@ -357,6 +374,47 @@ def enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _enroll_unknown(args: argparse.Namespace) -> int:
+    """``facelite enroll NAME --from-unknown K``: a person confirmed who recurring stranger K is."""
+    from agent.gallery import Gallery
+    from agent.strangers import check_cluster_id
+    from agent.unknowns import enroll_from_unknown, strangers_from_args
+
+    k = check_cluster_id(args.from_unknown)
+    detector, embedder, gallery_path = _models_from(args)
+    with (
+        strangers_from_args(args, detector, embedder) as store,
+        Gallery.open(
+            gallery_path,
+            embedder_sha256=embedder.sha256,
+            embedding_size=int(embedder.manifest.embedding_size or 0),
+            key=_gallery_key(args),
+        ) as gallery,
+    ):
+        hygiene = _hygiene(args, detector, embedder)
+        done = enroll_from_unknown(store, gallery, args.name, k, embedder_sha256=embedder.sha256, hygiene=hygiene)
+    for line in [r.line() for r in done.outcome.refused] + [la.line() for la in done.outcome.lookalikes]:
+        print(line, file=sys.stderr)
+    print(
+        f"enrolled {done.outcome.person}: {done.outcome.added} template(s) from unknown person {k} "
+        f"({done.cluster.visits} visits, {done.faces} face(s)); {len(done.outcome.refused)} refused; their faces "
+        f"were erased from the stranger store; gallery version {done.outcome.version}"
+    )
+    return 0
+
+
+def _unknowns_cmd(args: argparse.Namespace, detector: Any, embedder: Any) -> str:
+    """``gallery unknowns`` and ``gallery drop-unknown K``."""
+    from agent.unknowns import drop_unknown, strangers_from_args, unknowns_lines
+
+    with strangers_from_args(args, detector, embedder) as store:
+        if args.action == "drop-unknown":
+            erased = drop_unknown(store, args.args[0])
+            return f"dropped unknown person {int(args.args[0])}: {erased} face(s) erased"
+        lines = unknowns_lines(store)
+        return "\n".join([*lines, f"{len(lines)} unknown person(s) kept"])
+
+
 def gallery_cmd(args: argparse.Namespace) -> int:
     from agent.gallery import Gallery
 
@@ -375,11 +433,15 @@ def gallery_cmd(args: argparse.Namespace) -> int:
         elif args.action == "remove":
             g.remove(args.args[0])
             print(f"removed {args.args[0]}")
+        elif args.action in ("unknowns", "drop-unknown"):
+            print(_unknowns_cmd(args, detector, embedder))
         elif args.action == "forget":
+            strangers = _forget_strangers(args, g, detector, embedder, args.args[0])  # before the templates go
             outcome = _forget(args, g)
             print(
                 f"forgot {outcome.person}"
                 + (f" and {outcome.faces_erased} face(s) of their recent events" if outcome.faces_erased else "")
+                + (f" and {strangers} face(s) of unknown visits that match them" if strangers else "")
                 + ("" if outcome.complete else " (another process holds the file: traces vanish when it closes)")
             )
         elif args.action == "reject":
@@ -409,6 +471,33 @@ def _forget(args: argparse.Namespace, gallery: Any) -> Any:
 
     with open_event_faces(load_config(args.config)) as store:
         return forget_person(gallery, store, args.args[0])
+
+
+def _forget_strangers(args: argparse.Namespace, gallery: Any, detector: Any, embedder: Any, person: str) -> int:
+    """Erase the unknown visits that look like ``person`` (seen before they were enrolled) from the stranger store."""
+    if not getattr(args, "config", None):
+        return 0
+    from agent.config import load_config
+    from agent.gallery import normalize_name
+    from agent.unknowns import strangers_from_args
+
+    if not load_config(args.config).strangers.enabled and not _strangers_file(args).exists():
+        return 0
+    name = normalize_name(person)
+    try:
+        with strangers_from_args(args, detector, embedder) as store:
+            return store.forget_like(gallery.index.rows_of(name), embedder.sha256, name)
+    except FaceliteError as exc:
+        # A damaged stranger store must not stop a forget: the person still leaves the gallery, and is told.
+        print(f"warning: unknown visits not searched for {name}: {exc.one_line()}", file=sys.stderr)
+        return 0
+
+
+def _strangers_file(args: argparse.Namespace) -> Path:
+    from agent.config import load_config
+    from agent.strangers import store_path
+
+    return store_path(load_config(args.config).spool.path)
 
 
 def _reject(args: argparse.Namespace, gallery: Any, embedder: Any) -> str:
@@ -625,14 +714,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("enroll", help="enroll a person from photos (files or folders), an event or a camera")
     p.add_argument("name")
     p.add_argument("images", type=Path, nargs="*")
+    p.add_argument(
+        "--from-unknown", metavar="K", help="enrol recurring stranger K (the k of an unknown/<k> message) instead"
+    )
     p.add_argument("--largest", action="store_true", help="with several faces in a photo, take the largest")
     enroll_options(p)
     model_flags(p)
     p = sub.add_parser(
         "gallery",
-        help="list | remove NAME | forget NAME | rename OLD NEW | export FILE | import FILE | reject EVENT_ID",
+        help="list | remove NAME | forget NAME | rename OLD NEW | export FILE | import FILE | reject EVENT_ID | "
+        "unknowns | drop-unknown K",
     )
-    p.add_argument("action", choices=("list", "remove", "forget", "rename", "export", "import", "reject"))
+    p.add_argument(
+        "action",
+        choices=("list", "remove", "forget", "rename", "export", "import", "reject", "unknowns", "drop-unknown"),
+    )
     p.add_argument("args", nargs="*")
     model_flags(p)
     p = sub.add_parser("eval", help="accuracy of the full pipeline on a folder-per-person photo tree, or on LFW")
@@ -659,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     _setup_logging(args.log_level)
     needs = {"remove": 1, "forget": 1, "rename": 2, "export": 1, "import": 1, "list": 0, "reject": 1}
+    needs.update({"unknowns": 0, "drop-unknown": 1})
     if args.command == "gallery" and len(args.args) != needs[args.action]:
         ap.error(f"gallery {args.action} takes {needs[args.action]} argument(s)")
     try:

@@ -335,6 +335,33 @@ class GalleryConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class StrangersConfig(Section):
+    enabled: bool = setting(
+        False, description="Keep the faces of unknown visits (encrypted like the gallery) to spot recurring strangers."
+    )
+    keep_s: float = setting(
+        7 * 86400.0, gt=0, le=90 * 86400, description="An unknown visit's face is erased this long after it, seconds."
+    )
+    max_visits: int = setting(500, ge=1, le=100_000, description="At most this many unknown visits (oldest erased).")
+    min_visits: int = setting(
+        2, ge=2, le=1000, description="Separate visits before a stranger is announced (unknown/<k>) and enrolable."
+    )
+    min_gap_s: float = setting(
+        0.0, ge=0, le=86400, description="Two visits are separate when the later starts this long after the earlier."
+    )
+    cluster_far: float = setting(
+        3e-6,
+        gt=0,
+        lt=0.5,
+        before=_exponent_float,
+        description=(
+            "Per-comparison false-accept rate of the similarity at which a visit joins a stranger's earlier one, "
+            "read off the embedder's calibration curve (chosen on LFW calibration folds: make eval-strangers)."
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class PresenceConfig(Section):
     away_after_s: float = setting(
         300.0, ge=0, le=7 * 86400, description="A person reads 'away' this long after their last sighting, seconds."
@@ -413,6 +440,9 @@ class AgentConfig(Section):
         default_factory=PresenceConfig, description="Per-person home/away (kept in presence.json beside the spool)."
     )
     commands: CommandsConfig = setting(default_factory=CommandsConfig, description="Commands over MQTT (off).")
+    strangers: StrangersConfig = setting(
+        default_factory=StrangersConfig, description="Recurring strangers (opt-in; kept beside the spool)."
+    )
     state_interval_s: float = setting(60.0, ge=1, le=3600, description="Publish the state message this often.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
         "INFO", description="Agent log level.", before=_upper
@@ -508,6 +538,14 @@ enabled = false
 max_payload_bytes = 4096
 replay_window_s = 604800   # a request id seen within this window is refused as "replayed"
 replay_max_ids = 10000
+
+[strangers]
+enabled = false            # opt-in: keep unknown visits' faces to announce recurring strangers (unknown/<k>)
+keep_s = 604800            # each face erased 7 days after its visit
+max_visits = 500
+min_visits = 2             # separate visits before unknown/<k> is published and `--from-unknown k` may enrol
+min_gap_s = 0
+cluster_far = 3e-6         # per-comparison false-accept rate of the clustering threshold (make eval-strangers)
 """
 
 

@@ -35,10 +35,16 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 def wanted(args: argparse.Namespace) -> bool:
     """True when the command is one of this module's (and checks that only one kind of enrolment is asked)."""
-    given = [bool(args.images), args.from_event is not None, args.camera is not None]
+    given = [
+        bool(args.images),
+        args.from_event is not None,
+        args.camera is not None,
+        getattr(args, "from_unknown", None) is not None,
+    ]
     if sum(given) != 1:
         raise FaceliteError(
-            "give photos, --from-event EVENT_ID or --camera SOURCE (exactly one of them)", "facelite enroll"
+            "give photos, --from-event EVENT_ID, --camera SOURCE or --from-unknown K (exactly one of them)",
+            "facelite enroll",
         )
     return not args.images
 

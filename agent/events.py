@@ -8,6 +8,8 @@ Topics live under ``<prefix>/<device_id>/`` (prefix ``facelite``)::
     last_person         retained: the last recognized person (feeds the Home Assistant sensor); emptied on forget
     person/<slug>       retained presence {state: home|away, last_seen}; emptied on forget
     state               retained periodic statistics
+    unknown/<k>         retained recurring stranger {k, visits, first_seen, last_seen, cameras} (agent/strangers.py);
+                        emptied when enrolled, dropped or expired
 
 plus Home Assistant MQTT discovery configs (retained) under ``homeassistant/<component>/facelite_<device_id>/``.
 Person names reach topics only through ``slugify`` so no name can inject '+', '#' or '/'.
@@ -185,6 +187,10 @@ class Topics:
 
     def person(self, name: str) -> str:
         return f"{self.base}/person/{slugify(name)}"
+
+    def unknown(self, k: int) -> str:
+        """Retained summary of recurring stranger ``k`` (agent/strangers.py)."""
+        return f"{self.base}/unknown/{int(k)}"
 
     @property
     def command(self) -> str:

@@ -86,7 +86,8 @@ class Pipeline:
         self.gate = gate
         self.stats = PipelineStats()
         self._timer = timer
-        self._best_face: dict[int, tuple[float, np.ndarray]] = {}  # track id -> (quality, embedding)
+        # track id -> (quality, embedding, aligned crop) of the best face embedded so far
+        self._best_face: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
 
     def _timed(self, stage: str, t0: float) -> float:
         now = self._timer()
@@ -114,11 +115,12 @@ class Pipeline:
             return FrameResult(self._events(), 0, 0, {})
 
     def _events(self, popped: list[TrackEvent] | None = None) -> list[TrackEvent]:
-        """The tracker's events, ``recognized`` and ``unknown`` ones carrying the visit's best face; forget faces of
-        ended tracks."""
+        """The tracker's events, ``recognized`` and ``unknown`` ones and the ``left`` of a visit never recognised (for
+        recurring strangers) carrying the visit's best face and its crop; forget faces of ended tracks."""
         events = [
-            dataclasses.replace(ev, embedding=self._best_face[ev.track_id][1])
-            if ev.type in ("recognized", "unknown") and ev.track_id in self._best_face
+            dataclasses.replace(ev, embedding=self._best_face[ev.track_id][1], crop=self._best_face[ev.track_id][2])
+            if (ev.type in ("recognized", "unknown") or (ev.type == "left" and ev.person is None))
+            and ev.track_id in self._best_face
             else ev
             for ev in (self.tracker.pop_events() if popped is None else popped)
         ]
@@ -152,7 +154,7 @@ class Pipeline:
             match = self.matcher.match(self.gallery.index, emb.vector)
             kept = self._best_face.get(u.track_id)
             if kept is None or q.score > kept[0]:
-                self._best_face[u.track_id] = (q.score, emb.vector)
+                self._best_face[u.track_id] = (q.score, emb.vector, crop)
             self.tracker.add_match(u.track_id, match, q.score)
             t = self._timed("match", t)
             crops[u.track_id] = crop

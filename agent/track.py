@@ -123,6 +123,8 @@ class TrackEvent:
     # The best-quality face embedded during the visit up to this event (set by the pipeline on ``recognized``
     # events; the agent keeps it for `facelite gallery reject`). Never published.
     embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # The aligned crop of that face (set with ``embedding``; agent/strangers.py keeps it for unknown visits).
+    crop: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -691,3 +691,141 @@ def test_camera_lost_reports_reconnecting_backs_off_and_resumes(tmp_path: Path, 
     back = [line for line in agent.lines if "reconnected after" in line]
     assert len(back) == 1 and int(back[0].split("after ")[1].split()[0]) >= 4
     print(f"camera: attempts {len(attempts)} with gaps {np.round(gaps, 2).tolist()} s; {back[0]}")
+
+
+# -- recurring strangers: a store that cannot be written ------------------------------------------------------------
+def strangers_config(work: Path, world: World, video_path: Path, gallery: Path) -> dict[str, object]:
+    config = base_config(
+        work,
+        detector=world.detector,
+        embedder=world.embedder,
+        source=str(video_path),
+        gallery=gallery,
+        port=None,  # events as JSON lines on stdout: the disk holds nothing but the state folder
+        camera={"realtime": True},  # the visits as far apart in wall time as in the video
+    )
+    config["strangers"] = {"enabled": True}
+    return config
+
+
+def test_corrupt_stranger_store_is_logged_once_the_agent_goes_on_and_the_cli_says_so_in_one_line(
+    tmp_path: Path, world: World
+) -> None:
+    from test_strangers_e2e import STRANGER, video
+
+    stranger = sorted((world.faces / "lfw" / "people" / STRANGER).glob("*.jpg"))[0]
+    clip = video(tmp_path / "two.avi", stranger, visits=2)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "strangers.sqlite").write_bytes(b"not a database, a damaged file " * 300)
+    config = write_config(tmp_path / "agent.toml", strangers_config(state, world, clip, copy_gallery(world, tmp_path)))
+    with AgentProcess(config) as agent:
+        assert agent.wait(300) == 0, agent.stderr[-3000:]
+    no_traceback(agent)
+    assert [(e.type, e.person) for e in agent.events()] == [("unknown", None), ("left", None)] * 2
+    assert len([line for line in agent.lines if "stranger store" in line and "cannot be written" in line]) == 1
+    for args in (("gallery", "unknowns"), ("enroll", "Cleo", "--from-unknown", "1")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent.cli", *args, "--config", str(config)],
+            capture_output=True, text=True, cwd=REPO_DIR, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode != 0 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("error: stranger store cannot be read") and "strangers.sqlite" in line, line
+
+
+def test_disk_full_while_keeping_strangers_is_logged_once_and_every_event_still_goes_out(
+    tmp_path: Path, world: World
+) -> None:
+    from test_strangers_e2e import STRANGER, video
+
+    stranger = sorted((world.faces / "lfw" / "people" / STRANGER).glob("*.jpg"))[0]
+    clip = video(tmp_path / "two.avi", stranger, visits=2)
+    mount = tmp_path / "var"
+    mount.mkdir()
+    config = write_config(tmp_path / "agent.toml", strangers_config(mount, world, clip, copy_gallery(world, tmp_path)))
+    with AgentProcess(config, wrapper=namespace_with_tmpfs(mount, "2m")) as agent:
+        agent.wait_line(r"agent fault running", timeout=60)
+        ballast = fill(inside(agent, mount))  # before the first visit ends (2 s of face, then 4 s of empty frames)
+        assert agent.wait(300) == 0, agent.stderr[-3000:]
+    no_traceback(agent)
+    assert ballast > 0
+    assert [(e.type, e.person) for e in agent.events()] == [("unknown", None), ("left", None)] * 2
+    assert len([line for line in agent.lines if "stranger store" in line and "cannot be written" in line]) == 1
+
+
+# Inside the tmpfs: fill the disk, enrol a recurring stranger and drop another, list them, free the space, do both
+# again; print what happened as JSON.
+_STRANGERS_ON_FULL_DISK = """
+import json, os, sqlite3, subprocess, sys
+folder, config = sys.argv[1:3]
+# Held open as the running agent holds them (their WAL and shared memory exist before the disk fills).
+held = [sqlite3.connect(os.path.join(folder, f)) for f in ("gallery.sqlite", "state/strangers.sqlite")]
+for con in held:
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+fd = os.open(os.path.join(folder, "ballast"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+for chunk in (1 << 16, 4096, 64, 1):
+    while True:
+        try:
+            os.write(fd, bytes(chunk))
+        except OSError:
+            break
+os.close(fd)
+def run(*args):
+    p = subprocess.run([sys.executable, "-m", "agent.cli", *args, "--config", config], capture_output=True, text=True)
+    return [p.returncode, p.stdout, p.stderr]
+full = [run("enroll", "Cleo", "--from-unknown", "1"), run("gallery", "drop-unknown", "2")]
+listed = run("gallery", "unknowns")
+os.unlink(os.path.join(folder, "ballast"))
+ok = [run("enroll", "Cleo", "--from-unknown", "1"), run("gallery", "drop-unknown", "2")]
+print(json.dumps({"full": full, "listed_when_full": listed, "ok": ok, "after": run("gallery", "unknowns")}))
+"""
+
+
+def test_disk_full_while_enrolling_or_dropping_a_stranger_fails_in_one_line_and_changes_nothing(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    from agent.config import load_config
+    from agent.embed import Embedder
+    from agent.strangers import Visit
+    from agent.unknowns import open_strangers
+
+    mount = tmp_path / "var"
+    mount.mkdir()
+    host = tmp_path / "host"
+    config, _ = reject_setup(host, models_dir)  # Ada in the gallery; the config's state folder is host/state
+    text = config.read_text().replace(str(host), str(mount)) + "\n[strangers]\nenabled = true\n"
+    config.write_text(text)
+    # Two recurring strangers (random unit vectors stamped with the real embedder), written on the host first.
+    hosted = host / "hosted.toml"
+    hosted.write_text(config.read_text().replace(str(mount), str(host)))
+    embedder = Embedder.from_model_dir(pick(models_dir, "mobilefacenet"))
+    dim = int(embedder.manifest.embedding_size or 0)
+    rng = np.random.default_rng(11)
+    now = time.time()
+    with open_strangers(load_config(hosted), embedder.manifest, "blazeface") as store:
+        for v in rng.standard_normal((2, dim)).astype(np.float32):
+            for visit in range(2):
+                unit = v / np.linalg.norm(v)
+                assert store.add(Visit(now + 100 * visit, now + 100 * visit + 5, "door", embedder.sha256, unit, 0.9))
+        assert [c.k for c in store.clusters()] == [1, 2]
+    hosted.unlink()
+    setup = f'cp -a "{host}/." "$0/"'
+    proc = subprocess.run(
+        [*namespace_with_tmpfs(mount, "2m", setup), sys.executable, "-c", _STRANGERS_ON_FULL_DISK, str(mount),
+         str(config)],
+        capture_output=True, text=True, cwd=REPO_DIR, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for code, out, err in got["full"]:
+        assert code != 0 and out == "" and "Traceback" not in err, err
+        (line,) = err.strip().splitlines()
+        assert line.startswith("error: ") and "full" in line, line
+    code, out, _ = got["listed_when_full"]
+    assert code == 0 and out.startswith("1\t2 visit(s)") and "\n2\t2 visit(s)" in out, got["listed_when_full"]
+    (enrolled, e_out, e_err), (dropped, d_out, d_err) = got["ok"]
+    assert enrolled == 0 and e_out.startswith("enrolled Cleo: 2 template(s) from unknown person 1"), e_err
+    assert dropped == 0 and d_out.startswith("dropped unknown person 2: 2 face(s) erased"), d_err
+    assert got["after"][1].strip() == "0 unknown person(s) kept"

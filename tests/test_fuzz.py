@@ -48,6 +48,7 @@ from agent.pipeline import Pipeline
 from agent.quality import QualityGate
 from agent.schema import Section, sections_of
 from agent.sources import Frame
+from agent.strangers import check_cluster_id
 from agent.track import Tracker, TrackerConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -780,6 +781,92 @@ def test_enroll_camera_with_bad_sources_or_options_is_one_line(tmp_path: Path, k
         assert says in one_line(proc.stderr.strip()), (source, proc.stderr)
 
 
+# -- recurring strangers: `facelite enroll NAME --from-unknown K`, `gallery drop-unknown K` ---------------------------
+@FUZZ
+@given(text=st.text(max_size=40) | st.integers(-(2**40), 2**40).map(str) | st.integers(1, 10**9))
+def test_cluster_numbers_are_a_whole_number_or_one_line(text: str | int) -> None:
+    try:
+        got = check_cluster_id(text)
+    except GalleryError as exc:
+        assert "not an unknown person's number" in one_line(exc.one_line())
+        return
+    assert got >= 1 and str(got) == str(text).strip()
+
+
+@FUZZ
+@given(raw=st.binary(max_size=6000), header=st.booleans())
+def test_damaged_stranger_store_never_raises_in_the_agent_and_is_one_line_in_the_cli(
+    tmp_path_factory: pytest.TempPathFactory, raw: bytes, header: bool
+) -> None:
+    from agent.events import Topics
+    from agent.strangers import StrangerPolicy, StrangerStore, Visit
+
+    path = tmp_path_factory.mktemp("strangers") / "strangers.sqlite"
+    path.write_bytes((b"SQLite format 3\x00" if header else b"") + raw)
+    vector = np.ones(8, np.float32) / np.sqrt(8)
+    with StrangerStore(path, key=None, policy=StrangerPolicy(threshold=0.5)) as store:
+        k = store.add(Visit(1.0, 2.0, "door", "sha", vector, 0.9))  # the agent: a cluster number or None, no raise
+        store.sync(Topics("fuzz"))
+        try:
+            store.require(1)
+        except GalleryError as exc:
+            one_line(exc.one_line())
+        else:
+            raise AssertionError(f"cluster {k} of one visit passed require()")
+
+
+def test_stranger_commands_with_bad_numbers_or_a_damaged_store_are_one_line(tmp_path: Path, kit: Kit) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    gallery = tmp_path / "gallery.sqlite"
+    shutil.copy(kit.gallery, gallery)
+    config = {
+        "device_id": "fuzz",
+        "cameras": [{"name": "door", "source": 0}],
+        "models": {"detector": str(kit.detector), "embedder": str(kit.embedder)},
+        "gallery": {"path": str(gallery)},
+        "spool": {"path": str(state / "spool.sqlite")},
+        "strangers": {"enabled": True},
+    }
+    write_config(tmp_path / "agent.toml", config)
+
+    def fails(*args: str) -> str:
+        proc = cli("-m", "agent.cli", *args, "--config", str(tmp_path / "agent.toml"))
+        assert proc.returncode != 0 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
+        return one_line(proc.stderr.strip())
+
+    for bad in ("", " ", "x" * 5000, "ünï", "-1", "0", "1.0", "0x1", "1e2", "1 2"):
+        assert "not an unknown person's number" in fails("enroll", "Cleo", "--from-unknown", bad)
+        assert "not an unknown person's number" in fails("gallery", "drop-unknown", bad)
+    assert "no strangers are kept here" in fails("enroll", "Cleo", "--from-unknown", "1")
+    assert "give photos, --from-event EVENT_ID, --camera SOURCE or --from-unknown K" in fails("enroll", "Cleo")
+    assert "not both" in fails("enroll", "Cleo", str(kit.people[next(iter(kit.people))][0]), "--from-unknown", "1")
+    store = state / "strangers.sqlite"
+    damage = {
+        "noise": random.Random(7).randbytes(20000),
+        "text": b"SQLite format 3 but not really\n" * 10,
+        "empty-header": b"SQLite format 3\x00" + bytes(4080),
+    }
+    for name, raw in damage.items():
+        store.write_bytes(raw)
+        for args in (
+            ("enroll", "Cleo", "--from-unknown", "1"),
+            ("gallery", "unknowns"),
+            ("gallery", "drop-unknown", "1"),
+        ):
+            line = fails(*args)
+            assert "stranger store" in line and str(store) in line, (name, args, line)
+    with Gallery.open(gallery, embedder_sha256=Embedder.from_model_dir(kit.embedder).sha256, embedding_size=192) as g:
+        assert "Cleo" not in {p.name for p in g.people()}
+        someone = g.people()[0].name
+    # A damaged store does not stop a forget: one warning line, the person leaves the gallery.
+    proc = cli("-m", "agent.cli", "gallery", "forget", someone, "--config", str(tmp_path / "agent.toml"))
+    assert proc.returncode == 0 and proc.stdout.startswith(f"forgot {someone}"), proc.stderr
+    assert "warning: unknown visits not searched" in one_line(proc.stderr.strip())
+    with Gallery.open(gallery, embedder_sha256=Embedder.from_model_dir(kit.embedder).sha256, embedding_size=192) as g:
+        assert someone not in {p.name for p in g.people()}
+
+
 # -- configs ---------------------------------------------------------------------------------------------------
 BASE: dict[str, Any] = {
     "device_id": "door1",
@@ -838,6 +925,14 @@ BASE: dict[str, Any] = {
         "max_payload_bytes": 4096,
         "replay_window_s": 86400.0,
         "replay_max_ids": 1000,
+    },
+    "strangers": {
+        "enabled": True,
+        "keep_s": 604800.0,
+        "max_visits": 500,
+        "min_visits": 2,
+        "min_gap_s": 0.0,
+        "cluster_far": 3e-6,
     },
 }
 Loc = tuple[str | int, ...]
