@@ -223,7 +223,12 @@ class Agent:
         # MQTT commands (agent/commands.py): run here, in the frame loop that owns the gallery and the matcher.
         self.commands = open_commands(config, self.topics, receive_commands, wall) if receive_commands else None
         self._command_ctx = CommandContext(
-            gallery, faces, models.embedder.sha256, lambda: self.open_set.as_dict(), enrolment_hygiene(config, models)
+            gallery,
+            faces,
+            models.embedder.sha256,
+            lambda: self.open_set.as_dict(),
+            enrolment_hygiene(config, models),
+            strangers,
         )
         self._announced = False
         self.summary = RunSummary()
@@ -478,6 +483,7 @@ class Agent:
         log.info("gallery changed (version %d): %d people", self.gallery.version, len(people))
         self._rematch()
         self._sync(self.roster.set_people(people))
+        self._sync_strangers()  # a stranger enrolled (CLI or command) or dropped: clear their unknown/<k> at once
 
     def _rematch(self) -> None:
         """A gallery of another size needs another threshold to hold the same per-visit stranger rate."""

@@ -38,6 +38,8 @@ from agent.events import Topics
 from agent.gallery import Gallery, Hygiene
 from agent.galleryops import forget_person, list_people, reject_event, rename_person
 from agent.messages import Message
+from agent.strangers import StrangerStore
+from agent.unknowns import drop_unknown, enroll_from_unknown
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,7 @@ class CommandContext:
     embedder_sha256: str
     matching: Callable[[], Mapping[str, Any]]  # the open-set threshold in force (OpenSetThreshold.as_dict())
     hygiene: Hygiene = field(default_factory=Hygiene)  # template hygiene for the enrolling commands, as the CLI's
+    strangers: StrangerStore | None = None  # recurring strangers ([strangers] enabled), for enroll_unknown
 
 
 Args = Mapping[str, str]
@@ -205,6 +208,27 @@ def _enroll_event(ctx: CommandContext, args: Args) -> dict[str, Any]:
             "gallery_version": ctx.gallery.version}  # fmt: skip
 
 
+def _stranger_store(ctx: CommandContext) -> StrangerStore:
+    if ctx.strangers is None:
+        raise GalleryError("this agent keeps no recurring strangers", "strangers.enabled = false")
+    return ctx.strangers
+
+
+def _enroll_unknown(ctx: CommandContext, args: Args) -> dict[str, Any]:
+    """`facelite enroll NAME --from-unknown K` over MQTT (agent/unknowns.py): a person confirmed who K is."""
+    r = enroll_from_unknown(
+        _stranger_store(ctx), ctx.gallery, args["person"], args["k"], embedder_sha256=ctx.embedder_sha256,
+        hygiene=ctx.hygiene,
+    )  # fmt: skip
+    return {"k": r.k, "person": r.outcome.person, "added": r.outcome.added, "faces": r.faces,
+            "gallery_version": ctx.gallery.version}  # fmt: skip
+
+
+def _drop_unknown(ctx: CommandContext, args: Args) -> dict[str, Any]:
+    """`facelite gallery drop-unknown K` over MQTT: erase a recurring stranger's faces."""
+    return {"k": int(args["k"]), "faces_erased": drop_unknown(_stranger_store(ctx), args["k"])}
+
+
 @dataclass(frozen=True)
 class CommandSpec:
     run: Callable[[CommandContext, Args], dict[str, Any]]
@@ -218,6 +242,8 @@ REGISTRY: dict[str, CommandSpec] = {
     "rename": CommandSpec(_rename, ("old", "new")),
     "reject": CommandSpec(_reject, ("event_id",)),
     "enroll_event": CommandSpec(_enroll_event, ("event_id", "person")),
+    "enroll_unknown": CommandSpec(_enroll_unknown, ("k", "person")),
+    "drop_unknown": CommandSpec(_drop_unknown, ("k",)),
 }
 
 

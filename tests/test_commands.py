@@ -34,6 +34,7 @@ from agent.gallery import Gallery, Hygiene
 from agent.messages import Message
 from agent.sinks.mqtt import MqttSink
 from agent.spool import Spool
+from agent.strangers import StrangerPolicy, StrangerStore, Visit
 
 TOPICS = Topics("hall")
 SHA = "ab" * 32
@@ -289,6 +290,50 @@ def test_enroll_event_makes_an_unknown_face_a_template_by_the_clis_rules(
     assert gallery.version == version and "Mia" not in {x.name for x in gallery.people()}
 
 
+def test_enroll_unknown_and_drop_unknown_work_on_recurring_strangers_as_the_cli_does(
+    tmp_path: Path, world: tuple[Gallery, EventFaceStore, np.ndarray]
+) -> None:
+    """`enroll_unknown` = `facelite enroll NAME --from-unknown K`, `drop_unknown` = `gallery drop-unknown K`
+    (agent/unknowns.py), on a real stranger store; refusals name why."""
+    gallery, faces, basis = world
+    policy = StrangerPolicy(threshold=0.6, keep_s=1000.0, max_visits=50)
+    store = StrangerStore(tmp_path / "strangers.sqlite", key=None, policy=policy, clock=lambda: 10_000.0)
+    now = 9_000.0
+
+    def visit(vector: np.ndarray, at: float) -> Visit:
+        return Visit(at, at + 5.0, "door", SHA, vector, 0.8)
+
+    cleo = store.add(visit(mix(basis, e4=0.95), now))
+    store.add(visit(mix(basis, e4=0.9, e5=0.3), now + 100))
+    once = store.add(visit(mix(basis, e6=1.0), now + 200))
+    other = store.add(visit(mix(basis, e7=1.0), now + 300))
+    ctx = CommandContext(gallery, faces, SHA, dict, Hygiene(10, lambda n: 0.5), store)
+    p = processor(tmp_path)
+
+    (reply,), changed = send(p, ctx, cmd(id="s1", command="enroll_unknown", args={"k": str(cleo), "person": "Cleo"}))
+    assert changed and reply["ok"], reply
+    assert {k: reply["result"][k] for k in ("k", "person", "added", "faces")} == {
+        "k": cleo, "person": "Cleo", "added": 2, "faces": 2,
+    }  # fmt: skip
+    assert {x.name: x.templates for x in gallery.people()}["Cleo"] == 2
+    (reply,), _ = send(p, ctx, cmd(id="s2", command="enroll_unknown", args={"k": str(cleo), "person": "Cleo"}))
+    assert not reply["ok"] and "already enrolled as Cleo" in reply["error"]
+    (reply,), _ = send(p, ctx, cmd(id="s3", command="enroll_unknown", args={"k": str(once), "person": "Dan"}))
+    assert not reply["ok"] and "seen on 1 visit" in reply["error"]
+    (reply,), _ = send(p, ctx, cmd(id="s4", command="enroll_unknown", args={"k": "x", "person": "Dan"}))
+    assert not reply["ok"] and "not an unknown person's number" in reply["error"]
+
+    (reply,), changed = send(p, ctx, cmd(id="s5", command="drop_unknown", args={"k": str(other)}))
+    assert reply["ok"] and reply["result"] == {"k": other, "faces_erased": 1} and not changed
+    (reply,), _ = send(p, ctx, cmd(id="s6", command="drop_unknown", args={"k": str(other)}))
+    assert not reply["ok"] and str(other) in reply["error"]
+    (reply,), _ = send(
+        p, CommandContext(gallery, faces, SHA, dict), cmd(id="s7", command="drop_unknown", args={"k": str(once)})
+    )
+    assert not reply["ok"] and "strangers.enabled = false" in reply["error"]
+    store.close()
+
+
 # -- configuration -----------------------------------------------------------------------------------------------
 def test_commands_are_off_by_default_and_need_mqtt(tmp_path: Path) -> None:
     base = 'device_id = "d"\n[[cameras]]\nname = "c"\nsource = 0\n[models]\ndetector = "d"\nembedder = "e"\n'
@@ -308,7 +353,9 @@ def test_commands_are_off_by_default_and_need_mqtt(tmp_path: Path) -> None:
     assert problem.key == "commands.allowed" and problem.line == 12 and "unknown command(s) 'rm_rf'" in problem.reason
     path.write_text(base + '[mqtt]\nhost = "h"\n[commands]\nenabled = true\nallowed = ["ping"]\n')
     assert load_config(path, check_files=False).commands.allowed == ["ping"]
-    assert set(REGISTRY) == {"ping", "list", "forget", "rename", "reject", "enroll_event"}
+    assert set(REGISTRY) == {
+        "ping", "list", "forget", "rename", "reject", "enroll_event", "enroll_unknown", "drop_unknown",
+    }  # fmt: skip
 
 
 # -- the sink's inbound side on a real broker ---------------------------------------------------------------------
