@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import FaceliteError
+from agent.logsetup import add_logging_flags, level_of, setup_logging
 
 log = logging.getLogger("agent")
 
@@ -35,10 +36,8 @@ def _quiet_native_logs() -> None:
 
 
 def _setup_logging(level: str) -> None:
-    # journald adds its own timestamps; keep one line per record with level and module.
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # The device side: journald adds its own timestamps (agent/logsetup.py).
+    setup_logging(level, timestamps=False)
 
 
 def _fail(exc: FaceliteError) -> int:
@@ -62,7 +61,7 @@ def agent_main(argv: list[str] | None = None) -> int:
         help="load models and gallery, run the pipeline on IMAGE, exit 0 if enough faces are found",
     )
     ap.add_argument("--expect-faces", type=int, default=1)
-    ap.add_argument("--log-level", default=None)
+    add_logging_flags(ap, default=None)
     args = ap.parse_args(argv)
     from agent.config import AgentConfig, load_config
 
@@ -76,7 +75,7 @@ def agent_main(argv: list[str] | None = None) -> int:
     except FaceliteError as exc:
         print(str(exc) if "\n" in str(exc) else f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
-    _setup_logging(args.log_level or config.log_level)
+    _setup_logging(level_of(args, config.log_level))
     if args.check_config:
         print(f"{args.config}: ok")
         return 0
@@ -699,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="facelite", description="Enroll people, manage the gallery, evaluate; convert, run, deploy, benchmark."
     )
-    ap.add_argument("--log-level", default="WARNING")
+    add_logging_flags(ap, default="WARNING")
     sub = ap.add_subparsers(dest="command", required=True)
     for name, (_, _, summary) in FAMILY.items():
         sub.add_parser(name, help=summary, add_help=False)  # listed in --help; dispatched above, never parsed here
@@ -753,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detector-model", default="blazeface", help="with --models: the detector (recommended variant)")
     model_flags(p)
     args = ap.parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(level_of(args))
     needs = {"remove": 1, "forget": 1, "rename": 2, "export": 1, "import": 1, "list": 0, "reject": 1}
     needs.update({"unknowns": 0, "drop-unknown": 1})
     if args.command == "gallery" and len(args.args) != needs[args.action]:

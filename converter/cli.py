@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import FaceliteError
+from agent.logsetup import add_logging_flags, level_of, setup_logging
 from converter.build import Gates
 
 log = logging.getLogger("converter")
@@ -110,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--mean", type=float, default=127.5)
     ap.add_argument("--std", type=float, default=128.0)
     ap.add_argument("--color", choices=("RGB", "BGR"), default="RGB")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    add_logging_flags(ap)
     return ap.parse_args(argv)
 
 
@@ -343,14 +344,7 @@ def write_summary(out: Path, reports: list[Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    for noisy in ("tensorflow", "absl", "h5py"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    setup_logging(level_of(args))
     try:
         return run(args)
     except FaceliteError as exc:

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from agent.errors import FaceliteError
+from agent.logsetup import add_logging_flags, level_of, setup_logging
 from deploy.bundle import REPO, BundleInputs, build_agent_wheel, build_bundle, default_cache
 from deploy.deployer import Deployer, DeviceResult, result_table
 from deploy.profile import DEVICES_DIR, DeviceProfile, load_profile, resolve_targets
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repo", type=Path, default=REPO, help="source tree of the agent wheel")
     ap.add_argument("--wheel-cache", type=Path, default=None, help="dependency wheel cache (default ~/.cache/facelite)")
     ap.add_argument("--jobs", type=int, default=4, help="devices deployed at once")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    add_logging_flags(ap)
     return ap.parse_args(argv)
 
 
@@ -106,13 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    logging.getLogger("paho").setLevel(logging.WARNING)
+    setup_logging(level_of(args))
     try:
         return run(args)
     except FaceliteError as exc:

@@ -56,3 +56,35 @@ def test_host_commands_on_a_device_bundle_say_so_in_one_line(
         assert cli.main([command, "--models", "x"]) != 0
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err.startswith("error: ") and "runs on the host" in err, err
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["agent.cli", "agent", "converter.cli", "deploy", "converter.bench", "converter.bench.arm", "converter.bench.lfw"],
+)
+def test_every_entry_point_takes_the_same_logging_flags(module: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
+    ).stdout
+    assert "--log-level {DEBUG,INFO,WARNING,ERROR}" in out and "-v, --verbose" in out, out[-600:]
+
+
+def test_logging_flags_and_the_one_line_format() -> None:
+    import argparse
+    import logging
+
+    from agent.logsetup import DEVICE_FORMAT, HOST_FORMAT, add_logging_flags, level_of
+
+    ap = argparse.ArgumentParser()
+    add_logging_flags(ap, default="WARNING")
+    assert level_of(ap.parse_args([])) == "WARNING"
+    assert level_of(ap.parse_args(["--log-level", "info"])) == "INFO"
+    assert level_of(ap.parse_args(["-v", "--log-level", "ERROR"])) == "DEBUG"
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--log-level", "LOUD"])
+    record = logging.LogRecord("agent.app", logging.INFO, __file__, 1, "gallery changed", None, None)
+    assert logging.Formatter(DEVICE_FORMAT).format(record) == "INFO agent.app: gallery changed"
+    assert logging.Formatter(HOST_FORMAT, "%H:%M:%S").format(record).endswith(" INFO agent.app: gallery changed")
+    none = argparse.ArgumentParser()
+    add_logging_flags(none, default=None)  # the agent: the config file's log_level when no flag is given
+    assert level_of(none.parse_args([]), "ERROR") == "ERROR"

@@ -40,6 +40,7 @@ from typing import Any
 import tomllib
 
 from agent.errors import FaceliteError
+from agent.logsetup import add_logging_flags, level_of, setup_logging
 from converter.bench.common import BenchError, to_jsonable
 from deploy.variants import BY_CPU_FILE, fewest_instructions, pick_variant, write_by_cpu
 
@@ -943,6 +944,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", default="pi", help="device profile whose pipeline is measured (default pi)")
     ap.add_argument("--report-only", action="store_true", help="no qemu: re-render OUT/report.json's counts")
     ap.add_argument("--no-targets", action="store_true", help="exit 0 even when a target of issue 11 is missed")
+    add_logging_flags(ap)
     return ap.parse_args(argv)
 
 
@@ -1001,7 +1003,7 @@ def crosschecks(env: Env, jobs: Sequence[Job], ms: list[Measurement], args: argp
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s bench-arm: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(level_of(args))
     try:
         return run(args)
     except (FaceliteError, subprocess.SubprocessError, OSError) as exc:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import FaceliteError
+from agent.logsetup import add_logging_flags, level_of, setup_logging
 from converter.bench.common import BenchError, read_json, write_json
 from converter.bench.frames import Prepared, PrepOptions, size_key
 from converter.bench.pagecache import Eviction
@@ -191,11 +192,9 @@ def main(argv: list[str] | None = None, eviction: Eviction | None = None) -> int
         metavar="REPORT_JSON",
         help="run nothing: judge an existing report.json against its targets (exit 1 if one is missed)",
     )
-    ap.add_argument("-v", "--verbose", action="store_true")
+    add_logging_flags(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    setup_logging(level_of(args))
     if eviction is not None:
         log.info("%s", eviction.describe())
     try:

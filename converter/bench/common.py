@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from agent.errors import FaceliteError
+from agent.logsetup import level_of, setup_logging
 from agent.metrics import Latency, latency_summary
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def report_main(run: Callable[[Any], int], args: Any) -> int:
     """Entry point of a report command: logging configured here, a FaceliteError as one line and its exit code."""
     import sys
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging(level_of(args))
     try:
         return run(args)
     except FaceliteError as exc:

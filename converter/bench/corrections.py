@@ -38,6 +38,7 @@ from agent.embed import Embedder
 from agent.embedset import detect_photos, embed_detected
 from agent.gallery import Gallery, Matcher
 from agent.lfw import EVALUATION_FOLDS, lfw_dir, read_view2
+from agent.logsetup import add_logging_flags
 from agent.metrics import wilson_interval
 from agent.openset import resolve_threshold
 from converter.bench.common import report_main
@@ -360,6 +361,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--pairs", type=int, default=40, help="look-alike pairs measured")
     ap.add_argument("--stranger-accept-rate", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=20261203)
+    add_logging_flags(ap)
     return ap.parse_args(argv)
 
 

@@ -38,6 +38,7 @@ from agent.config import DetectionConfig
 from agent.dataset import data_dir as resolve_data_dir
 from agent.geometry import Face
 from agent.imageio import read_image
+from agent.logsetup import add_logging_flags, level_of, setup_logging
 from converter.bench.boxmatch import IOU_THRESHOLD, SIZE_BINS, score_photo, size_bin
 
 log = logging.getLogger(__name__)
@@ -580,9 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--skip-wider", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-sensitivity", action="store_true", help="only the --crop-side crops")
+    add_logging_flags(ap)
     args = ap.parse_args(argv)
     args.command = ["python -m converter.bench.detect_eval", *(sys.argv[1:] if argv is None else argv)]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(level_of(args))
     args.out.mkdir(parents=True, exist_ok=True)
     report = run(args)
     (args.out / "report.json").write_text(json.dumps(report_json(report), indent=2) + "\n")

@@ -38,6 +38,7 @@ from agent.lfw_eval import (
     pipeline_vectors,
     subset,
 )
+from agent.logsetup import add_logging_flags
 from agent.manifest import Calibration, Manifest
 from agent.metrics import calibration_curve
 from converter.bench.common import report_main
@@ -387,6 +388,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--draws", type=int, default=10, help="random galleries per size")
     ap.add_argument("--pipelines", type=lambda s: [p.strip() for p in s.split(",")], default=None)
     ap.add_argument("--no-peers", dest="peers", action="store_false", help="skip face_recognition (dlib)")
+    add_logging_flags(ap)
     return ap.parse_args(argv)
 
 

@@ -41,6 +41,7 @@ from agent.detect import create_detector
 from agent.embed import Embedder
 from agent.embedset import detect_photos, embed_detected
 from agent.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
+from agent.logsetup import add_logging_flags
 from agent.metrics import wilson_interval
 from agent.strangers import nearest_cluster
 from agent.unknowns import cluster_threshold
@@ -304,6 +305,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--window", type=int, default=StrangersConfig().max_visits, help="visits one memory holds")
     ap.add_argument("--per-person", type=int, default=10, help="at most this many visits of one person")
     ap.add_argument("--seed", type=int, default=20261203)
+    add_logging_flags(ap)
     return ap.parse_args(argv)
 
 
