@@ -18,18 +18,11 @@ from typing import Any
 
 from agent.errors import FaceliteError
 from agent.logsetup import add_logging_flags, level_of, setup_logging
+from converter.api import DEFAULT_MODELS, RECIPES, ConvertOptions, convert
 from converter.build import Gates
 
 log = logging.getLogger("converter")
 
-RECIPES = {
-    "blazeface": "converter.models.blazeface:BlazeFaceRecipe",
-    "mtcnn": "converter.models.mtcnn:MTCNNRecipe",
-    "facenet": "converter.models.facenet:FaceNetRecipe",
-    "mobilefacenet": "converter.models.mobilefacenet:MobileFaceNetRecipe",
-}
-# Detectors first: embedders are aligned with the detector artifact the device will run.
-DEFAULT_MODELS = ("blazeface", "mtcnn", "facenet", "mobilefacenet")
 ALIGNMENT_DETECTORS = ("mtcnn", "blazeface")  # five landmarks first
 INT8_CALIBRATION_STRIDE = 14  # about 150 people of LFW's calibration folds
 
@@ -136,7 +129,7 @@ def _photos(folder: Path) -> list[Any]:
     return images
 
 
-def _alignment_detector(args: argparse.Namespace) -> tuple[Any, str]:
+def _alignment_detector(args: ConvertOptions) -> tuple[Any, str]:
     from agent.detect import create_detector
     from agent.manifest import Manifest
 
@@ -159,7 +152,7 @@ def _alignment_detector(args: argparse.Namespace) -> tuple[Any, str]:
     )
 
 
-def _integer_calibration_faces(args: argparse.Namespace) -> Any:
+def _integer_calibration_faces(args: ConvertOptions) -> Any:
     """Faces for integer calibration: one photo of every INT8_CALIBRATION_STRIDE-th person of LFW's calibration
     folds, aligned by the device's detector (BlazeFace when built), so that no face that verifies a variant
     (the sample photos) or evaluates it (LFW folds 6-10) shaped its quantisation. None without LFW: then the
@@ -193,84 +186,28 @@ def _integer_calibration_faces(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.dataset import data_dir
-    from converter.build import BuildOptions, ModelBuild
-    from converter.faceset import build_faceset
-
-    t_start = time.perf_counter()
-    calib = args.calibration
-    scenes = args.scenes
-    if calib is None or (scenes is None and args.source is None):
-        root = data_dir(args.data_dir)
-        calib = calib or root / "faces" / "people"
-        scenes = scenes or root / "faces" / "scenes"
-    if args.calibration_count < 1:
-        raise FaceliteError(f"--calibration-count must be >= 1, got {args.calibration_count}")
-    gates = Gates(min_mean_cosine=args.min_mean_cosine, max_auc_drop=args.max_auc_drop)
-    if args.source is not None:
-        from converter.formats.user import user_recipe
-
-        recipes = [user_recipe(args)]
-    else:
-        recipes = [load_recipe(m) for m in args.models]
+    """`facelite convert`: the options from the command line, convert(), then the tables and the next command."""
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FaceliteError(f"output directory cannot be created: {exc.strerror}", str(args.out)) from None
-    reports = []
-    detector_images: list[Any] | None = None
-    calibration_faces: Any = None
-    for recipe in recipes:
-        if recipe.kind == "detector":
-            if detector_images is None:
-                detector_images = _photos(calib) + (_photos(scenes) if scenes and scenes.is_dir() else [])
-                log.info("detector photos: %d from %s and %s", len(detector_images), calib, scenes)
-            opts = BuildOptions(
-                args.out,
-                detector_images=detector_images,
-                variants=args.variants,
-                calibration_count=args.calibration_count,
-                gates=gates,
-                check_legacy_runtime=not args.no_legacy_check,
-            )
-        else:
-            detector, det_sha = _alignment_detector(args)
-            faces = build_faceset(calib, detector, args.pairs)
-            if calibration_faces is None and args.calibration is None:
-                # Photos given with --calibration are the user's choice for both; by default integer variants
-                # calibrate on LFW faces disjoint from the sample photos that verify them.
-                calibration_faces = _integer_calibration_faces(args)
-            opts = BuildOptions(
-                args.out,
-                faces=faces,
-                calibration_faces=calibration_faces,
-                variants=args.variants,
-                calibration_count=args.calibration_count,
-                gates=gates,
-                check_legacy_runtime=not args.no_legacy_check,
-                cache_key_extra=det_sha,
-            )
-        reports.append(ModelBuild(recipe, opts).run())
-    write_summary(args.out, reports)
-    print(summary_table(reports))
-    rows = open_set_calibration(args, reports)
-    if rows:
+        options = ConvertOptions.from_args(args)
+    except ValueError as exc:
+        raise FaceliteError(str(exc)) from None
+    result = convert(options)
+    print(summary_table(result.reports))
+    if result.calibration:
         from converter.calibrate import summary_md
 
-        text = summary_md(rows)
-        (args.out / "calibration.md").write_text("# Open-set calibration (LFW View 2 folds 1-5)\n\n" + text)
+        text = summary_md(result.calibration)
         print("\nOpen-set calibration (per-comparison false-accept rate, LFW folds 1-5):\n" + text)
-    failed = [(r.name, v) for r in reports for v in r.variants if not v.passed]
-    log.info("done in %.0f s", time.perf_counter() - t_start)
-    if failed:
-        for name, v in failed:
+    log.info("done in %.0f s", result.seconds)
+    if result.failed:
+        for name, v in result.failed:
             print(f"error: {name}/{v.variant} failed: {v.reason}", file=sys.stderr)
         return 1
-    print(f"Reports: {args.out}/*/report.md. Next: make demo   (or: make deploy DEVICE=pi)")
+    print(f"Reports: {options.out}/*/report.md. Next: make demo   (or: make deploy DEVICE=pi)")
     return 0
 
 
-def open_set_calibration(args: argparse.Namespace, reports: list[Any]) -> list[Any]:
+def open_set_calibration(args: ConvertOptions, reports: list[Any]) -> list[Any]:
     """Calibrate every installed embedder variant on LFW folds 1-5 (converter/calibrate.py)."""
     from agent.dataset import data_dir
     from agent.lfw import lfw_dir

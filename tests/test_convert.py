@@ -239,7 +239,8 @@ def test_unknown_model_is_refused(tmp_path: Path, data_dir: Path) -> None:
     proc = convert("--models", "nosuchnet", "--data-dir", str(data_dir), "--out", str(tmp_path))
     assert proc.returncode != 0
     assert error_lines(proc) == [
-        "error: unknown model 'nosuchnet': choose from blazeface, mtcnn, facenet, mobilefacenet or use --source"
+        "error: unknown model 'nosuchnet': choose from blazeface, mtcnn, facenet, mobilefacenet or use --source "
+        "(source=) for your own model file"
     ]
 
 

@@ -7,7 +7,6 @@ Detectors from user files are refused: the agent needs decoding code per detecto
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import re
@@ -137,7 +136,7 @@ class UserRecipe:
         raise FormatError(f"{self.name} is an embedder")
 
 
-def _sample_photos(args: argparse.Namespace, limit: int = 20) -> list[np.ndarray]:
+def _sample_photos(args: Any, limit: int = 20) -> list[np.ndarray]:
     from agent.dataset import data_dir
     from agent.errors import FaceliteError
     from agent.imageio import list_images, read_image
@@ -162,7 +161,7 @@ def _sample_photos(args: argparse.Namespace, limit: int = 20) -> list[np.ndarray
     return images
 
 
-def user_recipe(args: argparse.Namespace) -> UserRecipe:
+def user_recipe(args: Any) -> UserRecipe:
     """The recipe for ``--source``: checks every option before any model is loaded."""
     path = Path(args.source)
     kind = getattr(args, "kind", "embedder")
