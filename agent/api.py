@@ -31,14 +31,14 @@ import numpy as np
 from agent.config import DetectionConfig, QualityConfig, TrackingConfig
 from agent.detect import Detector, create_detector
 from agent.embed import Embedder
-from agent.gallery import Gallery, Hygiene, Matcher
+from agent.gallery import Gallery, Hygiene
 from agent.geometry import BBox, Face
 from agent.imageio import read_image
+from agent.matching import Matcher
 from agent.openset import resolve_threshold
 from agent.pipeline import Pipeline
-from agent.quality import QualityGate
 from agent.sources import Frame
-from agent.track import Tracker, TrackerConfig, TrackEvent
+from agent.track import Tracker, TrackEvent
 
 __all__ = [
     "FaceRecognizer",
@@ -195,8 +195,8 @@ class FaceRecognizer:
         self._announced: dict[int, TrackEvent] = {}
         if options.running_mode is not RunningMode.IMAGE:
             # The agent's default tracking and quality gate (agent.config), as `facelite-agent` runs them.
-            tracker = Tracker(TrackerConfig.from_settings(TrackingConfig(), min_votes=options.min_votes))
-            gate = QualityGate.from_settings(QualityConfig())
+            tracker = Tracker(TrackingConfig().tracker(min_votes=options.min_votes))
+            gate = QualityConfig().gate()
             self._pipeline = Pipeline(detector, embedder, gallery, self._matcher, tracker, gate)
 
     @classmethod

@@ -3,6 +3,9 @@
 Wiring only: the recognition logic is in agent.pipeline, the contract in agent.events, delivery
 guarantees in the sink. Each camera is read in its own thread into a small queue, so a camera that is
 reconnecting (blocking in its backoff) never stalls the others, the state message or the watchdog.
+
+Size: the agent's run loop and everything it owns (cameras, the gallery refresh, presence, commands, strangers, the
+state report) in one class, so the frame loop can be read in one place; the factories it needs sit above it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from agent.commands import CommandContext, open_commands
 from agent.config import AgentConfig
 from agent.detect import Detector, create_detector
 from agent.embed import Embedder
-from agent.errors import ConfigError, FaceliteError, ModelError
+from agent.errors import ConfigError, FaceliteError
 from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, store_path
 from agent.events import (
     EmbedderInfo,
@@ -36,16 +39,21 @@ from agent.events import (
     names_person,
     state_message,
 )
-from agent.gallery import Gallery, Hygiene, Matcher
+from agent.gallery import Gallery, Hygiene
+from agent.manifest import Manifest
+from agent.matching import Matcher
 from agent.messages import Message
 from agent.openset import OpenSetThreshold, resolve_threshold
+from agent.openset import enrolment_hygiene as openset_hygiene
 from agent.pipeline import Pipeline
 from agent.quality import QualityGate
 from agent.roster import RecordFile, Roster, Sync
 from agent.sd_notify import Notifier
 from agent.sources import Frame, FrameSource, open_camera
-from agent.strangers import StrangerStore, Visit
-from agent.track import Tracker, TrackerConfig
+from agent.strangers import StrangerPolicy, StrangerStore, Visit
+from agent.strangers import store_path as strangers_path
+from agent.track import Tracker
+from agent.unknowns import cluster_threshold
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +130,14 @@ def open_set_threshold(config: AgentConfig, models: Models, templates: int) -> O
 
 
 def enrolment_hygiene(config: AgentConfig, models: Models) -> Hygiene:
-    """Template hygiene for enrolling commands: the configured limit, the threshold of the gallery as it will be."""
-
-    def threshold_for(templates: int) -> float:
-        return open_set_threshold(config, models, templates).threshold
-
-    try:
-        threshold_for(1)
-    except ModelError:  # no calibration and no fixed threshold: hygiene keeps the limit only
-        return Hygiene(config.gallery.max_templates_per_person)
-    return Hygiene(config.gallery.max_templates_per_person, threshold_for)
+    """Template hygiene for enrolling commands, as the CLI applies it (agent/openset.py)."""
+    return openset_hygiene(
+        models.embedder.manifest,
+        detector=models.detector.manifest.name,
+        max_templates=config.gallery.max_templates_per_person,
+        stranger_accept_rate=config.matching.stranger_accept_rate,
+        fixed=config.matching.threshold,
+    )
 
 
 def make_matcher(config: AgentConfig, models: Models, templates: int) -> tuple[Matcher, OpenSetThreshold]:
@@ -140,11 +146,11 @@ def make_matcher(config: AgentConfig, models: Models, templates: int) -> tuple[M
 
 
 def make_gate(config: AgentConfig) -> QualityGate:
-    return QualityGate.from_settings(config.quality)
+    return config.quality.gate()
 
 
 def make_tracker(config: AgentConfig) -> Tracker:
-    return Tracker(TrackerConfig.from_settings(config.tracking))
+    return Tracker(config.tracking.tracker())
 
 
 @dataclass
@@ -527,6 +533,19 @@ class Agent:
             "agent stopped: %d frames, %d events %s", self.summary.frames, self.summary.events, self.summary.by_type
         )
         return self.summary
+
+
+def open_strangers(config: AgentConfig, manifest: Manifest, detector: str) -> StrangerStore:
+    """The stranger store in the agent's state folder (beside the spool), keyed like the gallery."""
+    s = config.strangers
+    policy = StrangerPolicy(
+        threshold=cluster_threshold(manifest, detector, s.cluster_far),
+        keep_s=s.keep_s,
+        max_visits=s.max_visits,
+        min_visits=s.min_visits,
+        min_gap_s=s.min_gap_s,
+    )
+    return StrangerStore(strangers_path(config.spool.path), key=read_key(config.gallery.key_file), policy=policy)
 
 
 def open_event_faces(config: AgentConfig) -> EventFaceStore:

@@ -112,7 +112,7 @@ def run_agent(config: Any) -> int:
     receive = sink.receive if config.commands.enabled else None  # config: commands need [mqtt]
     strangers = None
     if config.strangers.enabled and state_dir.is_dir():
-        from agent.unknowns import open_strangers
+        from agent.app import open_strangers
 
         strangers = open_strangers(config, models.embedder.manifest, models.detector.manifest.name)
     agent = Agent(
@@ -230,33 +230,6 @@ class EnrollReport:
     unreadable: list[str] = field(default_factory=list)
 
 
-def _models_from(args: argparse.Namespace) -> tuple[Any, Any, Path]:
-    """Detector, embedder and gallery path from --config or from explicit flags."""
-    from agent.detect import create_detector
-    from agent.embed import Embedder
-
-    if args.config:
-        from agent.app import load_models
-        from agent.config import load_config
-
-        config = load_config(args.config)
-        models = load_models(config)
-        return models.detector, models.embedder, Path(config.gallery.path)
-    if not (args.detector and args.embedder and args.gallery):
-        raise FaceliteError("give --config, or all of --detector, --embedder and --gallery")
-    return create_detector(args.detector), Embedder.from_model_dir(args.embedder), args.gallery
-
-
-def _gallery_key(args: argparse.Namespace) -> bytes | None:
-    from agent.app import read_key
-
-    if getattr(args, "config", None):
-        from agent.config import load_config
-
-        return read_key(load_config(args.config).gallery.key_file)
-    return read_key(args.key_file) if getattr(args, "key_file", None) else None
-
-
 def _image_paths(items: list[Path]) -> list[Path]:
     from agent.imageio import list_images
 
@@ -269,53 +242,15 @@ def _image_paths(items: list[Path]) -> list[Path]:
     return paths
 
 
-def _threshold_for(args: argparse.Namespace, detector: Any, embedder: Any) -> Any:
-    """n -> the open-set threshold the agent would use for a gallery of n templates (None if there is none)."""
-    from agent.errors import ModelError
-    from agent.openset import resolve_threshold
-
-    rate, fixed = 1e-3, None
-    if getattr(args, "config", None):
-        from agent.config import load_config
-
-        matching = load_config(args.config).matching
-        rate, fixed = matching.stranger_accept_rate, matching.threshold
-
-    def threshold_for(templates: int) -> float:
-        return resolve_threshold(
-            embedder.manifest,
-            detector=detector.manifest.name,
-            stranger_accept_rate=rate,
-            templates=templates,
-            fixed=fixed,
-        ).threshold
-
-    try:
-        threshold_for(1)
-    except ModelError:
-        return None
-    return threshold_for
-
-
-def _hygiene(args: argparse.Namespace, detector: Any, embedder: Any) -> Any:
-    from agent.gallery import Hygiene
-
-    limit = 10
-    if getattr(args, "config", None):
-        from agent.config import load_config
-
-        limit = load_config(args.config).gallery.max_templates_per_person
-    return Hygiene(max_templates_per_person=limit, threshold_for=_threshold_for(args, detector, embedder))
-
-
 def enroll(args: argparse.Namespace) -> int:
     from agent import enroll_cli
     from agent.gallery import Gallery
     from agent.imageio import read_image
+    from agent.wiring import gallery_key_from_args, hygiene_from_args, models_from_args
 
     if enroll_cli.wanted(args):  # --from-event / --camera / --from-unknown (checks that exactly one is asked)
-        return _enroll_unknown(args) if args.from_unknown is not None else enroll_cli.run(args)
-    detector, embedder, gallery_path = _models_from(args)
+        return enroll_cli.run_from_unknown(args) if args.from_unknown is not None else enroll_cli.run(args)
+    detector, embedder, gallery_path = models_from_args(args)
     report = EnrollReport()
     vectors, sources = [], []
     for path in _image_paths(args.images):
@@ -348,9 +283,9 @@ def enroll(args: argparse.Namespace) -> int:
         gallery_path,
         embedder_sha256=embedder.sha256,
         embedding_size=int(embedder.manifest.embedding_size or 0),
-        key=_gallery_key(args),
+        key=gallery_key_from_args(args),
     ) as gallery:
-        hygiene = _hygiene(args, detector, embedder)
+        hygiene = hygiene_from_args(args, detector, embedder)
         outcome = gallery.add_templates(args.name, vectors, sources, hygiene=hygiene)
     for refusal in outcome.refused:
         print(refusal.line(), file=sys.stderr)
@@ -370,280 +305,6 @@ def enroll(args: argparse.Namespace) -> int:
         f"{len(report.no_face) + len(report.several_faces) + len(report.unreadable)} skipped; "
         f"{len(outcome.refused)} refused; gallery version {outcome.version}"
     )
-    return 0
-
-
-def _enroll_unknown(args: argparse.Namespace) -> int:
-    """``facelite enroll NAME --from-unknown K``: a person confirmed who recurring stranger K is."""
-    from agent.gallery import Gallery
-    from agent.strangers import check_cluster_id
-    from agent.unknowns import enroll_from_unknown, strangers_from_args
-
-    k = check_cluster_id(args.from_unknown)
-    detector, embedder, gallery_path = _models_from(args)
-    with (
-        strangers_from_args(args, detector, embedder) as store,
-        Gallery.open(
-            gallery_path,
-            embedder_sha256=embedder.sha256,
-            embedding_size=int(embedder.manifest.embedding_size or 0),
-            key=_gallery_key(args),
-        ) as gallery,
-    ):
-        hygiene = _hygiene(args, detector, embedder)
-        done = enroll_from_unknown(store, gallery, args.name, k, embedder_sha256=embedder.sha256, hygiene=hygiene)
-    for line in [r.line() for r in done.outcome.refused] + [la.line() for la in done.outcome.lookalikes]:
-        print(line, file=sys.stderr)
-    print(
-        f"enrolled {done.outcome.person}: {done.outcome.added} template(s) from unknown person {k} "
-        f"({done.cluster.visits} visits, {done.faces} face(s)); {len(done.outcome.refused)} refused; their faces "
-        f"were erased from the stranger store; gallery version {done.outcome.version}"
-    )
-    return 0
-
-
-def _unknowns_cmd(args: argparse.Namespace, detector: Any, embedder: Any) -> str:
-    """``gallery unknowns`` and ``gallery drop-unknown K``."""
-    from agent.unknowns import drop_unknown, strangers_from_args, unknowns_lines
-
-    with strangers_from_args(args, detector, embedder) as store:
-        if args.action == "drop-unknown":
-            erased = drop_unknown(store, args.args[0])
-            return f"dropped unknown person {int(args.args[0])}: {erased} face(s) erased"
-        lines = unknowns_lines(store)
-        return "\n".join([*lines, f"{len(lines)} unknown person(s) kept"])
-
-
-def gallery_cmd(args: argparse.Namespace) -> int:
-    from agent.gallery import Gallery
-
-    detector, embedder, gallery_path = _models_from(args)
-    with Gallery.open(
-        gallery_path,
-        embedder_sha256=embedder.sha256,
-        embedding_size=int(embedder.manifest.embedding_size or 0),
-        key=_gallery_key(args),
-    ) as g:
-        if args.action == "list":
-            for p in g.people():
-                print(f"{p.name}\t{p.templates} template(s)\t{p.negatives} negative(s)\tslug={p.slug}")
-            print(f"{len(g.people())} people, gallery version {g.version}")
-            print(_threshold_line(args, detector, embedder, g.index.size))
-        elif args.action == "remove":
-            g.remove(args.args[0])
-            print(f"removed {args.args[0]}")
-        elif args.action in ("unknowns", "drop-unknown"):
-            print(_unknowns_cmd(args, detector, embedder))
-        elif args.action == "forget":
-            strangers = _forget_strangers(args, g, detector, embedder, args.args[0])  # before the templates go
-            outcome = _forget(args, g)
-            print(
-                f"forgot {outcome.person}"
-                + (f" and {outcome.faces_erased} face(s) of their recent events" if outcome.faces_erased else "")
-                + (f" and {strangers} face(s) of unknown visits that match them" if strangers else "")
-                + ("" if outcome.complete else " (another process holds the file: traces vanish when it closes)")
-            )
-        elif args.action == "reject":
-            print(_reject(args, g, embedder))
-        elif args.action == "rename":
-            from agent.galleryops import rename_person
-
-            old, new = rename_person(g, args.args[0], args.args[1])
-            print(f"renamed {old} -> {new}")
-        elif args.action == "export":
-            n = g.export(Path(args.args[0]))
-            print(f"exported {n} template(s) to {args.args[0]}")
-        elif args.action == "import":
-            n = g.import_(Path(args.args[0]))
-            print(f"imported {n} template(s) from {args.args[0]}")
-    return 0
-
-
-def _forget(args: argparse.Namespace, gallery: Any) -> Any:
-    """Forget a person; with --config also the faces of their recent events (the agent does it too, within 5 s)."""
-    from agent.galleryops import forget_person
-
-    if not getattr(args, "config", None):
-        return forget_person(gallery, None, args.args[0])
-    from agent.app import open_event_faces
-    from agent.config import load_config
-
-    with open_event_faces(load_config(args.config)) as store:
-        return forget_person(gallery, store, args.args[0])
-
-
-def _forget_strangers(args: argparse.Namespace, gallery: Any, detector: Any, embedder: Any, person: str) -> int:
-    """Erase the unknown visits that look like ``person`` (seen before they were enrolled) from the stranger store."""
-    if not getattr(args, "config", None):
-        return 0
-    from agent.config import load_config
-    from agent.gallery import normalize_name
-    from agent.unknowns import strangers_from_args
-
-    if not load_config(args.config).strangers.enabled and not _strangers_file(args).exists():
-        return 0
-    name = normalize_name(person)
-    try:
-        with strangers_from_args(args, detector, embedder) as store:
-            return store.forget_like(gallery.index.rows_of(name), embedder.sha256, name)
-    except FaceliteError as exc:
-        # A damaged stranger store must not stop a forget: the person still leaves the gallery, and is told.
-        print(f"warning: unknown visits not searched for {name}: {exc.one_line()}", file=sys.stderr)
-        return 0
-
-
-def _strangers_file(args: argparse.Namespace) -> Path:
-    from agent.config import load_config
-    from agent.strangers import store_path
-
-    return store_path(load_config(args.config).spool.path)
-
-
-def _reject(args: argparse.Namespace, gallery: Any, embedder: Any) -> str:
-    """``facelite gallery reject EVENT_ID``: the event's face becomes a negative of the person it was announced as."""
-    from agent.app import open_event_faces
-    from agent.config import load_config
-    from agent.eventfaces import check_event_id
-    from agent.galleryops import reject_event
-
-    event_id = check_event_id(args.args[0])
-    if not getattr(args, "config", None):
-        raise FaceliteError(
-            "gallery reject needs --config", "facelite gallery reject", "the agent's state folder keeps event faces"
-        )
-    with open_event_faces(load_config(args.config)) as store:
-        r = reject_event(gallery, store, embedder.sha256, event_id)
-    if not r.added:
-        return f"event {r.event_id} was already rejected as {r.person} ({r.negatives} negative(s))"
-    return (
-        f"rejected event {r.event_id}: that face was not {r.person}; {r.person} has {r.negatives} negative(s), a face "
-        f"closer to one of them than to {r.person}'s templates is no longer announced as {r.person} "
-        f"(gallery version {r.version})"
-    )
-
-
-def _threshold_line(args: argparse.Namespace, detector: Any, embedder: Any, templates: int) -> str:
-    """The open-set threshold this gallery gets, as the agent would compute it (agent/openset.py)."""
-    from agent.openset import resolve_threshold
-
-    rate, fixed = 1e-3, None
-    if args.config:
-        from agent.config import load_config
-
-        matching = load_config(args.config).matching
-        rate, fixed = matching.stranger_accept_rate, matching.threshold
-    o = resolve_threshold(
-        embedder.manifest,
-        detector=detector.manifest.name,
-        stranger_accept_rate=rate,
-        templates=templates,
-        fixed=fixed,
-    )
-    expected = f"{o.expected_visit_far:.2g}" if o.expected_visit_far is not None else "unknown"
-    return (
-        f"match threshold {o.threshold:.4f} for {templates} template(s): expected stranger accept rate per visit "
-        f"{expected} (target {o.target_visit_far if o.target_visit_far is not None else 'none: fixed threshold'}; "
-        f"{o.source})"
-    )
-
-
-def _eval_pipelines(args: argparse.Namespace) -> list[tuple[Any, Any]]:
-    """(detector, embedder) pairs to evaluate: every built embedder variant (with --models), or one pipeline."""
-    from agent.detect import create_detector
-    from agent.embed import Embedder
-
-    if args.models:
-        index = json.loads((args.models / "index.json").read_text())["models"]
-        det_name = args.detector_model
-        if det_name not in index:
-            raise FaceliteError(f"no built detector {det_name!r}", str(args.models), "run `make convert`")
-        detector = create_detector(args.models / det_name / index[det_name]["recommended_variant"])
-        return [
-            (detector, Embedder.from_model_dir(args.models / name / variant))
-            for name, entry in index.items()
-            if entry["kind"] == "embedder"
-            for variant in entry["variants"]
-        ]
-    if args.config:
-        detector, embedder, _ = _models_from(args)
-        return [(detector, embedder)]
-    if not (args.detector and args.embedder):
-        raise FaceliteError("give --models, --config, or --detector and --embedder")
-    return [(create_detector(args.detector), Embedder.from_model_dir(args.embedder))]
-
-
-def eval_lfw(args: argparse.Namespace) -> int:
-    """``facelite eval faces/lfw --protocol lfw``: LFW View 2 for each pipeline (agent/lfw_eval.py)."""
-    from dataclasses import asdict
-
-    from agent.lfw import LfwView2, read_view2
-    from agent.lfw_eval import evaluate_pipeline, photo_groups, pipeline_vectors
-
-    view2 = read_view2(args.data)
-    folds = args.folds or list(range(1, view2.folds + 1))
-    view2 = LfwView2(view2.root, tuple(p for p in view2.pairs if p.fold in folds), view2.folds)
-    groups = photo_groups(view2, folds)
-    results = []
-    for detector, embedder in _eval_pipelines(args):
-        det, emb = detector.manifest, embedder.manifest
-        name = f"{det.name}/{det.variant} + {emb.name}/{emb.variant}"
-        cal = emb.calibration.get(det.name)
-        if cal is None:
-            raise FaceliteError(
-                f"{emb.name}/{emb.variant} has no calibration through {det.name}", fix="re-run `make convert`"
-            )
-        pv = pipeline_vectors(detector, det.sha256, embedder, groups, args.out / "cache")
-        r = evaluate_pipeline(name, pv, groups, view2, cal, cal.people, stranger_accept_rate=args.stranger_accept_rate)
-        results.append(r)
-        tf = r.ten_fold
-        print(
-            f"{name}: LFW accuracy {100 * tf.mean:.2f}% ± {100 * tf.std:.2f} over {len(tf.fold_accuracy)} folds "
-            f"(95% CI {100 * tf.ci95[0]:.2f}-{100 * tf.ci95[1]:.2f}), {tf.failed_pairs} of {tf.pairs} pairs failed "
-            f"(no face), AUC {tf.auc:.4f}"
-        )
-        for o in r.open_set:
-            print(
-                f"  gallery of {o.gallery_people}: strangers accepted {o.stranger_false_accepts}/{o.stranger_probes} "
-                f"= {o.stranger_far:.2g} (95% CI {o.stranger_far_ci[0]:.2g}-{o.stranger_far_ci[1]:.2g}), "
-                f"TAR {o.tar:.3f}, threshold {o.threshold:.4f}"
-            )
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "lfw.json"
-    path.write_text(json.dumps([asdict(r) for r in results], indent=2, default=str) + "\n")
-    print(f"report: {path}")
-    return 0
-
-
-def eval_cmd(args: argparse.Namespace) -> int:
-    from agent.evaluate import evaluate, markdown, quantisation_loss, read_lfw_pairs, write_reports
-
-    if args.protocol == "lfw":
-        return eval_lfw(args)
-    pairs = None
-    if args.pairs:
-        if args.pairs.suffix == ".csv":
-            from agent.dataset import read_pairs_csv
-
-            pairs = read_pairs_csv(args.pairs)
-        else:
-            pairs = read_lfw_pairs(args.pairs, args.data)
-    results = [
-        evaluate(
-            detector,
-            embedder,
-            args.data,
-            pairs=pairs,
-            stranger_accept_rate=args.stranger_accept_rate,
-            enroll_k=args.enroll_k,
-        )
-        for detector, embedder in _eval_pipelines(args)
-    ]
-    written = write_reports(results, args.out)
-    print(markdown(results), end="")
-    quant = quantisation_loss(results)
-    if quant:
-        print("\nQuantisation loss (same images, same detector):\n" + quant, end="")
-    print(f"reports: {', '.join(str(p) for p in written)}")
     return 0
 
 
@@ -758,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gallery" and len(args.args) != needs[args.action]:
         ap.error(f"gallery {args.action} takes {needs[args.action]} argument(s)")
     try:
+        from agent.eval_cli import eval_cmd
+        from agent.gallery_cli import gallery_cmd
+
         return {"enroll": enroll, "gallery": gallery_cmd, "eval": eval_cmd}[args.command](args)
     except FaceliteError as exc:
         return _fail(exc)

@@ -5,6 +5,10 @@ silently fall back to a default on a device nobody watches). Numbers and boolean
 or ``discovery = "no"`` are errors, not guesses. ``load_config`` reads TOML or YAML and turns every problem into
 one line naming the file, the line, the key path (``mqtt.port``, ``cameras[0].fps_limit``) and the reason.
 Relative paths are resolved against the folder of the config file, so a config works wherever it is run from.
+
+Size: every section of the agent's configuration in one schema, plus the commented example (`EXAMPLE_TOML`, printed
+by `--example-config` and read by the tests) and the loader that reports problems as file:line: key path, which
+walks the same sections.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from agent.errors import ConfigError
 from agent.events import topic_prefix_problem
+from agent.quality import QualityGate
 from agent.schema import Context, KeyProblem, Loc, Problem, Section, key_path, setting, short, validate
+from agent.track import TrackerConfig
 
 if TYPE_CHECKING:
     import yaml
@@ -158,6 +164,12 @@ class QualityConfig(Section):
     max_yaw: float = setting(45.0, ge=0, le=90, description="Largest head turn (left/right) accepted, degrees.")
     max_pitch: float = setting(30.0, ge=0, le=90, description="Largest head tilt (up/down) accepted, degrees.")
 
+    def gate(self) -> QualityGate:
+        """The quality gate this section describes."""
+        return QualityGate(
+            min_size=self.min_size, min_sharpness=self.min_sharpness, max_yaw=self.max_yaw, max_pitch=self.max_pitch
+        )
+
 
 def _exponent_float(value: Any, ctx: Context) -> Any:
     # YAML 1.1 (PyYAML) reads 1e-3 as a string, as it wants a dot before the exponent; TOML reads a float.
@@ -198,6 +210,16 @@ class TrackingConfig(Section):
     recheck_interval_s: float = setting(
         5.0, gt=0, le=3600, description="Re-run recognition on a known track this often."
     )
+
+    def tracker(self, *, min_votes: int | None = None) -> TrackerConfig:
+        """The tracker settings this section describes (``min_votes`` overridden by the Python API's option)."""
+        return TrackerConfig(
+            iou_threshold=self.iou_threshold,
+            max_missed_frames=self.max_missed_frames,
+            max_missed_seconds=self.max_missed_seconds,
+            min_votes=self.min_votes if min_votes is None else min_votes,
+            recheck_interval_s=self.recheck_interval_s,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -51,9 +51,9 @@ def wanted(args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from agent.capture import CaptureSettings, parse_poses
-    from agent.cli import _gallery_key, _hygiene, _models_from
     from agent.eventfaces import check_event_id
     from agent.gallery import Gallery
+    from agent.wiring import gallery_key_from_args, hygiene_from_args, models_from_args
 
     # Bad input is refused before the models load (seconds on a Pi).
     if args.from_event is not None:
@@ -65,13 +65,13 @@ def run(args: argparse.Namespace) -> int:
         settings = None
     else:
         settings = CaptureSettings(parse_poses(args.poses), args.per_pose, args.timeout_s)
-    detector, embedder, gallery_path = _models_from(args)
-    hygiene = _hygiene(args, detector, embedder)
+    detector, embedder, gallery_path = models_from_args(args)
+    hygiene = hygiene_from_args(args, detector, embedder)
     with Gallery.open(
         gallery_path,
         embedder_sha256=embedder.sha256,
         embedding_size=int(embedder.manifest.embedding_size or 0),
-        key=_gallery_key(args),
+        key=gallery_key_from_args(args),
     ) as gallery:
         if settings is None:
             return _from_event(args, gallery, embedder, hygiene)
@@ -145,5 +145,35 @@ def _from_camera(
     print(
         f"enrolled {outcome.person}: {outcome.added} template(s) from the camera; {len(outcome.refused)} refused; "
         f"gallery version {outcome.version}"
+    )
+    return 0
+
+
+def run_from_unknown(args: argparse.Namespace) -> int:
+    """``facelite enroll NAME --from-unknown K``: a person confirmed who recurring stranger K is."""
+    from agent.gallery import Gallery
+    from agent.strangers import check_cluster_id
+    from agent.unknowns import enroll_from_unknown
+    from agent.wiring import gallery_key_from_args, hygiene_from_args, models_from_args, strangers_from_args
+
+    k = check_cluster_id(args.from_unknown)
+    detector, embedder, gallery_path = models_from_args(args)
+    with (
+        strangers_from_args(args, detector, embedder) as store,
+        Gallery.open(
+            gallery_path,
+            embedder_sha256=embedder.sha256,
+            embedding_size=int(embedder.manifest.embedding_size or 0),
+            key=gallery_key_from_args(args),
+        ) as gallery,
+    ):
+        hygiene = hygiene_from_args(args, detector, embedder)
+        done = enroll_from_unknown(store, gallery, args.name, k, embedder_sha256=embedder.sha256, hygiene=hygiene)
+    for line in [r.line() for r in done.outcome.refused] + [la.line() for la in done.outcome.lookalikes]:
+        print(line, file=sys.stderr)
+    print(
+        f"enrolled {done.outcome.person}: {done.outcome.added} template(s) from unknown person {k} "
+        f"({done.cluster.visits} visits, {done.faces} face(s)); {len(done.outcome.refused)} refused; their faces "
+        f"were erased from the stranger store; gallery version {done.outcome.version}"
     )
     return 0

@@ -27,7 +27,8 @@ import numpy as np
 
 from agent.errors import FaceliteError
 from agent.eventfaces import EventFaceStore, check_event_id
-from agent.gallery import EnrollOutcome, Gallery, Hygiene, normalize_name
+from agent.gallery import EnrollOutcome, Gallery, Hygiene
+from agent.names import normalize_name
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import numpy as np
 from agent.dataset import Pair, all_pairs, people_tree
 from agent.embed import Embedder
 from agent.errors import FaceliteError, ImageError
-from agent.gallery import Matcher, _IndexBuilder
 from agent.geometry import Face
 from agent.imageio import read_image
+from agent.matching import IndexBuilder, Matcher
 from agent.metrics import best_accuracy, roc_points, verification_scores
 from agent.openset import resolve_threshold
 
@@ -120,7 +120,7 @@ def identification(
     for e in embedded:
         by_person.setdefault(e.person, []).append(e)
     known, strangers = split_people({k: [e.path for e in v] for k, v in by_person.items()}, stranger_every)
-    builder = _IndexBuilder(dim)
+    builder = IndexBuilder(dim)
     probes: list[EmbeddedPhoto] = []
     for person in known:
         photos = sorted(by_person[person], key=lambda e: e.path.name)

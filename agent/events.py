@@ -19,21 +19,18 @@ Timestamps are UTC ISO-8601 with milliseconds and a ``Z``; frame timestamps are 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
-import math
 import re
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from agent import __version__
 from agent.errors import ConfigError
 from agent.messages import Message
+from agent.names import slugify
 
 if TYPE_CHECKING:
     from agent.track import TrackEvent
@@ -60,8 +57,6 @@ def topic_prefix_problem(value: str) -> str | None:
         return f"topic prefix {value!r} must be MQTT topic levels without '+', '#' or empty levels"
     return None
 
-
-PresenceState = Literal["home", "away"]
 
 # JSON Schema (draft 2020-12) of the payload on <prefix>/<device_id>/events, for README and consumers.
 EVENT_SCHEMA: dict[str, Any] = {
@@ -128,19 +123,6 @@ EVENT_SCHEMA: dict[str, Any] = {
 
 
 # -- names and topics ----------------------------------------------------------------------------
-def slugify(name: str) -> str:
-    """A topic- and Home-Assistant-safe id for a person name: [a-z0-9_], never empty, deterministic.
-
-    Accents are folded ("José" -> "jose"); a name with no latin letters or digits gets a short hash,
-    so it still has a stable, distinct slug. The gallery refuses two names with the same slug.
-    """
-    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii").lower()
-    slug = re.sub(r"[^a-z0-9]+", "_", folded).strip("_")
-    if not slug:
-        slug = "p_" + hashlib.sha256(unicodedata.normalize("NFC", name).encode()).hexdigest()[:10]
-    return slug
-
-
 def utc_iso(ts: float) -> str:
     """Epoch seconds -> '2026-11-25T19:00:00.123Z'."""
     dt = datetime.fromtimestamp(ts, tz=timezone.utc)
@@ -211,7 +193,8 @@ class Topics:
         return f"{self.discovery_prefix}/{component}/{self.node_id}/{object_id}/config"
 
 
-def _json(payload: Mapping[str, Any]) -> bytes:
+def compact_json(payload: Mapping[str, Any]) -> bytes:
+    """The contract's JSON: compact, UTF-8, no NaN."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
@@ -300,7 +283,7 @@ def event_message(
         event_id=str(new_id()),
         face_jpeg=face_jpeg,
     )
-    return Message(ctx.topics.events, _json(payload), qos=1, retain=False, durable=True)
+    return Message(ctx.topics.events, compact_json(payload), qos=1, retain=False, durable=True)
 
 
 def last_person_message(event: TrackEvent, ctx: EventContext) -> Message | None:
@@ -314,7 +297,7 @@ def last_person_message(event: TrackEvent, ctx: EventContext) -> Message | None:
         "camera": ctx.camera,
         "similarity": _r(event.similarity, 4),
     }
-    return Message(ctx.topics.last_person, _json(payload), qos=1, retain=True)
+    return Message(ctx.topics.last_person, compact_json(payload), qos=1, retain=True)
 
 
 def event_messages(
@@ -343,136 +326,6 @@ def event_messages(
     if last is not None:
         out.append(last)
     return out
-
-
-# -- presence ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Presence:
-    person: str
-    state: PresenceState
-    last_seen: float | None  # epoch seconds; None if not seen since the agent started
-
-
-class PresenceTracker:
-    """Home while a visit is open or within ``away_after_s`` of the last sighting; away after.
-
-    Fed with tracker events (``on_event``), sightings of people in view (``on_sighting``) and the clock
-    (``tick(now)``); returns only changes to publish, so the caller publishes a retained message per change and
-    ``snapshot()`` at start. ``restored`` is the presence published before a restart (home stays home, with its
-    ``last_seen``); ``refresh_s`` moves ``last_seen`` forward while a person is in view, at most that often
-    (None: only the first sighting of a visit is published).
-    """
-
-    def __init__(
-        self,
-        people: Iterable[str],
-        away_after_s: float,
-        *,
-        restored: Mapping[str, Presence] | None = None,
-        refresh_s: float | None = None,
-    ) -> None:
-        if not (math.isfinite(away_after_s) and away_after_s >= 0):
-            raise ConfigError(f"away timeout must be seconds >= 0, got {away_after_s}", "presence.away_after_s")
-        if refresh_s is not None and not (math.isfinite(refresh_s) and refresh_s > 0):
-            raise ConfigError(
-                f"last_seen interval must be seconds > 0, got {refresh_s}", "presence.last_seen_interval_s"
-            )
-        self.away_after_s = float(away_after_s)
-        self.refresh_s = refresh_s
-        self._state: dict[str, Presence] = {}
-        self._visits: dict[str, set[int]] = {}
-        self._published: dict[str, float | None] = {}  # last_seen of the last change returned, per person
-        for name, p in (restored or {}).items():
-            self._state[name] = Presence(name, p.state, p.last_seen)
-            self._published[name] = p.last_seen
-        self.set_people(people)
-
-    def set_people(self, people: Iterable[str]) -> list[Presence]:
-        """Follow gallery changes: new people start away (returned, to publish); removed ones are dropped."""
-        wanted = list(dict.fromkeys(people))
-        for gone in set(self._state) - set(wanted):
-            del self._state[gone]
-            self._visits.pop(gone, None)
-            self._published.pop(gone, None)
-        added = []
-        for name in wanted:
-            self._visits.setdefault(name, set())
-            if name not in self._state:
-                self._state[name] = Presence(name, "away", None)
-                self._published[name] = None
-                added.append(self._state[name])
-        return added
-
-    def _changed(self, p: Presence) -> list[Presence]:
-        self._state[p.person] = p
-        self._published[p.person] = p.last_seen
-        return [p]
-
-    def _due(self, name: str, last_seen: float) -> bool:
-        published = self._published.get(name)
-        return self.refresh_s is not None and (published is None or last_seen - published >= self.refresh_s)
-
-    def on_event(self, event: TrackEvent) -> list[Presence]:
-        if event.person is None or event.type not in ("recognized", "left"):
-            return []
-        name = event.person
-        prev = self._state.get(name)
-        if prev is None:
-            return []  # not enrolled (any more): a visit that outlived its person's forget says nothing
-        visits = self._visits.setdefault(name, set())
-        if event.type == "recognized":
-            visits.add(event.track_id)
-            now = Presence(name, "home", event.last_seen)
-            if prev.state != "home" or self._due(name, event.last_seen):
-                return self._changed(now)
-            self._state[name] = now
-            return []
-        visits.discard(event.track_id)
-        last = event.last_seen if prev.last_seen is None else max(prev.last_seen, event.last_seen)
-        now = Presence(name, prev.state, last)
-        published = self._published.get(name)
-        if self.refresh_s is not None and (published is None or last > published):
-            return self._changed(now)  # the visit's final sighting, so the retained last_seen is exact
-        self._state[name] = now
-        return []
-
-    def on_sighting(self, people: Iterable[str], now: float) -> list[Presence]:
-        """People recognised in view at ``now``: their ``last_seen`` moves, published at most every ``refresh_s``."""
-        changes = []
-        for name in dict.fromkeys(people):
-            prev = self._state.get(name)
-            if prev is None or prev.state != "home" or not self._visits.get(name):
-                continue  # not enrolled (any more), or not announced yet: the recognized event comes first
-            if prev.last_seen is not None and now <= prev.last_seen:
-                continue
-            p = Presence(name, "home", now)
-            if self._due(name, now):
-                changes += self._changed(p)
-            else:
-                self._state[name] = p
-        return changes
-
-    def tick(self, now: float) -> list[Presence]:
-        changes = []
-        for name, p in list(self._state.items()):
-            if p.state != "home" or self._visits.get(name):
-                continue
-            if p.last_seen is None or now - p.last_seen >= self.away_after_s:
-                changes += self._changed(Presence(name, "away", p.last_seen))
-        return changes
-
-    def snapshot(self) -> list[Presence]:
-        return [self._state[n] for n in sorted(self._state)]
-
-
-def presence_message(topics: Topics, presence: Presence) -> Message:
-    payload = {
-        "schema": SCHEMA,
-        "person": presence.person,
-        "state": presence.state,
-        "last_seen": None if presence.last_seen is None else utc_iso(presence.last_seen),
-    }
-    return Message(topics.person(presence.person), _json(payload), qos=1, retain=True)
 
 
 # -- state ---------------------------------------------------------------------------------------
@@ -518,129 +371,7 @@ def state_message(topics: Topics, report: StateReport, *, now: float) -> Message
     }
     if report.commands:  # only when MQTT commands are enabled
         payload["commands"] = {k: int(v) for k, v in sorted(report.commands.items())}
-    return Message(topics.state, _json(payload), qos=1, retain=True)
-
-
-# -- Home Assistant discovery --------------------------------------------------------------------
-def _ha_device(topics: Topics) -> dict[str, Any]:
-    return {
-        "identifiers": [topics.node_id],
-        "name": f"facelite {topics.device_id}",
-        "manufacturer": "facelite",
-        "model": "facelite agent",
-        "sw_version": __version__,
-    }
-
-
-def _ha_availability(topics: Topics) -> dict[str, Any]:
-    return {"availability_topic": topics.availability, "payload_available": ONLINE, "payload_not_available": OFFLINE}
-
-
-def _config(topics: Topics, component: str, object_id: str, config: dict[str, Any]) -> Message:
-    body = {**config, "unique_id": f"{topics.node_id}_{object_id}", "device": _ha_device(topics)}
-    return Message(topics.discovery(component, object_id), _json(body), qos=1, retain=True)
-
-
-LAST_PERSON_TEMPLATE = "{{ value_json.person if value_json is defined else 'None' }}"
-
-
-def discovery_messages(topics: Topics, people: Iterable[str]) -> list[Message]:
-    """Retained discovery configs: device status, last recognized person, fps, and one tracker per person."""
-    out = [
-        # No availability on this one: when the agent is offline it should read "off", not "unavailable".
-        _config(
-            topics,
-            "binary_sensor",
-            "status",
-            {
-                "name": "Status",
-                "state_topic": topics.availability,
-                "payload_on": ONLINE,
-                "payload_off": OFFLINE,
-                "device_class": "connectivity",
-                "entity_category": "diagnostic",
-            },
-        ),
-        _config(
-            topics,
-            "sensor",
-            "last_person",
-            {
-                "name": "Last recognized person",
-                "state_topic": topics.last_person,
-                # Emptied when that person is forgotten: no JSON then, and "None" reads as unknown in HA.
-                "value_template": LAST_PERSON_TEMPLATE,
-                "json_attributes_topic": topics.last_person,
-                "icon": "mdi:face-recognition",
-                **_ha_availability(topics),
-            },
-        ),
-        _config(
-            topics,
-            "sensor",
-            "fps",
-            {
-                "name": "Frames per second",
-                "state_topic": topics.state,
-                "value_template": "{{ value_json.fps }}",
-                "unit_of_measurement": "fps",
-                "state_class": "measurement",
-                "entity_category": "diagnostic",
-                **_ha_availability(topics),
-            },
-        ),
-    ]
-    out.append(event_discovery_message(topics))
-    out.extend(person_discovery_message(topics, name) for name in people)
-    return out
-
-
-EVENT_TYPES = ("recognized", "unknown", "left")
-# HA's MQTT event entity wants {"event_type": ..., other keys become attributes}: the contract's event renamed,
-# without the (large, optional) face crop.
-_EVENT_TEMPLATE = (
-    "{{ {'event_type': value_json.type, 'person': value_json.person, 'camera': value_json.camera, "
-    "'similarity': value_json.similarity, 'decision': value_json.decision, 'track_id': value_json.track_id, "
-    "'event_id': value_json.event_id, 'timestamp': value_json.timestamp} | tojson }}"
-)
-
-
-def event_discovery_message(topics: Topics) -> Message:
-    """An HA ``event`` entity fed by the events topic: automations trigger on recognized / unknown / left."""
-    return _config(
-        topics,
-        "event",
-        "visit",
-        {
-            "name": "Visit",
-            "state_topic": topics.events,
-            "event_types": list(EVENT_TYPES),
-            "value_template": _EVENT_TEMPLATE,
-            "icon": "mdi:account-eye",
-            **_ha_availability(topics),
-        },
-    )
-
-
-def person_discovery_message(topics: Topics, name: str) -> Message:
-    """A device_tracker (home / not_home) per enrolled person, so HA's person integration can use it."""
-    return _config(
-        topics,
-        "device_tracker",
-        f"person_{slugify(name)}",
-        {
-            "name": name,
-            "state_topic": topics.person(name),
-            "value_template": "{{ value_json.state }}",
-            "payload_home": "home",
-            "payload_not_home": "away",
-            # A fixed camera is a stationary tracker, like a router: HA ranks it above GPS when home.
-            "source_type": "router",
-            "json_attributes_topic": topics.person(name),
-            "icon": "mdi:account",
-            **_ha_availability(topics),
-        },
-    )
+    return Message(topics.state, compact_json(payload), qos=1, retain=True)
 
 
 def forget_person_messages(topics: Topics, name: str, *, last_person: bool = False) -> list[Message]:

@@ -1,4 +1,4 @@
-"""Enrolled people and their face templates in SQLite, with vectorised open-set matching.
+"""Enrolled people and their face templates in SQLite (the matching itself: agent/matching.py).
 
 The file is the only place biometric data lives on the device, so it is created 0600, every write is
 one transaction (WAL, so the agent can keep matching while ``facelite enroll`` writes), and
@@ -9,162 +9,66 @@ listed without the key.
 A gallery is stamped with the embedder's sha256: vectors from another model live in another space,
 so matching them would silently produce nonsense. Opening it with another model is refused.
 
-Matching keeps all templates in one float32 matrix (rows grouped by person) rebuilt on every change:
-one matrix-vector product, a per-person max (``np.maximum.reduceat``) and two argmax calls per query.
+The gallery keeps the template matrix the matcher runs on (agent/matching.py) and rebuilds it on every change;
+how the file sits on disk (schema, migration, key check, export format) is agent/galleryfile.py.
 
 Corrections ("that was not Ada", ``facelite gallery reject``) are stored as **negatives** of a person: faces
 that were announced as them and were someone else. A probe is refused for a person when its best similarity to
 any of that person's negatives is higher than its best similarity to their templates (it is closer to the known
 impostor than to the person); a refused person is out of the running and the open-set rule decides among the
 others. Negatives are encrypted like templates, listed, exported, and erased by ``forget``.
+
+Size: one class, because every write shares one transaction discipline (a WAL write, the in-memory index rebuilt
+after commit) and one encryption rule; the value objects it returns are beside it. Matching is agent/matching.py,
+the file format agent/galleryfile.py.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import math
 import os
 import re
 import sqlite3
-import stat
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from agent.errors import ConfigError, GalleryError
-from agent.events import slugify
+from agent.galleryfile import (
+    EXPORT_FORMAT,
+    EXPORT_SCHEMA,
+    F32,
+    NONCE_BYTES,
+    configure,
+    create_private,
+    init_or_check,
+    make_aead,
+    meta_int,
+    read_export,
+)
+from agent.matching import IndexBuilder, Match, Matcher, TemplateIndex, check_vector
+from agent.names import normalize_name, slugify
 
 log = logging.getLogger(__name__)
 
-GALLERY_SCHEMA = 2  # 2: negatives (corrections); a schema 1 file is migrated when opened
-EXPORT_FORMAT = "facelite-gallery"
-EXPORT_SCHEMA = 2  # 2: people carry "negatives"; schema 1 exports are still imported
-MAX_NAME_LENGTH = 64
-_NONCE_BYTES = 12
-_KEY_CHECK = b"facelite gallery key check v1"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# Vectors are stored little-endian whatever the host: a gallery file or export moves between x86 and ARM.
-_F32 = np.dtype("<f4")
-
-Decision = Literal["known", "unknown", "ambiguous"]
-
-_SCHEMA_SQL = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE people (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    slug TEXT NOT NULL UNIQUE,
-    created REAL NOT NULL
-);
-CREATE TABLE templates (
-    id INTEGER PRIMARY KEY,
-    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
-    vector BLOB NOT NULL,
-    nonce BLOB,
-    source TEXT NOT NULL,
-    quality REAL,
-    created REAL NOT NULL
-);
-CREATE INDEX templates_person ON templates(person_id);
-CREATE TABLE IF NOT EXISTS negatives (
-    id INTEGER PRIMARY KEY,
-    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
-    vector BLOB NOT NULL,
-    nonce BLOB,
-    source TEXT NOT NULL,
-    event_id TEXT UNIQUE,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS negatives_person ON negatives(person_id);
-"""
-# Schema 1 -> 2: the negatives table (the last two statements above).
-_MIGRATE_1_TO_2 = _SCHEMA_SQL[_SCHEMA_SQL.index("CREATE TABLE IF NOT EXISTS negatives") :]
 
 
 # -- value objects -------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Match:
-    """Result of one open-set query.
-
-    ``person`` is the best candidate when the decision is ``known`` or ``ambiguous`` and None when
-    ``unknown``; ``runner_up`` is always the second-best *person* (None with fewer than two people).
-    ``margin`` is best minus runner-up similarity; with no runner-up it is measured against -1, the
-    lowest cosine possible, so it stays comparable instead of being a made-up constant.
-    """
-
-    person: str | None
-    similarity: float
-    margin: float
-    decision: Decision
-    runner_up: str | None
-    refused: str | None = None  # best-scoring person refused by their negatives (a correction), if any
-
-
-@dataclass(frozen=True)
-class Matcher:
-    """Open-set decision rule: a person is announced at similarity >= ``threshold`` (agent/openset.py computes
-    it for the gallery's size; agent/metrics.py uses the same >= rule), ``margin`` from config."""
-
-    threshold: float
-    margin: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.threshold) and -1.0 <= self.threshold <= 1.0):
-            raise ConfigError(f"match threshold must be a cosine in [-1, 1], got {self.threshold}", "matcher.threshold")
-        if not (math.isfinite(self.margin) and 0.0 <= self.margin <= 2.0):
-            raise ConfigError(f"match margin must be in [0, 2], got {self.margin}", "matcher.margin")
-
-    def match(self, index: TemplateIndex, vector: np.ndarray) -> Match:
-        """Decide on an already validated, unit-length float32 ``vector`` of ``index.dim`` values."""
-        if index.size == 0:
-            return Match(None, -1.0, 0.0, "unknown", None)
-        scores = index.matrix @ vector
-        per_person = np.maximum.reduceat(scores, index.starts)
-        refused: str | None = None
-        if index.negatives.shape[0]:
-            # The correction rule: a person whose negatives are closer to the probe than their templates are is
-            # out of the running (score -inf); the open-set rule then decides among everyone else.
-            closest_negative = np.full(per_person.shape, -np.inf, np.float32)
-            np.maximum.at(closest_negative, index.negative_owner, index.negatives @ vector)
-            out = closest_negative > per_person
-            if out.any():
-                refused = index.names[int(np.argmax(np.where(out, per_person, -np.inf)))]
-                per_person = np.where(out, -np.inf, per_person)
-        best = int(np.argmax(per_person))
-        best_score = float(per_person[best])
-        if not math.isfinite(best_score):  # everyone refused
-            return Match(None, -1.0, 0.0, "unknown", None, refused)
-        runner_up: str | None = None
-        second_score = -1.0
-        if per_person.size > 1:
-            per_person[best] = -np.inf  # reduceat/where returned a fresh array: safe to overwrite
-            second = int(np.argmax(per_person))
-            if math.isfinite(float(per_person[second])):
-                second_score = float(per_person[second])
-                runner_up = index.names[second]
-        margin = best_score - second_score
-        if best_score < self.threshold:
-            return Match(None, best_score, margin, "unknown", runner_up, refused)
-        if runner_up is not None and second_score >= self.threshold and margin < self.margin:
-            return Match(index.names[best], best_score, margin, "ambiguous", runner_up, refused)
-        return Match(index.names[best], best_score, margin, "known", runner_up, refused)
-
-
-@dataclass(frozen=True)
 class PersonInfo:
     name: str
-    slug: str  # the name as it appears in MQTT topics (agent.events.slugify)
+    slug: str  # the name as it appears in MQTT topics (agent.names.slugify)
     templates: int
     created: float  # epoch seconds of the first enrolment
     last_enrolled: float | None  # epoch seconds of the newest template
@@ -252,105 +156,7 @@ class EnrollOutcome:
     version: int
 
 
-@dataclass(frozen=True, eq=False)
-class TemplateIndex:
-    """All templates as one matrix, rows grouped by person: ``rows starts[i]..starts[i+1]`` are ``names[i]``."""
-
-    matrix: np.ndarray  # [N, dim] float32, unit rows
-    starts: np.ndarray  # [P] int64
-    names: tuple[str, ...]
-    dim: int
-    negatives: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # [M, dim] unit rows
-    negative_owner: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [M] index into names
-
-    @property
-    def size(self) -> int:
-        return int(self.matrix.shape[0])
-
-    @classmethod
-    def empty(cls, dim: int) -> TemplateIndex:
-        return cls(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), (), dim)
-
-    def negatives_of(self, person: str) -> np.ndarray:
-        try:
-            i = self.names.index(person)
-        except ValueError:
-            return self.negatives[:0]
-        return self.negatives[self.negative_owner == i]
-
-    def rows_of(self, person: str) -> np.ndarray:
-        try:
-            i = self.names.index(person)
-        except ValueError:
-            return self.matrix[:0]
-        end = int(self.starts[i + 1]) if i + 1 < len(self.starts) else self.size
-        return self.matrix[int(self.starts[i]) : end]
-
-
-@dataclass
-class _IndexBuilder:
-    dim: int
-    names: list[str] = field(default_factory=list)
-    starts: list[int] = field(default_factory=list)
-    rows: list[np.ndarray] = field(default_factory=list)
-
-    def add(self, name: str, vector: np.ndarray) -> None:
-        if not self.names or self.names[-1] != name:
-            self.names.append(name)
-            self.starts.append(len(self.rows))
-        self.rows.append(vector)
-
-    def build(self, negatives: Sequence[tuple[str, np.ndarray]] = ()) -> TemplateIndex:
-        if not self.rows:
-            return TemplateIndex.empty(self.dim)
-        matrix = np.ascontiguousarray(np.stack(self.rows).astype(np.float32, copy=False))
-        # Negatives of a person without templates cannot refuse anything: they are kept in the file, not here.
-        owned = [(self.names.index(n), v) for n, v in negatives if n in self.names]
-        neg = np.ascontiguousarray(np.stack([v for _, v in owned]).astype(np.float32)) if owned else None
-        return TemplateIndex(
-            matrix,
-            np.asarray(self.starts, np.int64),
-            tuple(self.names),
-            self.dim,
-            neg if neg is not None else np.zeros((0, self.dim), np.float32),
-            np.asarray([i for i, _ in owned], np.int64),
-        )
-
-
 # -- validation helpers --------------------------------------------------------------------------
-def check_vector(vector: Any, dim: int, where: str) -> np.ndarray:
-    """A finite, non-zero vector of ``dim`` values -> unit-length float32 [dim]; GalleryError otherwise."""
-    v = np.asarray(vector, dtype=np.float32)
-    if v.ndim == 2 and v.shape[0] == 1:
-        v = v[0]
-    if v.shape != (dim,):
-        raise GalleryError(f"embedding has shape {tuple(v.shape)}, expected ({dim},)", where, "wrong embedder?")
-    if not np.isfinite(v).all():
-        raise GalleryError("embedding contains NaN or infinity", where, "the embedder output is broken")
-    norm = float(np.linalg.norm(v))
-    if norm == 0.0:
-        raise GalleryError("embedding is all zeros", where, "the embedder output is broken")
-    return (v / norm).astype(np.float32)
-
-
-def normalize_name(person: object) -> str:
-    """NFC, trimmed, 1..64 characters, no control characters: names show up in logs, topics and HA."""
-    if not isinstance(person, str):
-        raise GalleryError(f"person name must be text, got {type(person).__name__}")
-    name = unicodedata.normalize("NFC", person).strip()
-    if not name:
-        raise GalleryError("person name is empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise GalleryError(f"person name is {len(name)} characters, at most {MAX_NAME_LENGTH} allowed", name[:20])
-    if any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise GalleryError("person name contains control characters", repr(name))
-    return name
-
-
-def _short(sha: str) -> str:
-    return sha[:12]
-
-
 # -- the gallery ---------------------------------------------------------------------------------
 class Gallery:
     """One gallery file. Use ``Gallery.open(...)`` (also a context manager)."""
@@ -404,17 +210,17 @@ class Gallery:
             raise GalleryError(f"embedder sha256 {embedder_sha256!r} is not 64 hex digits", str(path))
         if int(embedding_size) <= 0:
             raise GalleryError(f"embedding size must be positive, got {embedding_size}", str(path))
-        aead = _make_aead(key, path)
+        aead = make_aead(key, path)
         if not path.parent.is_dir():
             raise GalleryError("gallery directory does not exist", str(path.parent), "create it or choose another path")
-        _create_private(path)
+        create_private(path)
         try:
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise GalleryError(f"cannot open gallery: {exc}", str(path)) from None
         try:
-            _configure(conn, path)
-            _init_or_check(conn, path, sha, int(embedding_size), aead, key is not None)
+            configure(conn, path)
+            init_or_check(conn, path, sha, int(embedding_size), aead, key is not None)
             return cls(
                 conn,
                 path,
@@ -484,7 +290,7 @@ class Gallery:
     def refresh(self) -> bool:
         """Reload templates if another process (``facelite enroll``) changed the file; True when it did."""
         with self._lock:
-            stored = _meta_int(self._conn, "version")
+            stored = meta_int(self._conn, "version")
         if stored == self._version:
             return False
         with self._lock:
@@ -695,7 +501,7 @@ class Gallery:
             vec = self._open_blob(blob, nonce, negative=True)
             neg_by_person.setdefault(person_id, []).append(
                 {
-                    "vector": base64.b64encode(vec.astype(_F32).tobytes()).decode("ascii"),
+                    "vector": base64.b64encode(vec.astype(F32).tobytes()).decode("ascii"),
                     "source": source,
                     "event_id": event_id,
                     "created": created,
@@ -706,7 +512,7 @@ class Gallery:
             vec = self._open_blob(blob, nonce)
             by_person.setdefault(person_id, []).append(
                 {
-                    "vector": base64.b64encode(vec.astype(_F32).tobytes()).decode("ascii"),
+                    "vector": base64.b64encode(vec.astype(F32).tobytes()).decode("ascii"),
                     "source": source,
                     "quality": quality,
                     "created": created,
@@ -730,7 +536,7 @@ class Gallery:
         }
         tmp = out.with_name(out.name + ".tmp")
         tmp.unlink(missing_ok=True)
-        _create_private(tmp)
+        create_private(tmp)
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
         tmp.replace(out)
         count = sum(len(v) for v in by_person.values())
@@ -743,7 +549,7 @@ class Gallery:
         Templates already present (same person, same vector) are skipped, so importing twice is harmless.
         """
         src = Path(path)
-        people = _read_export(src, self.embedder_sha256, self.embedding_size)
+        people = read_export(src, self.embedder_sha256, self.embedding_size)
         added = added_negatives = 0
         with self._write() as cur:
             for name, created, templates, negatives in people:
@@ -811,7 +617,7 @@ class Gallery:
         # another process in between cannot leave us with new rows under an old version (or vice versa).
         self._conn.execute("BEGIN")
         try:
-            version = _meta_int(self._conn, "version")
+            version = meta_int(self._conn, "version")
             rows = self._conn.execute(
                 "SELECT p.name, t.vector, t.nonce FROM templates t JOIN people p ON p.id = t.person_id "
                 "ORDER BY p.id, t.id"
@@ -821,7 +627,7 @@ class Gallery:
             ).fetchall()
         finally:
             self._conn.execute("COMMIT")
-        builder = _IndexBuilder(self.embedding_size)
+        builder = IndexBuilder(self.embedding_size)
         for name, blob, nonce in rows:
             builder.add(name, self._open_blob(blob, nonce))
         self._index = builder.build(
@@ -866,10 +672,10 @@ class Gallery:
             )
 
     def _seal(self, vector: np.ndarray, *, negative: bool = False) -> tuple[bytes, bytes | None]:
-        raw = vector.astype(_F32).tobytes()
+        raw = vector.astype(F32).tobytes()
         if self._aead is None:
             return raw, None
-        nonce = os.urandom(_NONCE_BYTES)
+        nonce = os.urandom(NONCE_BYTES)
         return self._aead.encrypt(nonce, raw, self._neg_aad if negative else self._aad), nonce
 
     def _open_blob(self, blob: bytes, nonce: bytes | None, *, negative: bool = False) -> np.ndarray:
@@ -890,7 +696,7 @@ class Gallery:
             raise GalleryError(
                 f"a template has {len(blob)} bytes, expected {self.embedding_size * 4}", str(self.path), "corrupt file"
             )
-        return np.frombuffer(blob, _F32).astype(np.float32)
+        return np.frombuffer(blob, F32).astype(np.float32)
 
 
 class _NothingToDo(Exception):
@@ -912,236 +718,3 @@ def _most_central(vectors: Sequence[np.ndarray], limit: int) -> set[int]:
         worst = min(range(len(keep)), key=lambda i: (mean[i], -keep[i]))
         keep.pop(worst)
     return set(keep)
-
-
-def _make_aead(key: bytes | None, path: Path) -> Any | None:
-    if key is None:
-        return None
-    if not isinstance(key, bytes) or len(key) not in (16, 24, 32):
-        size = len(key) if isinstance(key, bytes) else type(key).__name__
-        raise GalleryError(f"gallery key must be 16, 24 or 32 bytes, got {size}", str(path))
-    try:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-    except ImportError:
-        raise GalleryError(
-            "gallery encryption needs the 'cryptography' package", str(path), "pip install cryptography"
-        ) from None
-    return AESGCM(key)
-
-
-def _create_private(path: Path) -> None:
-    """Create ``path`` as an empty 0600 file (never briefly world-readable); tighten an existing one."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-            if p.exists() and stat.S_IMODE(p.stat().st_mode) & 0o077:
-                log.warning("%s was readable by others; setting mode 0600 (it holds biometric templates)", p)
-                p.chmod(0o600)
-        return
-    except OSError as exc:
-        raise GalleryError(f"cannot create gallery file: {exc.strerror}", str(path)) from None
-    os.close(fd)
-
-
-def _configure(conn: sqlite3.Connection, path: Path) -> None:
-    try:
-        # 2 KiB rows (512 float32) fit once per default 4 KiB page; 16 KiB pages hold seven, halving the
-        # file. Only takes effect when the file is created (before the first table).
-        conn.execute("PRAGMA page_size=16384")
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        conn.execute("PRAGMA foreign_keys=ON")
-        # Freed cells are overwritten with zeros, so removed names and vectors do not linger in pages.
-        conn.execute("PRAGMA secure_delete=ON")
-        # Enrolment is rare and precious; the cost of FULL is irrelevant next to losing it on power loss.
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-    except sqlite3.DatabaseError as exc:
-        raise GalleryError(
-            f"not a gallery file ({exc})", str(path), "point to a gallery made by `facelite enroll`"
-        ) from None
-    if str(mode).lower() != "wal":
-        log.warning("gallery %s: journal mode is %s, not WAL (filesystem without shared memory?)", path, mode)
-
-
-def _meta(conn: sqlite3.Connection) -> dict[str, str]:
-    return dict(conn.execute("SELECT key, value FROM meta").fetchall())
-
-
-def _meta_int(conn: sqlite3.Connection, key: str) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _init_or_check(conn: sqlite3.Connection, path: Path, sha: str, dim: int, aead: Any | None, keyed: bool) -> None:
-    # Look for the tables under the write lock: two processes creating the same new file must not both
-    # try to create the schema.
-    conn.execute("BEGIN IMMEDIATE")
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not tables:
-        check = b""
-        if aead is not None:
-            nonce = os.urandom(_NONCE_BYTES)
-            check = nonce + aead.encrypt(nonce, _KEY_CHECK, None)
-        meta = {
-            "schema": str(GALLERY_SCHEMA),
-            "embedder_sha256": sha,
-            "embedding_size": str(dim),
-            "version": "0",
-            "encrypted": "1" if aead is not None else "0",
-            "key_check": base64.b64encode(check).decode("ascii"),
-        }
-        try:
-            for statement in _SCHEMA_SQL.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(meta.items()))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        log.info(
-            "created gallery %s for embedder %s (%d-d, %s)", path, _short(sha), dim, "encrypted" if aead else "plain"
-        )
-        return
-    conn.execute("COMMIT")
-    if "meta" not in tables:
-        raise GalleryError(
-            "not a facelite gallery (no meta table)", str(path), "point to a gallery made by `facelite enroll`"
-        )
-    meta = _meta(conn)
-    schema = meta.get("schema")
-    if schema == "1":
-        _migrate_1_to_2(conn, path)
-        schema = meta["schema"] = str(GALLERY_SCHEMA)
-    if schema != str(GALLERY_SCHEMA):
-        raise GalleryError(f"gallery schema {schema} is not supported (expected {GALLERY_SCHEMA})", str(path))
-    stored = meta.get("embedder_sha256", "")
-    if stored != sha:
-        raise GalleryError(
-            f"gallery was enrolled with embedder {_short(stored)}, the model in use is {_short(sha)}",
-            str(path),
-            "re-enroll with `facelite enroll` for this model (or use the gallery made for it)",
-        )
-    if meta.get("embedding_size") != str(dim):
-        raise GalleryError(
-            f"gallery holds {meta.get('embedding_size')}-d templates, the model makes {dim}-d", str(path)
-        )
-    encrypted = meta.get("encrypted") == "1"
-    if encrypted and not keyed:
-        raise GalleryError("gallery is encrypted but no key was given", str(path), "pass the gallery key file")
-    if keyed and not encrypted:
-        raise GalleryError(
-            "gallery is not encrypted but a key was given",
-            str(path),
-            "drop the key, or export it and import into a new gallery opened with the key",
-        )
-    if aead is not None:
-        from cryptography.exceptions import InvalidTag
-
-        blob = base64.b64decode(meta.get("key_check", ""))
-        try:
-            aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], None)
-        except (InvalidTag, ValueError):
-            raise GalleryError(
-                "gallery key does not match this gallery", str(path), "use the key it was created with"
-            ) from None
-
-
-def _migrate_1_to_2(conn: sqlite3.Connection, path: Path) -> None:
-    """Schema 1 -> 2: add the negatives table (corrections), under the write lock, once."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "1":
-            for statement in _MIGRATE_1_TO_2.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
-            log.info("gallery %s migrated from schema 1 to 2 (negatives for corrections)", path)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-_ExportedPerson = tuple[
-    str, float, list[tuple[np.ndarray, str, float | None, float]], list[tuple[np.ndarray, str, str | None, float]]
-]
-
-
-def _read_export(path: Path, sha: str, dim: int) -> list[_ExportedPerson]:
-    """Parse and check a gallery export: every vector decoded and validated before anything is written."""
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GalleryError("export file not found", str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GalleryError(f"export file cannot be read: {exc}", str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise GalleryError(f"export file is not valid JSON: {exc.msg} at line {exc.lineno}", str(path)) from None
-    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
-        raise GalleryError("not a facelite gallery export", str(path))
-    if doc.get("schema") not in (1, EXPORT_SCHEMA):
-        raise GalleryError(
-            f"export schema {doc.get('schema')} is not supported (expected 1 or {EXPORT_SCHEMA})", str(path)
-        )
-    other = str(doc.get("embedder_sha256", ""))
-    if other != sha:
-        raise GalleryError(
-            f"export was made with embedder {_short(other)}, this gallery uses {_short(sha)}",
-            str(path),
-            "re-enroll with `facelite enroll` for this model",
-        )
-    if doc.get("embedding_size") != dim:
-        raise GalleryError(f"export holds {doc.get('embedding_size')}-d templates, expected {dim}-d", str(path))
-    people = doc.get("people")
-    if not isinstance(people, list):
-        raise GalleryError("export has no 'people' list", str(path))
-    out = []
-    for i, p in enumerate(people):
-        where = f"{path}: people[{i}]"
-        if not isinstance(p, dict) or not isinstance(p.get("templates"), list):
-            raise GalleryError("person entry needs 'name' and a 'templates' list", where)
-        name = normalize_name(p.get("name"))
-        templates = []
-        for j, t in enumerate(p["templates"]):
-            twhere = f"{where}.templates[{j}]"
-            try:
-                raw = base64.b64decode(str(t["vector"]), validate=True)
-            except (KeyError, TypeError, binascii.Error):
-                raise GalleryError("template needs a base64 'vector'", twhere) from None
-            if len(raw) != dim * 4:
-                raise GalleryError(f"vector has {len(raw) // 4} values, expected {dim}", twhere)
-            vec = check_vector(np.frombuffer(raw, _F32), dim, twhere)
-            quality = t.get("quality")
-            templates.append(
-                (
-                    vec,
-                    str(t.get("source", "")),
-                    None if quality is None else float(quality),
-                    float(t.get("created", 0.0)),
-                )
-            )
-        negatives = []
-        raw_negatives = p.get("negatives", [])
-        if not isinstance(raw_negatives, list):
-            raise GalleryError("'negatives' must be a list", where)
-        for j, t in enumerate(raw_negatives):
-            nwhere = f"{where}.negatives[{j}]"
-            try:
-                raw = base64.b64decode(str(t["vector"]), validate=True)
-            except (KeyError, TypeError, binascii.Error):
-                raise GalleryError("negative needs a base64 'vector'", nwhere) from None
-            if len(raw) != dim * 4:
-                raise GalleryError(f"vector has {len(raw) // 4} values, expected {dim}", nwhere)
-            event_id = t.get("event_id")
-            negatives.append(
-                (
-                    check_vector(np.frombuffer(raw, _F32), dim, nwhere),
-                    str(t.get("source", "")),
-                    None if event_id is None else str(event_id),
-                    float(t.get("created", 0.0)),
-                )
-            )
-        out.append((name, float(p.get("created", 0.0)), templates, negatives))
-    return out

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from agent.errors import FaceliteError, GalleryError
 from agent.eventfaces import EventFaceStore, check_event_id
-from agent.gallery import Gallery, normalize_name
+from agent.gallery import Gallery
+from agent.names import normalize_name
 
 log = logging.getLogger(__name__)
 

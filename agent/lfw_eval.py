@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from agent.embedset import detect_photos, embed_detected
-from agent.gallery import Matcher, _IndexBuilder
 from agent.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, LfwView2
 from agent.manifest import Calibration
+from agent.matching import IndexBuilder, Matcher
 from agent.metrics import best_accuracy, bootstrap_rate_ci, roc_auc, tar_at_far
 from agent.openset import curve_threshold, threshold_from_calibration
 
@@ -231,7 +231,7 @@ def open_set(
             if len(gallery) < n:
                 gallery += list(rng.permutation(single)[: n - len(gallery)])
             members = set(gallery)
-            builder = _IndexBuilder(dim)
+            builder = IndexBuilder(dim)
             for person in gallery:
                 builder.add(person, pv.vectors[usable[person][0]])
             index = builder.build()

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from agent.errors import ModelError
+from agent.gallery import Hygiene
 from agent.manifest import Calibration, Manifest
 from agent.metrics import per_comparison_far, visit_far
 
@@ -136,3 +137,22 @@ def _far_at(calibration: Calibration, threshold: float) -> float | None:
             w = (threshold - hi.threshold) / (lo.threshold - hi.threshold)
             return float(10 ** (math.log10(hi.far) + w * (math.log10(lo.far) - math.log10(hi.far))))
     return None
+
+
+def enrolment_hygiene(
+    manifest: Manifest, *, detector: str, max_templates: int, stranger_accept_rate: float, fixed: float | None
+) -> Hygiene:
+    """Template hygiene for every way of enrolling (CLI, commands): the per-person limit, and the threshold the
+    gallery will use at its new size (refuse a face that another person would claim, warn of look-alikes).
+    Without a calibration curve or a fixed threshold, only the limit applies."""
+
+    def threshold_for(templates: int) -> float:
+        return resolve_threshold(
+            manifest, detector=detector, stranger_accept_rate=stranger_accept_rate, templates=templates, fixed=fixed
+        ).threshold
+
+    try:
+        threshold_for(1)
+    except ModelError:
+        return Hygiene(max_templates)
+    return Hygiene(max_templates, threshold_for)

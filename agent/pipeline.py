@@ -19,7 +19,7 @@ import numpy as np
 
 from agent.detect import Detector
 from agent.embed import Embedder
-from agent.gallery import Matcher, TemplateIndex
+from agent.matching import Matcher, TemplateIndex
 from agent.quality import QualityGate
 from agent.sources import Frame
 from agent.track import Tracker, TrackEvent, TrackUpdate

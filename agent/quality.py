@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -28,9 +28,6 @@ from agent.align import TEMPLATES
 from agent.errors import ConfigError, ImageError
 from agent.geometry import Face
 from agent.imageio import to_bgr
-
-if TYPE_CHECKING:
-    from agent.config import QualityConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +76,6 @@ class QualityGate:
     min_sharpness: float
     max_yaw: float  # degrees
     max_pitch: float  # degrees
-
-    @classmethod
-    def from_settings(cls, settings: QualityConfig) -> QualityGate:
-        """The gate a ``[quality]`` config section describes."""
-        return cls(
-            min_size=settings.min_size,
-            min_sharpness=settings.min_sharpness,
-            max_yaw=settings.max_yaw,
-            max_pitch=settings.max_pitch,
-        )
 
     def __post_init__(self) -> None:
         checks = (

@@ -27,16 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.events import (
-    Presence,
-    PresenceTracker,
-    Topics,
-    discovery_messages,
-    forget_person_messages,
-    person_discovery_message,
-    presence_message,
-)
+from agent.discovery import discovery_messages, person_discovery_message
+from agent.events import Topics, forget_person_messages
 from agent.messages import Message
+from agent.presence import Presence, PresenceTracker, presence_message
 
 log = logging.getLogger(__name__)
 

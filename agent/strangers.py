@@ -21,6 +21,9 @@ folder (beside the spool and ``event_faces.sqlite``), mode 0600.
 
 The agent writes, the CLI reads and erases: SQLite in WAL mode with a busy timeout serialises them. A write that
 fails (disk full, read-only, corrupt file) is logged once and never stops the agent.
+
+Size: the store (encrypted rows, expiry, bound) and the clustering rule it applies on every insert are one unit: a
+visit's cluster is decided inside the same transaction that stores it.
 """
 
 from __future__ import annotations

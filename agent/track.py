@@ -27,16 +27,13 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from agent.errors import ConfigError
-from agent.gallery import Decision, Match
-
-if TYPE_CHECKING:
-    from agent.config import TrackingConfig
 from agent.geometry import BBox, Face
+from agent.matching import Decision, Match
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +64,6 @@ class TrackerConfig:
     quality_improvement: float = 0.15  # re-embed early when quality rises this much (absolute, 0..1)
     max_center_shift: float = 1.0  # fallback match for fast motion: centre distance in face widths
     max_votes: int = 0  # undecided after this many votes -> "unknown" (ambiguous); 0 means 2 * min_votes
-
-    @classmethod
-    def from_settings(cls, settings: TrackingConfig, *, min_votes: int | None = None) -> TrackerConfig:
-        """The tracker a ``[tracking]`` config section describes (the one place the two are mapped)."""
-        return cls(
-            iou_threshold=settings.iou_threshold,
-            max_missed_frames=settings.max_missed_frames,
-            max_missed_seconds=settings.max_missed_seconds,
-            min_votes=settings.min_votes if min_votes is None else min_votes,
-            recheck_interval_s=settings.recheck_interval_s,
-        )
 
     def __post_init__(self) -> None:
         def bad(name: str, what: str) -> ConfigError:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from agent.config import AgentConfig
 from agent.errors import GalleryError
+from agent.events import utc_iso
 from agent.gallery import EnrollOutcome, Gallery, Hygiene
 from agent.manifest import Manifest
 from agent.openset import curve_threshold, pick_calibration
-from agent.strangers import DROPPED, ENROLLED, Cluster, StrangerPolicy, StrangerStore, check_cluster_id, store_path
+from agent.strangers import DROPPED, ENROLLED, Cluster, StrangerStore, check_cluster_id
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +32,6 @@ def cluster_threshold(manifest: Manifest, detector: str, far: float) -> float:
             "re-run `make convert` with the LFW photos in the data directory, or set strangers.enabled = false",
         )
     return curve_threshold(picked[1], far)[0]
-
-
-def open_strangers(config: AgentConfig, manifest: Manifest, detector: str) -> StrangerStore:
-    """The stranger store in the agent's state folder (beside the spool), keyed like the gallery."""
-    from agent.app import read_key
-
-    s = config.strangers
-    policy = StrangerPolicy(
-        threshold=cluster_threshold(manifest, detector, s.cluster_far),
-        keep_s=s.keep_s,
-        max_visits=s.max_visits,
-        min_visits=s.min_visits,
-        min_gap_s=s.min_gap_s,
-    )
-    return StrangerStore(store_path(config.spool.path), key=read_key(config.gallery.key_file), policy=policy)
 
 
 @dataclass(frozen=True)
@@ -103,8 +86,6 @@ def drop_unknown(store: StrangerStore, k: object) -> int:
 
 def unknowns_lines(store: StrangerStore) -> list[str]:
     """``facelite gallery unknowns``: one line per live cluster."""
-    from agent.events import utc_iso
-
     lines = []
     for c in store.clusters():
         ready = "can be enrolled" if c.visits >= store.policy.min_visits else "not announced yet"
@@ -113,14 +94,3 @@ def unknowns_lines(store: StrangerStore) -> list[str]:
             f"{utc_iso(c.last_seen)}\tcameras {','.join(c.cameras)}\t{ready}"
         )
     return lines
-
-
-def strangers_from_args(args: Any, detector: Any, embedder: Any) -> StrangerStore:
-    """The store named by the CLI's ``--config`` (the agent's state folder holds it)."""
-    if not getattr(args, "config", None):
-        raise GalleryError(
-            "recurring strangers need --config", "facelite", "the agent's state folder keeps the strangers' faces"
-        )
-    from agent.config import load_config
-
-    return open_strangers(load_config(Path(args.config)), embedder.manifest, detector.manifest.name)

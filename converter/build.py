@@ -3,6 +3,9 @@
 Every model goes through the same steps; a recipe only says how to load and feed it. Each variant is
 built in a temporary folder and moved into place only after it passed its gates, so a failed or
 interrupted build never leaves a half-written artifact where the agent would find it.
+
+Size: the build of one model (every variant: convert, verify against the source, time, gate, write the manifest and
+the report) as one pipeline with one cache; the variants table and the formats live in their own modules.
 """
 
 from __future__ import annotations

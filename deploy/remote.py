@@ -15,6 +15,9 @@ rolls back to the previous release; the result names the failing check. The last
 Layout: <prefix>/releases/<version>/, <prefix>/venvs/<wheels key>/, <prefix>/current -> releases/<version>,
 <config_dir>/agent.toml -> <prefix>/current/config/agent.toml, <config_dir>/credentials/mqtt_password (0600),
 <state_dir>/deploy/state.json (current, previous, history), <state_dir>/supervisor/ (plain supervisor).
+
+Size: this file is copied to the device and run there by itself (no package, no imports from facelite), so
+everything the device side of a deploy needs is in it.
 """
 
 from __future__ import annotations

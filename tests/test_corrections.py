@@ -21,7 +21,9 @@ from helpers import mix, orthonormal_basis
 
 from agent.errors import ConfigError, GalleryError
 from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
-from agent.gallery import GALLERY_SCHEMA, Gallery, Hygiene, Matcher
+from agent.gallery import Gallery, Hygiene
+from agent.galleryfile import GALLERY_SCHEMA
+from agent.matching import Matcher
 
 DIM = 64
 SHA = hashlib.sha256(b"embedder").hexdigest()

@@ -21,8 +21,9 @@ from agent.capture import POSES, Capture, CaptureSettings, enrolment_gate, parse
 from agent.enrolment import EventEnrollment, enroll_from_event
 from agent.errors import ConfigError, FaceliteError, GalleryError
 from agent.eventfaces import EventFace, EventFaceStore, StorePolicy
-from agent.gallery import Gallery, Hygiene, Matcher
+from agent.gallery import Gallery, Hygiene
 from agent.geometry import BBox, Face
+from agent.matching import Matcher
 from agent.quality import BLAZEFACE_FRONTAL_NOSE_RATIO, DEFAULT_GATE, NOSE_DEPTH_YAW, QualityGate
 from agent.sources import Frame, SourceState, SourceStatus
 

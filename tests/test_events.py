@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import __version__
+from agent.discovery import discovery_messages, person_discovery_message
 from agent.errors import ConfigError
 from agent.events import (
     EVENT_SCHEMA,
@@ -30,26 +31,22 @@ from agent.events import (
     SCHEMA,
     EmbedderInfo,
     EventContext,
-    Presence,
-    PresenceTracker,
     SpoolStats,
     StateReport,
     Topics,
     availability_message,
-    discovery_messages,
     event_message,
     event_messages,
     forget_person_messages,
     last_person_message,
     names_person,
-    person_discovery_message,
-    presence_message,
     slugify,
     state_message,
     utc_iso,
 )
 from agent.geometry import BBox
 from agent.messages import Message
+from agent.presence import Presence, PresenceTracker, presence_message
 from agent.track import TrackEvent
 
 SHA = "ab" * 32

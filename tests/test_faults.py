@@ -786,10 +786,10 @@ print(json.dumps({"full": full, "listed_when_full": listed, "ok": ok, "after": r
 def test_disk_full_while_enrolling_or_dropping_a_stranger_fails_in_one_line_and_changes_nothing(
     tmp_path: Path, models_dir: Path
 ) -> None:
+    from agent.app import open_strangers
     from agent.config import load_config
     from agent.embed import Embedder
     from agent.strangers import Visit
-    from agent.unknowns import open_strangers
 
     mount = tmp_path / "var"
     mount.mkdir()

@@ -41,8 +41,9 @@ from agent.embed import Embedder
 from agent.errors import GalleryError, ImageError, ModelError
 from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
 from agent.events import Topics
-from agent.gallery import Gallery, Matcher
+from agent.gallery import Gallery
 from agent.imageio import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_bgr
+from agent.matching import Matcher
 from agent.messages import Message
 from agent.pipeline import Pipeline
 from agent.quality import QualityGate

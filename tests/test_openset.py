@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from agent.errors import ModelError
-from agent.gallery import Match, Matcher, _IndexBuilder
 from agent.manifest import Alignment, Calibration, Manifest, Preprocessing, Source
+from agent.matching import IndexBuilder, Match, Matcher
 from agent.metrics import accept_rate, calibration_curve, per_comparison_far, visit_far
 from agent.openset import curve_threshold, resolve_threshold
 
@@ -135,7 +135,7 @@ def test_manifest_round_trip_and_refuses_a_curve_out_of_order(calibration: Calib
 
 def test_the_gallery_accepts_at_the_threshold_itself() -> None:
     """One comparison rule everywhere: a score equal to the threshold is accepted (metrics use >= too)."""
-    builder = _IndexBuilder(2)
+    builder = IndexBuilder(2)
     builder.add("ada", np.array([1.0, 0.0], np.float32))
     index = builder.build()
     probe = np.array([0.6, 0.8], np.float32)

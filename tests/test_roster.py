@@ -6,15 +6,10 @@ import json
 import stat
 from pathlib import Path
 
-from agent.events import (
-    Presence,
-    Topics,
-    discovery_messages,
-    forget_person_messages,
-    person_discovery_message,
-    presence_message,
-)
+from agent.discovery import discovery_messages, person_discovery_message
+from agent.events import Topics, forget_person_messages
 from agent.messages import Message
+from agent.presence import Presence, presence_message
 from agent.roster import Record, RecordFile, Roster
 
 TOPICS = Topics("hall-pi")

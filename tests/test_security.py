@@ -25,9 +25,9 @@ from soak import AgentProcess, base_config, events_of, pick, unique_events, writ
 from agent.demo import plan, write_video
 from agent.detect import create_detector
 from agent.embed import Embedder
-from agent.events import slugify
-from agent.gallery import check_vector
 from agent.imageio import read_image
+from agent.matching import check_vector
+from agent.names import slugify
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "sec"

@@ -18,7 +18,8 @@ from helpers import mix, orthonormal_basis
 
 from agent.errors import GalleryError
 from agent.events import Topics
-from agent.gallery import Gallery, Hygiene, Matcher
+from agent.gallery import Gallery, Hygiene
+from agent.matching import Matcher
 from agent.strangers import (
     StrangerPolicy,
     StrangerStore,

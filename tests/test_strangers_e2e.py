@@ -168,12 +168,11 @@ def test_stranger_commands_need_the_agent_config(action: tuple[str, ...], models
 def test_forget_erases_the_persons_earlier_unknown_visits_from_the_stranger_store(
     tmp_path: Path, faces_dir: Path, models_dir: Path
 ) -> None:
-    from agent.app import read_key
+    from agent.app import open_strangers, read_key
     from agent.config import load_config
     from agent.embed import Embedder
     from agent.gallery import Gallery
     from agent.strangers import Visit
-    from agent.unknowns import open_strangers
 
     (tmp_path / "state").mkdir()
     (tmp_path / "gallery.key").write_bytes(os.urandom(32))

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from agent.errors import ConfigError
-from agent.gallery import Match
 from agent.geometry import BBox, Face
+from agent.matching import Match
 from agent.track import Tracker, TrackerConfig, TrackEvent, TrackUpdate, face_quality
 
 FPS = 8  # 0.125 s per frame is exact in binary, so timestamps compare exactly

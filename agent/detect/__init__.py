@@ -1,42 +1,19 @@
-"""Face detectors, one backend per module, chosen by the manifest's ``detector_type``."""
+"""Face detectors, one backend per module (agent/detect/<type>.py on agent/detect/base.py), chosen by the manifest's
+``detector_type``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from agent.geometry import Face
+from agent.detect.base import Detector, load_detector_graphs
 from agent.manifest import Manifest
-from agent.runtime import Network
+
+__all__ = ["Detector", "create_detector", "load_detector_graphs"]
 
 if TYPE_CHECKING:
     from agent.detect.blazeface import BlazeFaceDetector
     from agent.detect.mtcnn import MTCNNDetector
-
-
-class Detector(Protocol):
-    """``detect(image_bgr) -> faces`` in pixel coordinates, sorted by score (highest first)."""
-
-    manifest: Manifest
-
-    def detect(self, image: np.ndarray) -> list[Face]: ...
-
-
-def load_detector_graphs(
-    model_dir: str | Path, detector_type: str, *, runtime: str = "auto", num_threads: int = 1
-) -> tuple[Manifest, dict[str, Network]]:
-    """A detector artifact's manifest and verified graphs, refusing an artifact of another detector type."""
-    from agent.errors import ModelError
-    from agent.runtime import load_graphs
-
-    manifest = Manifest.load(model_dir)
-    if manifest.detector_type != detector_type:
-        raise ModelError(
-            f"{manifest.name} is a {manifest.detector_type!r} detector, not {detector_type}", str(model_dir)
-        )
-    return manifest, dict(load_graphs(manifest, model_dir, num_threads=num_threads, runtime=runtime))
 
 
 def create_detector(

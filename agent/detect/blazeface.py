@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.detect import load_detector_graphs
+from agent.detect.base import load_detector_graphs
 from agent.errors import ImageError, ModelError
 from agent.geometry import BBox, Face
 from agent.imageio import to_bgr

@@ -21,6 +21,9 @@ Every connection attempt uses a fresh paho client: paho's own resend queue never
 Inbound (MQTT commands, only when ``subscribe`` names a topic): subscribed after every CONNACK (a fresh client and
 a clean session each time), and each message received is put on a bounded queue that the frame loop drains with
 ``receive()``; when it is full the message is dropped and counted. Nothing is executed on the network thread.
+
+Size: one state machine (connect, drain the spool, publish with acknowledgements, reconnect with backoff, close with
+a deadline) on one thread; splitting it would spread the states over files.
 """
 
 from __future__ import annotations

@@ -380,7 +380,8 @@ def random_templates(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def gallery_timing(templates: int, job: SpeedJob, dim: int = 192) -> GalleryTiming:
-    from agent.gallery import Enrollment, Gallery, Matcher
+    from agent.gallery import Enrollment, Gallery
+    from agent.matching import Matcher
 
     path = job.gallery_dir / f"gallery_{templates}.sqlite"
     job.gallery_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,9 @@ the agent does), plus one R-Net and one O-Net crop (each further candidate adds 
 Every run is cached under OUT/runs (keyed by the graphs' sha256, CPU, runtime, passes and the plugin), so a re-run
 only counts what changed; --report-only re-renders report.md/.json/.png from the last report.json without qemu.
 Exit status: 0 when every target of issue 11 is met (or --no-targets), 1 when one is missed, 2 on an error.
+
+Size: one benchmark end to end (plan, emulate, count, judge, render markdown and chart) whose report is re-rendered
+from its JSON by `--report-only`; its pure parts are tested one by one in tests/test_bench_arm.py.
 """
 
 from __future__ import annotations

@@ -36,9 +36,10 @@ import numpy as np
 from agent.detect import create_detector
 from agent.embed import Embedder
 from agent.embedset import detect_photos, embed_detected
-from agent.gallery import Gallery, Matcher
+from agent.gallery import Gallery
 from agent.lfw import EVALUATION_FOLDS, lfw_dir, read_view2
 from agent.logsetup import add_logging_flags
+from agent.matching import Matcher
 from agent.metrics import wilson_interval
 from agent.openset import resolve_threshold
 from converter.bench.common import report_main

@@ -13,6 +13,9 @@
 
 writes report.md, report.json and recall_by_size.png there, and exits 1 when the agent's default detector
 finds fewer than TARGET of the tight crops. Bench code: the agent never imports it.
+
+Size: one report (tight crops, WIDER recall by face size, timing, sensitivity) over three detectors; each part is a
+function tested on its own.
 """
 
 from __future__ import annotations

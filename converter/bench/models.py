@@ -268,7 +268,7 @@ def make_inputs(recipe: Any, graphs: Sequence[Any], job: SourceJob) -> list[Grap
 
 def load_source(name: str) -> tuple[Any, list[Any], float]:
     """A fresh recipe and its float graphs; returns (recipe, graphs, seconds spent loading)."""
-    from converter.cli import load_recipe
+    from converter.api import load_recipe
 
     t0 = time.perf_counter()
     recipe = load_recipe(name)

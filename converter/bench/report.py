@@ -4,6 +4,9 @@ Every section is a list of figures with a ``measured`` side and a ``baseline`` s
 models vs their TensorFlow float source; peers vs our recommended pipeline; our pipelines vs the same
 pipelines on the float sources; the agent vs the same agent on the float sources; gallery matching vs
 face_recognition's face_distance; scaling points vs face_recognition. Targets are reported, never tuned.
+
+Size: the renderer of `make bench`'s report: one section per figure, each beside its baseline; no logic beyond
+formatting and the targets.
 """
 
 from __future__ import annotations
