@@ -94,7 +94,7 @@ test-fast: $(VENV)/.stamp system-deps data
 # The main job end to end: convert, enroll from the sample photos, run the agent on a video made of
 # other photos of them (and of strangers), print the MQTT events a subscriber received.
 demo: setup data convert
-	$(PY) -m agent.demo --data-dir $(DATA_DIR) --models $(MODELS) --work build/demo
+	$(PY) -m agent.tools.demo --data-dir $(DATA_DIR) --models $(MODELS) --work build/demo
 
 # One run, one report: build/bench/report.md + report.json + PNG charts, every figure beside its baseline.
 bench: setup data convert
@@ -123,7 +123,7 @@ bench-arm: setup data convert
 eval-corrections: setup data convert
 	$(PY) -m converter.bench.corrections --models $(MODELS) --data-dir $(DATA_DIR) --out build/corrections
 
-# Recurring strangers on LFW (agent/strangers.py's clustering): the rate chosen on folds 1-5, purity, merged clusters
+# Recurring strangers on LFW (agent/recognition/strangers.py's clustering): the rate chosen on folds 1-5, purity, merged clusters
 # and completeness on folds 6-10; build/strangers/report.md|json, exits 1 when merged clusters exceed 1% of announced.
 eval-strangers: setup data convert
 	$(PY) -m converter.bench.strangers --models $(MODELS) --data-dir $(DATA_DIR) --out build/strangers

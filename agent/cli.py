@@ -63,7 +63,7 @@ def agent_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expect-faces", type=int, default=1)
     add_logging_flags(ap, default=None)
     args = ap.parse_args(argv)
-    from agent.config import AgentConfig, load_config
+    from agent.service.config import AgentConfig, load_config
 
     if args.example_config:
         print(AgentConfig.example_toml(), end="")
@@ -88,11 +88,11 @@ def agent_main(argv: list[str] | None = None) -> int:
 
 
 def run_agent(config: Any) -> int:
-    from agent.app import Agent, load_models, open_event_faces, open_gallery, open_sources
-    from agent.roster import RECORD_NAME, RecordFile
-    from agent.sinks.mqtt import MqttSink
-    from agent.sinks.stdout import StdoutSink
-    from agent.spool import Spool
+    from agent.service.app import Agent, load_models, open_event_faces, open_gallery, open_sources
+    from agent.service.roster import RECORD_NAME, RecordFile
+    from agent.service.sinks.mqtt import MqttSink
+    from agent.service.sinks.stdout import StdoutSink
+    from agent.service.spool import Spool
 
     models = load_models(config)
     gallery = open_gallery(config, models.embedder)
@@ -112,7 +112,7 @@ def run_agent(config: Any) -> int:
     receive = sink.receive if config.commands.enabled else None  # config: commands need [mqtt]
     strangers = None
     if config.strangers.enabled and state_dir.is_dir():
-        from agent.app import open_strangers
+        from agent.service.app import open_strangers
 
         strangers = open_strangers(config, models.embedder.manifest, models.detector.manifest.name)
     agent = Agent(
@@ -153,7 +153,7 @@ def _command_topic(config: Any) -> str | None:
     """The topic the sink subscribes to: the device's command topic when commands are enabled, else none."""
     if not config.commands.enabled:
         return None
-    from agent.events import Topics
+    from agent.service.events import Topics
 
     return Topics(config.device_id, config.mqtt.base_topic, config.mqtt.discovery_prefix).command
 
@@ -186,8 +186,8 @@ def _stop_on_signal(agent: Any) -> Callable[[int, Any], None]:
 
 def self_test(config: Any, image_path: Path, expect: int) -> int:
     """Device self-test before a release goes live: models verify, gallery opens, faces are found."""
-    from agent.app import load_models, make_matcher, open_gallery
-    from agent.imageio import read_image
+    from agent.service.app import load_models, make_matcher, open_gallery
+    from agent.vision.imageio import read_image
 
     models = load_models(config)
     with open_gallery(config, models.embedder) as gallery:
@@ -231,7 +231,7 @@ class EnrollReport:
 
 
 def _image_paths(items: list[Path]) -> list[Path]:
-    from agent.imageio import list_images
+    from agent.vision.imageio import list_images
 
     paths: list[Path] = []
     for item in items:
@@ -244,8 +244,8 @@ def _image_paths(items: list[Path]) -> list[Path]:
 
 def enroll(args: argparse.Namespace) -> int:
     from agent import enroll_cli
-    from agent.gallery import Gallery
-    from agent.imageio import read_image
+    from agent.recognition.gallery import Gallery
+    from agent.vision.imageio import read_image
     from agent.wiring import gallery_key_from_args, hygiene_from_args, models_from_args
 
     if enroll_cli.wanted(args):  # --from-event / --camera / --from-unknown (checks that exactly one is asked)
@@ -343,7 +343,8 @@ def _run_family(command: str, rest: list[str]) -> int:
 
 def _host_only(command: str) -> FaceliteError:
     return FaceliteError(
-        f"`facelite {command}` runs on the host: this installation has no converter or deploy code (a device bundle)",
+        f"`facelite {command}` runs on the host: this installation is a device bundle (no converter, deploy or "
+        "evaluation tools)",
         f"facelite {command}",
         "run it in the source tree (make setup)",
     )
@@ -423,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         from agent.gallery_cli import gallery_cmd
 
         return {"enroll": enroll, "gallery": gallery_cmd, "eval": eval_cmd}[args.command](args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("agent.tools"):  # a device bundle ships no evaluation tools
+            return _fail(_host_only(args.command))
+        raise
     except FaceliteError as exc:
         return _fail(exc)
 

@@ -1,7 +1,8 @@
 """``facelite enroll NAME --from-event EVENT_ID`` and ``facelite enroll NAME --camera SOURCE``.
 
 The command-line side only: reading the options, opening models, gallery and sources, printing. The work is in
-agent/enrolment.py (an event's face) and agent/capture.py (guided capture). Kept out of agent/cli.py so that file
+agent/recognition/enrolment.py (an event's face) and agent/recognition/capture.py (guided capture). Kept out of
+agent/cli.py so that file
 stays a dispatcher.
 """
 
@@ -50,9 +51,9 @@ def wanted(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.capture import CaptureSettings, parse_poses
-    from agent.eventfaces import check_event_id
-    from agent.gallery import Gallery
+    from agent.recognition.capture import CaptureSettings, parse_poses
+    from agent.recognition.eventfaces import check_event_id
+    from agent.recognition.gallery import Gallery
     from agent.wiring import gallery_key_from_args, hygiene_from_args, models_from_args
 
     # Bad input is refused before the models load (seconds on a Pi).
@@ -79,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_event(args: argparse.Namespace, gallery: Any, embedder: Any, hygiene: Any) -> int:
-    from agent.app import open_event_faces
-    from agent.config import load_config
-    from agent.enrolment import enroll_from_event
+    from agent.recognition.enrolment import enroll_from_event
+    from agent.service.app import open_event_faces
+    from agent.service.config import load_config
 
     with open_event_faces(load_config(args.config)) as store:
         done = enroll_from_event(
@@ -99,15 +100,15 @@ def _from_event(args: argparse.Namespace, gallery: Any, embedder: Any, hygiene: 
 def _from_camera(
     args: argparse.Namespace, settings: Any, gallery: Any, detector: Any, embedder: Any, hygiene: Any
 ) -> int:
-    from agent.app import make_gate
-    from agent.capture import Capture, enrolment_gate, run_capture
-    from agent.config import Backoff, load_config
-    from agent.sources import open_source, redact_url
+    from agent.recognition.capture import Capture, enrolment_gate, run_capture
+    from agent.service.app import make_gate
+    from agent.service.config import Backoff, load_config
+    from agent.service.sources import open_source, redact_url
 
     configured = make_gate(load_config(args.config)) if args.config else None
     gate = enrolment_gate(configured)
     # The source's own reconnect warnings would add lines around ours: the capture reports what went wrong.
-    logging.getLogger("agent.sources").setLevel(logging.ERROR)
+    logging.getLogger("agent.service.sources").setLevel(logging.ERROR)
     source = open_source(
         args.camera,
         name="enroll",
@@ -151,9 +152,9 @@ def _from_camera(
 
 def run_from_unknown(args: argparse.Namespace) -> int:
     """``facelite enroll NAME --from-unknown K``: a person confirmed who recurring stranger K is."""
-    from agent.gallery import Gallery
-    from agent.strangers import check_cluster_id
-    from agent.unknowns import enroll_from_unknown
+    from agent.recognition.gallery import Gallery
+    from agent.recognition.strangers import check_cluster_id
+    from agent.recognition.unknowns import enroll_from_unknown
     from agent.wiring import gallery_key_from_args, hygiene_from_args, models_from_args, strangers_from_args
 
     k = check_cluster_id(args.from_unknown)

@@ -11,8 +11,8 @@ from agent.errors import FaceliteError
 
 def _eval_pipelines(args: argparse.Namespace) -> list[tuple[Any, Any]]:
     """(detector, embedder) pairs to evaluate: every built embedder variant (with --models), or one pipeline."""
-    from agent.detect import create_detector
-    from agent.embed import Embedder
+    from agent.vision.detect import create_detector
+    from agent.vision.embed import Embedder
     from agent.wiring import models_from_args
 
     if args.models:
@@ -36,11 +36,11 @@ def _eval_pipelines(args: argparse.Namespace) -> list[tuple[Any, Any]]:
 
 
 def eval_lfw(args: argparse.Namespace) -> int:
-    """``facelite eval faces/lfw --protocol lfw``: LFW View 2 for each pipeline (agent/lfw_eval.py)."""
+    """``facelite eval faces/lfw --protocol lfw``: LFW View 2 for each pipeline (agent/tools/lfw_eval.py)."""
     from dataclasses import asdict
 
-    from agent.lfw import LfwView2, read_view2
-    from agent.lfw_eval import evaluate_pipeline, photo_groups, pipeline_vectors
+    from agent.tools.lfw import LfwView2, read_view2
+    from agent.tools.lfw_eval import evaluate_pipeline, photo_groups, pipeline_vectors
 
     view2 = read_view2(args.data)
     folds = args.folds or list(range(1, view2.folds + 1))
@@ -78,14 +78,14 @@ def eval_lfw(args: argparse.Namespace) -> int:
 
 
 def eval_cmd(args: argparse.Namespace) -> int:
-    from agent.evaluate import evaluate, markdown, quantisation_loss, read_lfw_pairs, write_reports
+    from agent.tools.evaluate import evaluate, markdown, quantisation_loss, read_lfw_pairs, write_reports
 
     if args.protocol == "lfw":
         return eval_lfw(args)
     pairs = None
     if args.pairs:
         if args.pairs.suffix == ".csv":
-            from agent.dataset import read_pairs_csv
+            from agent.tools.dataset import read_pairs_csv
 
             pairs = read_pairs_csv(args.pairs)
         else:

@@ -114,7 +114,7 @@ class ConvertResult:
 
 def convert(options: ConvertOptions) -> ConvertResult:
     """Build, verify and (for embedders) calibrate every variant of the chosen models into ``options.out``."""
-    from agent.dataset import data_dir
+    from agent.tools.dataset import data_dir
     from converter.build import BuildOptions, ModelBuild
     from converter.faceset import build_faceset
 
@@ -188,7 +188,7 @@ def load_recipe(name: str) -> Any:
 
 def _photos(folder: Path) -> list[Any]:
     from agent.errors import ImageError
-    from agent.imageio import list_images, read_image
+    from agent.vision.imageio import list_images, read_image
 
     images = []
     paths = [p for d in sorted(folder.iterdir()) if d.is_dir() for p in list_images(d)] or list_images(folder)
@@ -201,8 +201,8 @@ def _photos(folder: Path) -> list[Any]:
 
 
 def _alignment_detector(args: ConvertOptions) -> tuple[Any, str]:
-    from agent.detect import create_detector
-    from agent.manifest import Manifest
+    from agent.model.manifest import Manifest
+    from agent.vision.detect import create_detector
 
     candidates = [args.detector] if args.detector else []
     for name in ALIGNMENT_DETECTORS:
@@ -228,9 +228,9 @@ def _integer_calibration_faces(args: ConvertOptions) -> Any:
     folds, aligned by the device's detector (BlazeFace when built), so that no face that verifies a variant
     (the sample photos) or evaluates it (LFW folds 6-10) shaped its quantisation. None without LFW: then the
     verification photos calibrate too, and the build log says so."""
-    from agent.dataset import data_dir
-    from agent.detect import create_detector
-    from agent.lfw import lfw_dir
+    from agent.tools.dataset import data_dir
+    from agent.tools.lfw import lfw_dir
+    from agent.vision.detect import create_detector
     from converter.calibrate import calibration_photos, recommended_detectors
     from converter.faceset import faceset_of
 
@@ -258,8 +258,8 @@ def _integer_calibration_faces(args: ConvertOptions) -> Any:
 
 def open_set_calibration(args: ConvertOptions, reports: list[Any]) -> list[Any]:
     """Calibrate every installed embedder variant on LFW folds 1-5 (converter/calibrate.py)."""
-    from agent.dataset import data_dir
-    from agent.lfw import lfw_dir
+    from agent.tools.dataset import data_dir
+    from agent.tools.lfw import lfw_dir
     from converter.calibrate import calibrate
 
     built_embedder = any(r.kind == "embedder" and any(v.passed for v in r.variants) for r in reports)

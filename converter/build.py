@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from agent.embed import l2_normalize, preprocess
 from agent.errors import FaceliteError
-from agent.geometry import Face
-from agent.manifest import GraphSpec, Manifest, Quantization, TensorSpec, sha256_file
-from agent.metrics import latency_summary, verification_scores
-from agent.runtime import Network, TFLiteModel
+from agent.model.manifest import GraphSpec, Manifest, Quantization, TensorSpec, sha256_file
+from agent.model.metrics import latency_summary, verification_scores
+from agent.model.runtime import Network, TFLiteModel
+from agent.vision.embed import l2_normalize, preprocess
+from agent.vision.geometry import Face
 from converter import __version__
 from converter.faceset import FaceSet
 from converter.recipe import GraphSource, Recipe
@@ -120,16 +120,16 @@ BUILD_CODE = (
     "converter/sources.py",
     "converter/formats",
     "converter/models",
-    "agent/runtime.py",
-    "agent/manifest.py",
-    "agent/embed.py",
-    "agent/align.py",
-    "agent/geometry.py",
-    "agent/metrics.py",
-    "agent/imageio.py",
-    "agent/dataset.py",
-    "agent/detect",
-    "agent/runcheck.py",
+    "agent/model/runtime.py",
+    "agent/model/manifest.py",
+    "agent/vision/embed.py",
+    "agent/vision/align.py",
+    "agent/vision/geometry.py",
+    "agent/model/metrics.py",
+    "agent/vision/imageio.py",
+    "agent/tools/dataset.py",
+    "agent/vision/detect",
+    "agent/model/runcheck.py",
 )
 
 

@@ -1,7 +1,7 @@
 """Open-set calibration of every built embedder variant on people it is never evaluated on.
 
 For each installed embedder variant and each built detector (its recommended variant: what a device
-runs), the photos of LFW View 2 folds 1-5 (agent/lfw.py) go through that detector, the agent's aligner
+runs), the photos of LFW View 2 folds 1-5 (agent/tools/lfw.py) go through that detector, the agent's aligner
 and the variant; every different-person comparison among them (about 7 million) gives the curve of
 threshold versus per-comparison false-accept rate, with the true-accept rate of the same-person
 comparisons at each point. The curve goes into the variant's manifest (``calibration.<detector>``), and
@@ -17,13 +17,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agent.detect import create_detector
-from agent.embed import Embedder
-from agent.embedset import detect_photos, embed_detected, pair_scores
 from agent.errors import FaceliteError
-from agent.lfw import CALIBRATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
-from agent.manifest import Calibration, Manifest
-from agent.metrics import CurvePoint, calibration_curve, threshold_at_far
+from agent.model.manifest import Calibration, Manifest
+from agent.model.metrics import CurvePoint, calibration_curve, threshold_at_far
+from agent.tools.embedset import detect_photos, embed_detected, pair_scores
+from agent.tools.lfw import CALIBRATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
+from agent.vision.detect import create_detector
+from agent.vision.embed import Embedder
 
 log = logging.getLogger(__name__)
 

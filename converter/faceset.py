@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.align import align_face
-from agent.dataset import Pair, all_pairs, people_tree, read_pairs_csv
 from agent.errors import FaceliteError, ImageError
-from agent.geometry import Face
-from agent.imageio import list_images, read_image
+from agent.tools.dataset import Pair, all_pairs, people_tree, read_pairs_csv
+from agent.vision.align import align_face
+from agent.vision.geometry import Face
+from agent.vision.imageio import list_images, read_image
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from agent.manifest import Alignment, Preprocessing, Source
-from agent.runtime import Network
+from agent.model.manifest import Alignment, Preprocessing, Source
+from agent.model.runtime import Network
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Prove a .tflite file loads and agrees in both device runtimes.
 
 ai-edge-litert runs in-process; tflite-runtime 2.14 needs numpy<2, so it runs in its own interpreter
-(``.venv-legacy`` made by ``make setup``) through ``python -m agent.runcheck``.
+(``.venv-legacy`` made by ``make setup``) through ``python -m agent.model.runcheck``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import FaceliteError
-from agent.runtime import TFLiteModel
+from agent.model.runtime import TFLiteModel
 
 LEGACY_PYTHON_ENV = "FACELITE_LEGACY_PYTHON"
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def check_legacy(path: Path, inputs: list[np.ndarray], expected: list[list[np.nd
             [
                 str(python),
                 "-m",
-                "agent.runcheck",
+                "agent.model.runcheck",
                 "--runtime",
                 "tflite-runtime",
                 "--model",

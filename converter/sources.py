@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import FaceliteError
-from agent.manifest import Source, sha256_file
+from agent.model.manifest import Source, sha256_file
 
 log = logging.getLogger(__name__)
 

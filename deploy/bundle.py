@@ -38,7 +38,7 @@ from typing import Any
 import tomllib
 
 from agent.errors import FaceliteError
-from agent.manifest import Manifest, sha256_file
+from agent.model.manifest import Manifest, sha256_file
 from deploy.errors import BundleError
 from deploy.profile import DeviceProfile, render_toml
 from deploy.variants import pick_variant
@@ -58,6 +58,16 @@ SOURCE_DATE_EPOCH = "315532800"
 DEVICE_PACKAGES = ("agent",)
 _WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", *DEVICE_PACKAGES)
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", "build")
+# What the device never runs stays on the host: agent/tools (evaluation, the demo, a local broker).
+HOST_ONLY_IN_AGENT = ("tools",)
+
+
+def _ignore(directory: str, names: list[str]) -> set[str]:
+    skipped = set(_IGNORE(directory, names))
+    if Path(directory).name == "agent":
+        skipped |= {n for n in names if n in HOST_ONLY_IN_AGENT}
+    return skipped
+
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -182,7 +192,7 @@ def build_agent_wheel(repo: Path, work_dir: Path, runner: Runner = subprocess.ru
     for name in _WHEEL_SOURCES:
         src = repo / name
         if src.is_dir():
-            shutil.copytree(src, stage / name, ignore=_IGNORE)
+            shutil.copytree(src, stage / name, ignore=_ignore)
         elif src.is_file():
             shutil.copy2(src, stage / name)
     if not (stage / "pyproject.toml").is_file():
@@ -338,7 +348,7 @@ def agent_config(profile: DeviceProfile, models: Sequence[ModelChoice]) -> dict[
 
 def check_config(text: str, profile: DeviceProfile, work: Path) -> None:
     """Validate the rendered config with the agent's own strict loader before it travels anywhere."""
-    from agent.config import load_config
+    from agent.service.config import load_config
 
     probe = work / "agent.toml"
     probe.write_text(text.replace(RELEASE_PLACEHOLDER, f"{profile.paths.prefix}/releases/check"))
@@ -376,7 +386,7 @@ def build_bundle(profile: DeviceProfile, inputs: BundleInputs, runner: Runner = 
         )
     gallery = Path(profile.agent.gallery).expanduser() if profile.agent.gallery else None
     if gallery is not None and not gallery.is_file():
-        raise BundleError("gallery file not found", f"{gallery} (profile {profile.name}: agent.gallery)")
+        raise BundleError("gallery file not found", f"{gallery} (profile {profile.name}: agent.recognition.gallery)")
     for src in (
         REPO / "deploy" / "remote.py",
         REPO / "deploy" / "supervisor.py",

@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _data_dir(arg: Path | None) -> Path:
-    from agent.dataset import data_dir
+    from agent.tools.dataset import data_dir
 
     return data_dir(str(arg) if arg else os.environ.get("FACELITE_DATA_DIR"))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import FaceliteError
-from agent.manifest import Manifest
+from agent.model.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The real-mosquitto harness for tests (lives in agent.localbroker so `make demo` uses the same one)."""
+"""The real-mosquitto harness for tests (lives in agent.tools.localbroker so `make demo` uses the same one)."""
 
-from agent.localbroker import (
+from agent.tools.localbroker import (
     MOSQUITTO,
     MOSQUITTO_PASSWD,
     MosquittoBroker,

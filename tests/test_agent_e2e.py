@@ -17,8 +17,8 @@ import pytest
 from broker import MosquittoBroker, Subscriber
 from helpers import Reaper, enroll_by_cli, wait_until
 
-from agent.demo import Visit, pick, plan, write_video
-from agent.events import EVENT_SCHEMA
+from agent.service.events import EVENT_SCHEMA
+from agent.tools.demo import Visit, pick, plan, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "e2e"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from agent.api import FaceRecognizer, RecognitionResult, RecognizerOptions, RunningMode, VisitEvent
-from agent.imageio import read_image
+from agent.vision.imageio import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 PERSON = "deepface_id00"

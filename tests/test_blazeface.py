@@ -12,9 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.dataset import people_tree
-from agent.detect import create_detector
-from agent.detect.blazeface import (
+from agent.errors import ModelError
+from agent.model.manifest import GraphSpec, Manifest, TensorSpec, sha256_file
+from agent.model.runtime import TFLiteModel
+from agent.tools.dataset import people_tree
+from agent.vision.detect import create_detector
+from agent.vision.detect.blazeface import (
     LARGE_FACE_ZOOM_OUT,
     BlazeFaceDetector,
     RawDetections,
@@ -22,11 +25,8 @@ from agent.detect.blazeface import (
     ssd_anchors,
     weighted_nms,
 )
-from agent.errors import ModelError
-from agent.geometry import BBox, Face
-from agent.imageio import read_image
-from agent.manifest import GraphSpec, Manifest, TensorSpec, sha256_file
-from agent.runtime import TFLiteModel
+from agent.vision.geometry import BBox, Face
+from agent.vision.imageio import read_image
 from converter.models.blazeface import BlazeFaceRecipe
 from converter.variants import VariantError
 

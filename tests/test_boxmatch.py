@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from agent.geometry import BBox
+from agent.vision.geometry import BBox
 from converter.bench.boxmatch import SIZE_BINS, greedy_match, iou_matrix, score_photo, size_bin
 
 

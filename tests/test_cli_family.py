@@ -82,9 +82,23 @@ def test_logging_flags_and_the_one_line_format() -> None:
     assert level_of(ap.parse_args(["-v", "--log-level", "ERROR"])) == "DEBUG"
     with pytest.raises(SystemExit):
         ap.parse_args(["--log-level", "LOUD"])
-    record = logging.LogRecord("agent.app", logging.INFO, __file__, 1, "gallery changed", None, None)
-    assert logging.Formatter(DEVICE_FORMAT).format(record) == "INFO agent.app: gallery changed"
-    assert logging.Formatter(HOST_FORMAT, "%H:%M:%S").format(record).endswith(" INFO agent.app: gallery changed")
+    record = logging.LogRecord("agent.service.app", logging.INFO, __file__, 1, "gallery changed", None, None)
+    assert logging.Formatter(DEVICE_FORMAT).format(record) == "INFO agent.service.app: gallery changed"
+    assert (
+        logging.Formatter(HOST_FORMAT, "%H:%M:%S").format(record).endswith(" INFO agent.service.app: gallery changed")
+    )
     none = argparse.ArgumentParser()
     add_logging_flags(none, default=None)  # the agent: the config file's log_level when no flag is given
     assert level_of(none.parse_args([]), "ERROR") == "ERROR"
+
+
+def test_eval_on_a_device_bundle_says_it_runs_on_the_host(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A device bundle ships no agent/tools (deploy/bundle.py): `facelite eval` there is one line, not a traceback."""
+    for name in [m for m in sys.modules if m.startswith("agent.tools")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "agent.tools", None)  # what a missing package looks like to import
+    assert cli.main(["eval", str(tmp_path), "--detector", "d", "--embedder", "e", "--gallery", "g"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "`facelite eval` runs on the host" in err, err

@@ -18,7 +18,10 @@ import pytest
 from broker import MosquittoBroker, Subscriber
 from helpers import mix, orthonormal_basis, wait_until
 
-from agent.commands import (
+from agent.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy
+from agent.recognition.gallery import Gallery, Hygiene
+from agent.recognition.strangers import StrangerPolicy, StrangerStore, Visit
+from agent.service.commands import (
     REGISTRY,
     SEEN_NAME,
     CommandContext,
@@ -27,14 +30,11 @@ from agent.commands import (
     ReplayLog,
     parse_command,
 )
-from agent.config import Backoff, ConfigErrors, MqttConfig, load_config
-from agent.eventfaces import EventFace, EventFaceStore, StorePolicy
-from agent.events import Topics
-from agent.gallery import Gallery, Hygiene
-from agent.messages import Message
-from agent.sinks.mqtt import MqttSink
-from agent.spool import Spool
-from agent.strangers import StrangerPolicy, StrangerStore, Visit
+from agent.service.config import Backoff, ConfigErrors, MqttConfig, load_config
+from agent.service.events import Topics
+from agent.service.messages import Message
+from agent.service.sinks.mqtt import MqttSink
+from agent.service.spool import Spool
 
 TOPICS = Topics("hall")
 SHA = "ab" * 32
@@ -134,14 +134,14 @@ def test_an_unwritable_or_damaged_record_is_one_line_and_ids_stay_in_memory(
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     log = ReplayLog(blocker / SEEN_NAME, window_s=100, max_ids=10, clock=time.time)  # ENOTDIR: as a full disk
-    with caplog.at_level(logging.ERROR, logger="agent.commands"):
+    with caplog.at_level(logging.ERROR, logger="agent.service.commands"):
         log.remember("a")
         log.remember("b")
     assert log.seen("a") and log.seen("b")
     assert len([r for r in caplog.records if "cannot be written" in r.getMessage()]) == 1
     damaged = tmp_path / SEEN_NAME
     damaged.write_bytes(b"\x00garbage")
-    with caplog.at_level(logging.WARNING, logger="agent.commands"):
+    with caplog.at_level(logging.WARNING, logger="agent.service.commands"):
         assert not ReplayLog(damaged, window_s=100, max_ids=10, clock=time.time).seen("a")
     assert any("unreadable" in r.getMessage() for r in caplog.records)
 
@@ -224,7 +224,7 @@ def test_refused_commands_answer_with_a_reason_and_change_nothing(
         (cmd(id="u1", command="ping"), "replayed"),
     ]
     for payload, reason in cases:
-        with caplog.at_level(logging.INFO, logger="agent.commands"):
+        with caplog.at_level(logging.INFO, logger="agent.service.commands"):
             (reply,), changed = send(p, ctx, payload)
         request_id = json.loads(payload)["id"]
         assert reply["ok"] is False and reason in reply["error"] and reply["id"] == request_id, (reason, reply)
@@ -257,7 +257,8 @@ def test_reject_without_kept_faces_is_a_refusal_with_the_config_key(
 def test_enroll_event_makes_an_unknown_face_a_template_by_the_clis_rules(
     tmp_path: Path, world: tuple[Gallery, EventFaceStore, np.ndarray]
 ) -> None:
-    """`enroll_event` is `facelite enroll NAME --from-event ID` over MQTT (agent/enrolment.py): an unknown face
+    """`enroll_event` is `facelite enroll NAME --from-event ID` over MQTT (agent/recognition/enrolment.py): an
+    unknown face
     becomes a template; the same event twice changes nothing; a face announced as someone else, a face that
     template hygiene refuses (it matches another person better) and a missing store are refusals with the reason."""
     gallery, faces, basis = world
@@ -294,7 +295,7 @@ def test_enroll_unknown_and_drop_unknown_work_on_recurring_strangers_as_the_cli_
     tmp_path: Path, world: tuple[Gallery, EventFaceStore, np.ndarray]
 ) -> None:
     """`enroll_unknown` = `facelite enroll NAME --from-unknown K`, `drop_unknown` = `gallery drop-unknown K`
-    (agent/unknowns.py), on a real stranger store; refusals name why."""
+    (agent/recognition/unknowns.py), on a real stranger store; refusals name why."""
     gallery, faces, basis = world
     policy = StrangerPolicy(threshold=0.6, keep_s=1000.0, max_visits=50)
     store = StrangerStore(tmp_path / "strangers.sqlite", key=None, policy=policy, clock=lambda: 10_000.0)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.manifest import Manifest
-from agent.runtime import TFLiteModel
+from agent.model.manifest import Manifest
+from agent.model.runtime import TFLiteModel
 from converter.runtimes import legacy_python
 
 pytestmark = pytest.mark.slow  # runs facelite-convert: not in make test-fast
@@ -156,9 +156,9 @@ def all_variants(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, model
 @pytest.fixture(scope="module")
 def aligned_faces(models_dir: Path, faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four real faces aligned for MobileFaceNet, preprocessed, saved for both interpreters."""
-    from agent.detect import create_detector
-    from agent.embed import Embedder, preprocess
-    from agent.imageio import read_image
+    from agent.vision.detect import create_detector
+    from agent.vision.embed import Embedder, preprocess
+    from agent.vision.imageio import read_image
 
     det = create_detector(models_dir / "mtcnn" / "fp32")
     emb = Embedder.from_model_dir(models_dir / "mobilefacenet" / "fp32")
@@ -188,7 +188,7 @@ def test_every_variant_runs_in_both_runtimes(all_variants: Path, variant: str, a
     py = legacy_python()
     assert py is not None, "make setup creates .venv-legacy with tflite-runtime 2.14"
     code = (
-        "import numpy as np; from agent.runtime import TFLiteModel;"
+        "import numpy as np; from agent.model.runtime import TFLiteModel;"
         f"m = TFLiteModel({str(vdir / 'model.tflite')!r}, runtime='tflite-runtime');"
         f"xs = np.load({str(aligned_faces)!r});"
         "print(' '.join(f'{v:.6f}' for x in xs for v in m.run(x[None])[0].ravel()))"

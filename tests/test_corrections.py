@@ -20,10 +20,10 @@ import pytest
 from helpers import mix, orthonormal_basis
 
 from agent.errors import ConfigError, GalleryError
-from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
-from agent.gallery import Gallery, Hygiene
-from agent.galleryfile import GALLERY_SCHEMA
-from agent.matching import Matcher
+from agent.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
+from agent.recognition.gallery import Gallery, Hygiene
+from agent.recognition.galleryfile import GALLERY_SCHEMA
+from agent.recognition.matching import Matcher
 
 DIM = 64
 SHA = hashlib.sha256(b"embedder").hexdigest()
@@ -390,10 +390,10 @@ class _Gate:
 def test_recognized_event_carries_the_best_quality_face_and_ended_tracks_are_dropped(
     gallery: Gallery, basis: np.ndarray
 ) -> None:
-    from agent.geometry import BBox, Face
-    from agent.pipeline import Pipeline
-    from agent.sources.base import Frame
-    from agent.track import Tracker, TrackerConfig
+    from agent.recognition.pipeline import Pipeline
+    from agent.recognition.track import Tracker, TrackerConfig
+    from agent.service.sources.base import Frame
+    from agent.vision.geometry import BBox, Face
 
     face = Face(BBox(10, 10, 110, 110), 0.99, {})
     faces = [mix(basis, e0=0.9, e9=0.1), mix(basis, e0=0.92, e9=0.2), mix(basis, e0=0.91, e9=0.3)]

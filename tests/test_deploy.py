@@ -33,7 +33,7 @@ from broker import MosquittoBroker, Subscriber, free_port
 from helpers import ProcessRef
 from sshd import Sshd
 
-from agent.manifest import Manifest, sha256_file
+from agent.model.manifest import Manifest, sha256_file
 from deploy.bundle import BUNDLE_JSON, SUMS, BundleInputs, build_agent_wheel, build_bundle, default_cache, read_sums
 from deploy.errors import ProfileError
 from deploy.profile import DEVICES_DIR, load_profile, render_toml, resolve_targets
@@ -276,6 +276,7 @@ def test_the_pi_bundle_ships_the_agent_and_its_license_and_no_converter_code(
         entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
     assert {n.split("/")[0] for n in names} == {"agent", dist_info}, sorted({n.split("/")[0] for n in names})
     assert not [n for n in names if "converter" in n or "/bench/" in n]
+    assert "agent/cli.py" in names and not [n for n in names if n.startswith("agent/tools/")]  # host tools stay
     assert license_text == (REPO / "LICENSE").read_text() and license_text.startswith("MIT License")
     assert "Copyright (c) 2026 the facelite authors" in license_text
     assert "facelite-agent = agent.cli:agent_main" in entry_points and "converter" not in entry_points

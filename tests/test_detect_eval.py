@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.detect import create_detector
-from agent.imageio import read_image
+from agent.vision.detect import create_detector
+from agent.vision.imageio import read_image
 from converter.bench.detect_eval import (
     Setting,
     agent_settings,

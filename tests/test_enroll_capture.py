@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from soak import enroll_gallery, pick, write_config
 
-from agent.demo import FRAME, place
-from agent.imageio import read_image
+from agent.tools.demo import FRAME, place
+from agent.vision.imageio import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -1,7 +1,8 @@
 """Enrolment from an event's face and guided capture, on synthetic vectors, faces and frames (no models).
 
 Vectors are mixes of a fixed orthonormal basis (exact cosines, as in test_corrections.py); faces are landmark sets
-whose yaw is known by construction (agent/quality.py ``estimate_pose``) on noise (sharp) or flat (blurred) images.
+whose yaw is known by construction (agent/vision/quality.py ``estimate_pose``) on noise (sharp) or flat (blurred)
+images.
 The real-model, through-the-CLI tests are test_enroll_event.py and test_enroll_capture.py.
 """
 
@@ -17,15 +18,15 @@ import numpy as np
 import pytest
 from helpers import mix, orthonormal_basis
 
-from agent.capture import POSES, Capture, CaptureSettings, enrolment_gate, parse_poses, run_capture
-from agent.enrolment import EventEnrollment, enroll_from_event
 from agent.errors import ConfigError, FaceliteError, GalleryError
-from agent.eventfaces import EventFace, EventFaceStore, StorePolicy
-from agent.gallery import Gallery, Hygiene
-from agent.geometry import BBox, Face
-from agent.matching import Matcher
-from agent.quality import BLAZEFACE_FRONTAL_NOSE_RATIO, DEFAULT_GATE, NOSE_DEPTH_YAW, QualityGate
-from agent.sources import Frame, SourceState, SourceStatus
+from agent.recognition.capture import POSES, Capture, CaptureSettings, enrolment_gate, parse_poses, run_capture
+from agent.recognition.enrolment import EventEnrollment, enroll_from_event
+from agent.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy
+from agent.recognition.gallery import Gallery, Hygiene
+from agent.recognition.matching import Matcher
+from agent.service.sources import Frame, SourceState, SourceStatus
+from agent.vision.geometry import BBox, Face
+from agent.vision.quality import BLAZEFACE_FRONTAL_NOSE_RATIO, DEFAULT_GATE, NOSE_DEPTH_YAW, QualityGate
 
 DIM = 64
 SHA = hashlib.sha256(b"embedder").hexdigest()

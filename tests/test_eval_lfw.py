@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.detect import create_detector
-from agent.embedset import detect_photos
-from agent.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, LfwView2, read_view2
-from agent.lfw_eval import photo_groups
-from agent.manifest import Manifest
+from agent.model.manifest import Manifest
+from agent.tools.embedset import detect_photos
+from agent.tools.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, LfwView2, read_view2
+from agent.tools.lfw_eval import photo_groups
+from agent.vision.detect import create_detector
 
 pytestmark = pytest.mark.slow
 

@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import __version__
-from agent.discovery import discovery_messages, person_discovery_message
 from agent.errors import ConfigError
-from agent.events import (
+from agent.recognition.track import TrackEvent
+from agent.service.discovery import discovery_messages, person_discovery_message
+from agent.service.events import (
     EVENT_SCHEMA,
     FACE_CROP_FIELD,
     SCHEMA,
@@ -44,10 +45,9 @@ from agent.events import (
     state_message,
     utc_iso,
 )
-from agent.geometry import BBox
-from agent.messages import Message
-from agent.presence import Presence, PresenceTracker, presence_message
-from agent.track import TrackEvent
+from agent.service.messages import Message
+from agent.service.presence import Presence, PresenceTracker, presence_message
+from agent.vision.geometry import BBox
 
 SHA = "ab" * 32
 TOPICS = Topics("hall-pi")

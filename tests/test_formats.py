@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.imageio import list_images, read_image
-from agent.manifest import Preprocessing, sha256_file
-from agent.runtime import TFLiteModel
+from agent.model.manifest import Preprocessing, sha256_file
+from agent.model.runtime import TFLiteModel
+from agent.vision.imageio import list_images, read_image
 from converter.formats import FormatError
 from converter.formats.detect import detect_format, load_any
 from converter.formats.user import user_recipe
@@ -126,7 +126,7 @@ def face_boxes(data_dir: Path, faces_dir: Path) -> list[tuple[np.ndarray, np.nda
 
 
 def _crops(face_boxes: list[tuple[np.ndarray, np.ndarray]], side: int) -> np.ndarray:
-    from agent.embed import preprocess
+    from agent.vision.embed import preprocess
 
     out = []
     for img, (x0, y0, x1, y1) in face_boxes:

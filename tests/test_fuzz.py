@@ -34,23 +34,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from soak import AgentProcess, enroll_gallery, pick, toml_text, write_config
 
-from agent.commands import CommandContext, CommandProcessor, CommandRefused, ReplayLog, parse_command
-from agent.config import AgentConfig, ConfigError, ConfigErrors, key_path, load_config
-from agent.detect import create_detector
-from agent.embed import Embedder
 from agent.errors import GalleryError, ImageError, ModelError
-from agent.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
-from agent.events import Topics
-from agent.gallery import Gallery
-from agent.imageio import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_bgr
-from agent.matching import Matcher
-from agent.messages import Message
-from agent.pipeline import Pipeline
-from agent.quality import QualityGate
-from agent.schema import Section, sections_of
-from agent.sources import Frame
-from agent.strangers import check_cluster_id
-from agent.track import Tracker, TrackerConfig
+from agent.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
+from agent.recognition.gallery import Gallery
+from agent.recognition.matching import Matcher
+from agent.recognition.pipeline import Pipeline
+from agent.recognition.strangers import check_cluster_id
+from agent.recognition.track import Tracker, TrackerConfig
+from agent.service.commands import CommandContext, CommandProcessor, CommandRefused, ReplayLog, parse_command
+from agent.service.config import AgentConfig, ConfigError, ConfigErrors, key_path, load_config
+from agent.service.events import Topics
+from agent.service.messages import Message
+from agent.service.schema import Section, sections_of
+from agent.service.sources import Frame
+from agent.vision.detect import create_detector
+from agent.vision.embed import Embedder
+from agent.vision.imageio import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_bgr
+from agent.vision.quality import QualityGate
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = settings(
@@ -289,7 +289,7 @@ def test_degenerate_frames_are_processed_or_counted_never_raised(pipeline: Pipel
 
 
 def placed(photo: Path) -> np.ndarray:
-    from agent.demo import place
+    from agent.tools.demo import place
 
     return place(read_image(photo))
 
@@ -442,7 +442,7 @@ TAMPER_CHILD = """
 import hashlib, json, random, shutil, sys
 from pathlib import Path
 import numpy as np
-from agent.embed import Embedder
+from agent.vision.embed import Embedder
 from agent.errors import ModelError
 src, work, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
@@ -728,10 +728,10 @@ def mjpg_clip(path: Path, photos: list[bytes], frames: int = 6) -> bytes:
 
 
 def test_damaged_videos_give_a_capture_report_or_one_line_never_a_traceback(tmp_path: Path, kit: Kit) -> None:
-    from agent.capture import Capture, CaptureSettings, run_capture
     from agent.errors import FaceliteError
-    from agent.quality import DEFAULT_GATE
-    from agent.sources import open_source
+    from agent.recognition.capture import Capture, CaptureSettings, run_capture
+    from agent.service.sources import open_source
+    from agent.vision.quality import DEFAULT_GATE
 
     detector, embedder = create_detector(kit.detector), Embedder.from_model_dir(kit.embedder)
     clip = mjpg_clip(tmp_path / "clip.avi", kit.photos)
@@ -799,8 +799,8 @@ def test_cluster_numbers_are_a_whole_number_or_one_line(text: str | int) -> None
 def test_damaged_stranger_store_never_raises_in_the_agent_and_is_one_line_in_the_cli(
     tmp_path_factory: pytest.TempPathFactory, raw: bytes, header: bool
 ) -> None:
-    from agent.events import Topics
-    from agent.strangers import StrangerPolicy, StrangerStore, Visit
+    from agent.recognition.strangers import StrangerPolicy, StrangerStore, Visit
+    from agent.service.events import Topics
 
     path = tmp_path_factory.mktemp("strangers") / "strangers.sqlite"
     path.write_bytes((b"SQLite format 3\x00" if header else b"") + raw)

@@ -18,9 +18,9 @@ import pytest
 from helpers import mix, orthonormal_basis
 
 from agent.errors import ConfigError, GalleryError
-from agent.gallery import Gallery
-from agent.galleryfile import GALLERY_SCHEMA
-from agent.matching import Match, Matcher
+from agent.recognition.gallery import Gallery
+from agent.recognition.galleryfile import GALLERY_SCHEMA
+from agent.recognition.matching import Match, Matcher
 
 DIM = 128
 SHA_A = hashlib.sha256(b"embedder A").hexdigest()

@@ -26,9 +26,9 @@ from broker import MosquittoBroker, Subscriber
 from helpers import enroll_by_cli, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.demo import pick
-from agent.imageio import list_images
-from agent.spool import Spool
+from agent.service.spool import Spool
+from agent.tools.demo import pick
+from agent.vision.imageio import list_images
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "gal"
@@ -173,7 +173,8 @@ def test_forget_while_running_clears_the_broker_and_stays_cleared_after_reconnec
             assert json.loads(before[f"{BASE}/last_person"])["person"] == ADA
             assert set(before) == expected_retained() | ADA_TOPICS | {f"{BASE}/last_person"}
 
-            # The face of the recognized event is kept for `facelite gallery reject` (agent/eventfaces.py) ...
+            # The face of the recognized event is kept for `facelite gallery reject`
+            # (agent/recognition/eventfaces.py) ...
             store = tmp_path / "state" / "event_faces.sqlite"
             wait_until(lambda: faces_kept(store, ADA) == 1, 30, "Ada's event face kept")
             assert b"Lovelace" in file_bytes(store)  # control: the search below can find her

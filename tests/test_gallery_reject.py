@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.demo import pick
-from agent.imageio import list_images
+from agent.tools.demo import pick
+from agent.vision.imageio import list_images
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ImageError
-from agent.imageio import jpeg_is_complete, read_image
+from agent.vision.imageio import jpeg_is_complete, read_image
 
 
 def jpegs(faces_dir: Path) -> list[Path]:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.embedset import pair_scores
-from agent.lfw import LfwPair, LfwView2, read_view2
-from agent.lfw_eval import PhotoVectors, calibration_check, open_set, ten_fold
-from agent.manifest import Calibration
-from agent.metrics import calibration_curve, per_comparison_far
-from agent.openset import curve_threshold
+from agent.model.manifest import Calibration
+from agent.model.metrics import calibration_curve, per_comparison_far
+from agent.recognition.openset import curve_threshold
+from agent.tools.embedset import pair_scores
+from agent.tools.lfw import LfwPair, LfwView2, read_view2
+from agent.tools.lfw_eval import PhotoVectors, calibration_check, open_set, ten_fold
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.embed import Embedder
 from agent.errors import ModelError
-from agent.manifest import Manifest
+from agent.model.manifest import Manifest
+from agent.vision.embed import Embedder
 
 
 @pytest.fixture()

@@ -16,19 +16,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from agent.detect import create_detector
-from agent.detect.mtcnn import (
+from agent.errors import FaceliteError, ModelError
+from agent.model.manifest import Manifest
+from agent.model.runtime import TFLiteModel
+from agent.vision.detect import create_detector
+from agent.vision.detect.mtcnn import (
     LANDMARKS,
     MTCNNDetector,
     crop_and_resize,
     pyramid_scales,
     resize_level,
 )
-from agent.errors import FaceliteError, ModelError
-from agent.geometry import BBox, Face
-from agent.imageio import read_image
-from agent.manifest import Manifest
-from agent.runtime import TFLiteModel
+from agent.vision.geometry import BBox, Face
+from agent.vision.imageio import read_image
 from converter.build import BuildOptions, ModelBuild, ModelReport
 from converter.models.mtcnn import GRAPHS, MTCNNRecipe
 from converter.runtimes import check_legacy

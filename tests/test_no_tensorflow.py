@@ -43,9 +43,9 @@ class _Block:
         if name == "tensorflow" or name.startswith("tensorflow."):
             raise ImportError("tensorflow is blocked in the agent")
 sys.meta_path.insert(0, _Block())
-from agent.detect import create_detector
-from agent.embed import Embedder
-from agent.imageio import read_image
+from agent.vision.detect import create_detector
+from agent.vision.embed import Embedder
+from agent.vision.imageio import read_image
 image = read_image({str(photo)!r})
 det = create_detector({str(models_dir / "blazeface" / "fp32")!r})
 faces = det.detect(image)
@@ -69,8 +69,8 @@ def test_the_service_with_a_toml_config_loads_no_pydantic_and_no_yaml(tmp_path: 
     )
     code = (
         "import sys\n"
-        "import agent.app, agent.cli, agent.sinks.mqtt, agent.sinks.stdout\n"
-        "from agent.config import load_config\n"
+        "import agent.service.app, agent.cli, agent.service.sinks.mqtt, agent.service.sinks.stdout\n"
+        "from agent.service.config import load_config\n"
         f"load_config({str(config)!r})\n"
         "print(','.join(sorted(k for k in sys.modules if k.split('.')[0] in ('pydantic', 'pydantic_core', 'yaml'))))\n"
     )

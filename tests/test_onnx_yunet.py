@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.imageio import list_images, read_image
-from agent.runtime import TFLiteModel
+from agent.model.runtime import TFLiteModel
+from agent.vision.imageio import list_images, read_image
 from converter.formats import FormatError
 from converter.formats import onnx as onnx_format
 from converter.formats.detect import detect_format, load_any

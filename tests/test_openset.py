@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from agent.errors import ModelError
-from agent.manifest import Alignment, Calibration, Manifest, Preprocessing, Source
-from agent.matching import IndexBuilder, Match, Matcher
-from agent.metrics import accept_rate, calibration_curve, per_comparison_far, visit_far
-from agent.openset import curve_threshold, resolve_threshold
+from agent.model.manifest import Alignment, Calibration, Manifest, Preprocessing, Source
+from agent.model.metrics import accept_rate, calibration_curve, per_comparison_far, visit_far
+from agent.recognition.matching import IndexBuilder, Match, Matcher
+from agent.recognition.openset import curve_threshold, resolve_threshold
 
 SHA = "a" * 64
 

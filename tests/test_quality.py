@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.align import template_points
-from agent.dataset import people_tree
-from agent.detect.blazeface import BlazeFaceDetector
 from agent.errors import ConfigError
-from agent.geometry import BBox, Face
-from agent.imageio import read_image
-from agent.quality import DEFAULT_GATE, REASONS, QualityGate, estimate_pose
+from agent.tools.dataset import people_tree
+from agent.vision.align import template_points
+from agent.vision.detect.blazeface import BlazeFaceDetector
+from agent.vision.geometry import BBox, Face
+from agent.vision.imageio import read_image
+from agent.vision.quality import DEFAULT_GATE, REASONS, QualityGate, estimate_pose
 from converter.models.blazeface import BlazeFaceRecipe
 
 pytestmark = pytest.mark.slow  # the real detector over every photo of the data directory (~15 s): not test-fast

@@ -6,11 +6,11 @@ import json
 import stat
 from pathlib import Path
 
-from agent.discovery import discovery_messages, person_discovery_message
-from agent.events import Topics, forget_person_messages
-from agent.messages import Message
-from agent.presence import Presence, presence_message
-from agent.roster import Record, RecordFile, Roster
+from agent.service.discovery import discovery_messages, person_discovery_message
+from agent.service.events import Topics, forget_person_messages
+from agent.service.messages import Message
+from agent.service.presence import Presence, presence_message
+from agent.service.roster import Record, RecordFile, Roster
 
 TOPICS = Topics("hall-pi")
 

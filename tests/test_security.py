@@ -22,12 +22,12 @@ from broker import MosquittoBroker, Subscriber, TlsFiles, make_tls_files
 from helpers import wait_until
 from soak import AgentProcess, base_config, events_of, pick, unique_events, write_config
 
-from agent.demo import plan, write_video
-from agent.detect import create_detector
-from agent.embed import Embedder
-from agent.imageio import read_image
-from agent.matching import check_vector
-from agent.names import slugify
+from agent.recognition.matching import check_vector
+from agent.recognition.names import slugify
+from agent.tools.demo import plan, write_video
+from agent.vision.detect import create_detector
+from agent.vision.embed import Embedder
+from agent.vision.imageio import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "sec"
@@ -202,7 +202,9 @@ def test_refused_login_or_untrusted_broker_is_one_warning_and_never_the_password
             folder = tmp_path / name.replace(" ", "_")
             folder.mkdir()
             stderr = refused(folder, setup, broker, {**tls, "username": AGENT_USER, "password_env": "MQTT_PW"}, env)
-            warnings = [line for line in stderr.splitlines() if line.startswith(("WARNING agent.sinks", "ERROR"))]
+            warnings = [
+                line for line in stderr.splitlines() if line.startswith(("WARNING agent.service.sinks", "ERROR"))
+            ]
             assert len(warnings) == 1, (name, warnings)  # one line per outage, the retries are debug
             assert says in warnings[0].lower(), (name, warnings)
             assert password not in stderr and "Traceback" not in stderr, name

@@ -13,10 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.config import Backoff, CameraConfig
 from agent.errors import ConfigError
-from agent.imageio import list_images, read_image
-from agent.sources import (
+from agent.service.config import Backoff, CameraConfig
+from agent.service.sources import (
     CameraSource,
     FolderSource,
     Frame,
@@ -27,6 +26,7 @@ from agent.sources import (
     open_camera,
     open_source,
 )
+from agent.vision.imageio import list_images, read_image
 
 SIZE = (320, 240)
 BACKOFF = Backoff(initial_s=0.5, max_s=4, multiplier=2, jitter=0)

@@ -1,4 +1,5 @@
-"""Recurring strangers (agent/strangers.py, agent/unknowns.py) on synthetic unit vectors with known cosines.
+"""Recurring strangers (agent/recognition/strangers.py, agent/recognition/unknowns.py) on synthetic unit vectors
+with known cosines.
 
 The real-model, real-agent, real-broker test is test_strangers_e2e.py.
 """
@@ -17,10 +18,9 @@ import pytest
 from helpers import mix, orthonormal_basis
 
 from agent.errors import GalleryError
-from agent.events import Topics
-from agent.gallery import Gallery, Hygiene
-from agent.matching import Matcher
-from agent.strangers import (
+from agent.recognition.gallery import Gallery, Hygiene
+from agent.recognition.matching import Matcher
+from agent.recognition.strangers import (
     StrangerPolicy,
     StrangerStore,
     Visit,
@@ -28,7 +28,8 @@ from agent.strangers import (
     nearest_cluster,
     separate_visits,
 )
-from agent.unknowns import drop_unknown, enroll_from_unknown
+from agent.recognition.unknowns import drop_unknown, enroll_from_unknown
+from agent.service.events import Topics
 
 DIM = 64
 SHA = hashlib.sha256(b"embedder").hexdigest()

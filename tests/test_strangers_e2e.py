@@ -23,8 +23,8 @@ from broker import MosquittoBroker, Subscriber
 from helpers import wait_until
 from test_gallery_mqtt import retained_now
 
-from agent.demo import pick
-from agent.imageio import list_images, read_image
+from agent.tools.demo import pick
+from agent.vision.imageio import list_images, read_image
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -168,11 +168,11 @@ def test_stranger_commands_need_the_agent_config(action: tuple[str, ...], models
 def test_forget_erases_the_persons_earlier_unknown_visits_from_the_stranger_store(
     tmp_path: Path, faces_dir: Path, models_dir: Path
 ) -> None:
-    from agent.app import open_strangers, read_key
-    from agent.config import load_config
-    from agent.embed import Embedder
-    from agent.gallery import Gallery
-    from agent.strangers import Visit
+    from agent.recognition.gallery import Gallery
+    from agent.recognition.strangers import Visit
+    from agent.service.app import open_strangers, read_key
+    from agent.service.config import load_config
+    from agent.vision.embed import Embedder
 
     (tmp_path / "state").mkdir()
     (tmp_path / "gallery.key").write_bytes(os.urandom(32))

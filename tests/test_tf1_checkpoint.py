@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from agent.imageio import read_image
-from agent.runtime import TFLiteModel
+from agent.model.runtime import TFLiteModel
+from agent.vision.imageio import read_image
 from converter.formats import FormatError
 from converter.formats.tf1_checkpoint import RANDOM_OPS, VARIABLE_OPS, freeze, load_graph
 from converter.models.mtcnn import MTCNNRecipe, read_weights

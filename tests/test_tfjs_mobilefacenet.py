@@ -1,7 +1,7 @@
 """MobileFaceNet from the TF.js graph model: the defect fixes proven against an independent TFLite copy.
 
 Faces: every photo under faces/people, detected with the shipped BlazeFace full-range model through the
-agent's own detector and aligned by agent.align onto the 112x112 ArcFace template (4 points: eyes, nose,
+agent's own detector and aligned by agent.vision.align onto the 112x112 ArcFace template (4 points: eyes, nose,
 mouth centre), exactly as the build prepares embedder inputs.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.align import align_face
-from agent.dataset import people_tree
-from agent.embed import l2_normalize, preprocess
 from agent.errors import ImageError
-from agent.imageio import read_image
-from agent.runtime import Network, TFLiteModel
+from agent.model.runtime import Network, TFLiteModel
+from agent.tools.dataset import people_tree
+from agent.vision.align import align_face
+from agent.vision.embed import l2_normalize, preprocess
+from agent.vision.imageio import read_image
 from converter.formats import FormatError, tfjs
 from converter.models import mobilefacenet as mfn
 from converter.models.blazeface import BlazeFaceRecipe

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from agent.errors import ConfigError
-from agent.geometry import BBox, Face
-from agent.matching import Match
-from agent.track import Tracker, TrackerConfig, TrackEvent, TrackUpdate, face_quality
+from agent.recognition.matching import Match
+from agent.recognition.track import Tracker, TrackerConfig, TrackEvent, TrackUpdate, face_quality
+from agent.vision.geometry import BBox, Face
 
 FPS = 8  # 0.125 s per frame is exact in binary, so timestamps compare exactly
 T0 = 1_700_000_000.0

@@ -1,7 +1,7 @@
 """Section 4 (agent end to end) and the single-core speed figures of sections 5 and 6.
 
 Runs in a worker pinned to one core (``taskset -c 0``) with one interpreter thread. The agent is the
-real ``agent.app.Agent`` with the real MqttSink and spool, reading a real MJPG video of composed
+real ``agent.service.app.Agent`` with the real MqttSink and spool, reading a real MJPG video of composed
 frames; the orchestrator runs mosquitto and the subscriber that reads ``latency_ms`` from the events.
 The float baseline is the same Agent with the recipe's TF models wired in (``float_models``), so
 its peak RSS carries TensorFlow, as a device running the sources would.
@@ -143,9 +143,9 @@ class E2EResult:
 
 
 def _models(job: E2EJob, config: Any) -> Any:
-    """The device path (agent.app.load_models: sha256-verified artifacts, the config's detector settings), or
+    """The device path (agent.service.app.load_models: sha256-verified artifacts, the config's detector settings), or
     for the baseline the same detector and embedder classes wired to the recipes' TF float networks."""
-    from agent.app import Models, load_models
+    from agent.service.app import Models, load_models
 
     if not job.float_models:
         return load_models(config)
@@ -184,8 +184,8 @@ def _enroll(gallery: Any, embedder: Any, crops: CropSet) -> None:
 def _pipeline_pass(config: Any, models: Any, gallery: Any) -> tuple[float, float, dict[str, float]]:
     """Pipeline.process alone over the same video, on the frames with a face in view:
     (fps, faces detected per frame, stage ms)."""
-    from agent.app import make_gate, make_matcher, make_tracker, open_sources
-    from agent.pipeline import Pipeline
+    from agent.recognition.pipeline import Pipeline
+    from agent.service.app import make_gate, make_matcher, make_tracker, open_sources
 
     pipeline = Pipeline(
         models.detector, models.embedder, gallery, make_matcher(config, models, gallery.index.size)[0],
@@ -209,10 +209,10 @@ def _pipeline_pass(config: Any, models: Any, gallery: Any) -> tuple[float, float
 
 
 def run_stream(stream: StreamJob, models: Any) -> StreamResult:
-    from agent.app import Agent, open_gallery, open_sources
-    from agent.config import load_config
-    from agent.sinks.mqtt import MqttSink
-    from agent.spool import Spool
+    from agent.service.app import Agent, open_gallery, open_sources
+    from agent.service.config import load_config
+    from agent.service.sinks.mqtt import MqttSink
+    from agent.service.spool import Spool
 
     config = load_config(stream.config)
     gallery = open_gallery(config, models.embedder)
@@ -247,7 +247,7 @@ def run_stream(stream: StreamJob, models: Any) -> StreamResult:
 
 
 def run_e2e(job: E2EJob) -> E2EResult:
-    from agent.config import load_config
+    from agent.service.config import load_config
 
     models = _models(job, load_config(job.streams[0].config))
     results = []
@@ -257,7 +257,7 @@ def run_e2e(job: E2EJob) -> E2EResult:
         for stale in (gallery_path, Path(str(gallery_path) + "-wal"), Path(str(gallery_path) + "-shm")):
             stale.unlink(missing_ok=True)
         try:
-            from agent.app import open_gallery
+            from agent.service.app import open_gallery
 
             with open_gallery(config, models.embedder) as gallery:
                 _enroll(gallery, models.embedder, job.enroll)
@@ -380,8 +380,8 @@ def random_templates(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def gallery_timing(templates: int, job: SpeedJob, dim: int = 192) -> GalleryTiming:
-    from agent.gallery import Enrollment, Gallery
-    from agent.matching import Matcher
+    from agent.recognition.gallery import Enrollment, Gallery
+    from agent.recognition.matching import Matcher
 
     path = job.gallery_dir / f"gallery_{templates}.sqlite"
     job.gallery_dir.mkdir(parents=True, exist_ok=True)
@@ -419,7 +419,8 @@ def import_rss_mb(python: Path) -> float:
     import subprocess
 
     code = (
-        "import ai_edge_litert.interpreter, agent.app, agent.cli, agent.sinks.mqtt, agent.config\n"
+        "import ai_edge_litert.interpreter, agent.service.app, agent.cli, agent.service.sinks.mqtt, "
+        "agent.service.config\n"
         "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
     )
     repo = Path(__file__).resolve().parents[2]
@@ -474,8 +475,8 @@ class EventLog:
 
 
 def recording_subscriber(broker: Any, topics: list[str]) -> Any:
-    """agent.localbroker.Subscriber that also stamps each message with the wall time it arrived."""
-    from agent.localbroker import Subscriber
+    """agent.tools.localbroker.Subscriber that also stamps each message with the wall time it arrived."""
+    from agent.tools.localbroker import Subscriber
 
     class RecordingSubscriber(Subscriber):
         def __init__(self) -> None:

@@ -56,7 +56,7 @@ CPUS = ("cortex-a53", "cortex-a72", "cortex-a76")
 CPU_BOARDS = {"cortex-a53": "Pi Zero 2 / low-end Android", "cortex-a72": "Pi 4", "cortex-a76": "Pi 5 / mid-range"}
 RUNTIMES = ("ai-edge-litert", "tflite-runtime")
 FRAME_HW = (480, 640)
-MIN_FACE = 40  # the agent's default detection.min_face (agent/config.py)
+MIN_FACE = 40  # the agent's default detection.min_face (agent/service/config.py)
 TARGET_CPUS = ("cortex-a72", "cortex-a76")
 PIPELINE_TARGET = 0.5  # deployed pi pipeline / all-fp32 pipeline, instructions per frame
 INT8_EMBEDDER = ("mobilefacenet", "int8", 0.6)  # int8 MobileFaceNet / its fp32
@@ -159,7 +159,7 @@ class Job:
 
 def pyramid_shapes(height: int, width: int, min_face: float, scale_factor: float) -> list[list[int]]:
     """P-Net input shapes of one frame, level by level, as the agent's MTCNN builds them."""
-    from agent.detect.mtcnn import pyramid_scales
+    from agent.vision.detect.mtcnn import pyramid_scales
 
     return [[1, int(height * s), int(width * s), 3] for s in pyramid_scales(height, width, min_face, scale_factor)]
 

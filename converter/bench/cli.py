@@ -205,9 +205,9 @@ def main(argv: list[str] | None = None, eviction: Eviction | None = None) -> int
 
 
 def run(args: argparse.Namespace, eviction: Eviction | None = None) -> int:
-    from agent.dataset import data_dir as resolve_data_dir
-    from agent.detect import create_detector
-    from agent.manifest import Manifest
+    from agent.model.manifest import Manifest
+    from agent.tools.dataset import data_dir as resolve_data_dir
+    from agent.vision.detect import create_detector
     from converter.bench.frames import prepare
     from converter.bench.models import discover
 
@@ -369,7 +369,7 @@ def _models_and_accuracy(ctx: Context) -> tuple[Any, Any, Any]:
 
 
 def _agent_and_peers(ctx: Context) -> tuple[dict[str, Any], Any, Any]:
-    from agent.localbroker import MosquittoBroker
+    from agent.tools.localbroker import MosquittoBroker
     from converter.bench.agent_e2e import E2EJob, E2EResult, EventLog, SpeedJob, StreamJob, recording_subscriber
     from converter.bench.models import SourceJob
     from converter.bench.peers import PeersJob, PeersResult
@@ -458,7 +458,7 @@ def _agent_and_peers(ctx: Context) -> tuple[dict[str, Any], Any, Any]:
 
 
 def size_key_of(models_dir: Path, spec: Any) -> str:
-    from agent.manifest import Manifest
+    from agent.model.manifest import Manifest
 
     m = Manifest.load(models_dir / spec.embedder / spec.embedder_variant)
     assert m.alignment is not None

@@ -20,7 +20,7 @@ import numpy as np
 
 from agent.errors import FaceliteError
 from agent.logsetup import level_of, setup_logging
-from agent.metrics import Latency, latency_summary
+from agent.model.metrics import Latency, latency_summary
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`make eval-corrections`: what one "that was not Ada" correction does on LFW look-alikes.
 
-The people are those of LFW View 2 folds 6-10 (``agent.lfw.EVALUATION_FOLDS``, never used for calibration),
+The people are those of LFW View 2 folds 6-10 (``agent.tools.lfw.EVALUATION_FOLDS``, never used for calibration),
 through the pi pipeline (blazeface/fp32 + mobilefacenet/fp32 by default). For every person with at least two
 photos with a face, the first half of their photos (at least one, at most ``--enroll``) are their templates and
 the rest are held out as their own probes.
@@ -9,7 +9,8 @@ the rest are held out as their own probes.
    of Lee to Ada's templates; the highest-scoring pairs (one per unordered pair) whose best photo would be
    announced as Ada in a gallery of ``--gallery`` people are the look-alikes measured.
 2. For each pair: a gallery of Ada and ``--gallery - 1`` other people (drawn with a fixed seed, neither Ada nor
-   Lee), the real ``agent.gallery`` matcher at the threshold ``agent.openset.resolve_threshold`` gives for its
+   Lee), the real ``agent.recognition.gallery`` matcher at the threshold
+   ``agent.recognition.openset.resolve_threshold`` gives for its
    template count at ``--stranger-accept-rate``. The correction rejects Lee's photo that scores highest against
    Ada (the false accept a user would see and reject) with ``Gallery.add_negative``; Lee's **other** photos are
    the probes, before and after it. Ada's held-out photos measure what the correction costs her.
@@ -33,15 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from agent.detect import create_detector
-from agent.embed import Embedder
-from agent.embedset import detect_photos, embed_detected
-from agent.gallery import Gallery
-from agent.lfw import EVALUATION_FOLDS, lfw_dir, read_view2
 from agent.logsetup import add_logging_flags
-from agent.matching import Matcher
-from agent.metrics import wilson_interval
-from agent.openset import resolve_threshold
+from agent.model.metrics import wilson_interval
+from agent.recognition.gallery import Gallery
+from agent.recognition.matching import Matcher
+from agent.recognition.openset import resolve_threshold
+from agent.tools.embedset import detect_photos, embed_detected
+from agent.tools.lfw import EVALUATION_FOLDS, lfw_dir, read_view2
+from agent.vision.detect import create_detector
+from agent.vision.embed import Embedder
 from converter.bench.common import report_main
 
 log = logging.getLogger(__name__)

@@ -37,11 +37,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.config import DetectionConfig
-from agent.dataset import data_dir as resolve_data_dir
-from agent.geometry import Face
-from agent.imageio import read_image
 from agent.logsetup import add_logging_flags, level_of, setup_logging
+from agent.service.config import DetectionConfig
+from agent.tools.dataset import data_dir as resolve_data_dir
+from agent.vision.geometry import Face
+from agent.vision.imageio import read_image
 from converter.bench.boxmatch import IOU_THRESHOLD, SIZE_BINS, score_photo, size_bin
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Setting:
 
 
 def agent_settings() -> tuple[Setting, Setting]:
-    """The agent's defaults and its smallest allowed min_face, read from agent.config so they stay in step."""
+    """The agent's defaults and its smallest allowed min_face, read from agent.service.config so they stay in step."""
     fields = {f.name: f for f in dataclasses.fields(DetectionConfig)}
     min_default, score_default = fields["min_face"].default, fields["score_threshold"].default
     assert min_default is not dataclasses.MISSING and score_default is not dataclasses.MISSING
@@ -172,7 +172,7 @@ def _recommended_variant(models_dir: Path, model: str) -> str:
 def detector_options(models_dir: Path, yunet_onnx: Path) -> list[DetectorOption]:
     """Every way of running a detector the report compares; the first is the agent's default detector as
     built (its retry included), the second the same without the retry (the frame-cost baseline)."""
-    from agent.detect.blazeface import LARGE_FACE_ZOOM_OUT, BlazeFaceDetector
+    from agent.vision.detect.blazeface import LARGE_FACE_ZOOM_OUT, BlazeFaceDetector
     from converter.models.blazeface import RETRY_ZOOM_OUT
 
     def blazeface(how: str, zoom: float = 1.0) -> Callable[[Setting], DetectFn]:
@@ -195,7 +195,7 @@ def detector_options(models_dir: Path, yunet_onnx: Path) -> list[DetectorOption]
 
     def short(s: Setting) -> DetectFn:
         # The short-range model on its own, as a candidate default detector.
-        from agent.runtime import TFLiteModel
+        from agent.model.runtime import TFLiteModel
         from converter.models.blazeface import BlazeFaceRecipe
 
         recipe = BlazeFaceRecipe("short")
@@ -209,7 +209,7 @@ def detector_options(models_dir: Path, yunet_onnx: Path) -> list[DetectorOption]
         return det.detect
 
     def mtcnn(s: Setting) -> DetectFn:
-        from agent.detect.mtcnn import PNET_CELL, MTCNNDetector
+        from agent.vision.detect.mtcnn import PNET_CELL, MTCNNDetector
 
         # MTCNN refuses min_face below its 12 px P-Net cell, which the agent config allows (floor 8).
         return MTCNNDetector.from_model_dir(

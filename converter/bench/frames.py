@@ -17,13 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.align import align_face
-from agent.dataset import people_tree
-from agent.demo import plan
-from agent.detect import Detector
 from agent.errors import ImageError
-from agent.geometry import BBox
-from agent.imageio import read_image
+from agent.tools.dataset import people_tree
+from agent.tools.demo import plan
+from agent.vision.align import align_face
+from agent.vision.detect import Detector
+from agent.vision.geometry import BBox
+from agent.vision.imageio import read_image
 from converter.bench.common import BenchError
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """`make eval-lfw`: every pipeline on LFW View 2, open-set at gallery scale, beside dlib and published figures.
 
-Roles of the people (agent/lfw.py): folds 1-5 calibrate (the manifests' curves, fitted by `make convert`)
+Roles of the people (agent/tools/lfw.py): folds 1-5 calibrate (the manifests' curves, fitted by `make convert`)
 and choose the default pipeline; folds 6-10 are the people every open-set figure is reported on. The
 10-fold accuracy is LFW's own protocol over all folds (threshold fitted on nine, applied to the tenth).
 
@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import tomllib
-from agent.detect import create_detector
-from agent.embed import Embedder
-from agent.embedset import pair_scores
 from agent.errors import FaceliteError
-from agent.lfw import LfwView2, lfw_dir, read_view2
-from agent.lfw_eval import (
+from agent.logsetup import add_logging_flags
+from agent.model.manifest import Calibration, Manifest
+from agent.model.metrics import calibration_curve
+from agent.service.config import tomllib
+from agent.tools.embedset import pair_scores
+from agent.tools.lfw import LfwView2, lfw_dir, read_view2
+from agent.tools.lfw_eval import (
     Groups,
     PhotoVectors,
     PipelineResult,
@@ -38,9 +39,8 @@ from agent.lfw_eval import (
     pipeline_vectors,
     subset,
 )
-from agent.logsetup import add_logging_flags
-from agent.manifest import Calibration, Manifest
-from agent.metrics import calibration_curve
+from agent.vision.detect import create_detector
+from agent.vision.embed import Embedder
 from converter.bench.common import report_main
 
 log = logging.getLogger(__name__)
@@ -281,7 +281,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"## Open set: galleries of evaluation people, stranger rate {STRANGER_RATE:g} per visit",
         "",
         "One enrolled photo per person; genuine probes are the person's other photos; strangers are every other "
-        "evaluation person. Decided by the agent's Matcher at the threshold agent/openset.py computes for the "
+        "evaluation person. Decided by the agent's Matcher at the threshold agent/recognition/openset.py computes "
+        "for the "
         "gallery's size.",
         "",
         "| pipeline | gallery | threshold | strangers accepted [95% CI] | expected | TAR [95% CI] | top-1 | "

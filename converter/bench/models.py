@@ -116,7 +116,7 @@ def discover(models_dir: Path) -> tuple[list[Artifact], dict[str, str]]:
     Returns the artifacts and {model: recommended variant}; the recommendation is the model's own report
     (written by the build after its gates), falling back to index.json.
     """
-    from agent.manifest import Manifest
+    from agent.model.manifest import Manifest
 
     index_path = models_dir / "index.json"
     try:
@@ -186,7 +186,7 @@ def _bench_graphs(models: dict[str, Any], inputs: dict[str, list[np.ndarray]], r
 
 
 def run_runtime(job: RuntimeJob) -> RuntimeResult:
-    from agent.runtime import TFLiteModel
+    from agent.model.runtime import TFLiteModel
 
     by_graph = {(i.model, i.graph): i for i in job.inputs}
     rows: list[ModelRun] = []
@@ -298,7 +298,7 @@ def run_source(job: SourceJob, keep: dict[str, Any] | None = None) -> SourceResu
             refs = {g.name: g.reference for g in graphs}
             for g in graphs:
                 if g.tflite_file is not None:  # a .tflite source (BlazeFace): run it at this row's thread count
-                    from agent.runtime import TFLiteModel
+                    from agent.model.runtime import TFLiteModel
 
                     refs[g.name] = TFLiteModel(g.tflite_file, num_threads=job.threads)
             for g, ref in refs.items():

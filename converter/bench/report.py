@@ -475,7 +475,8 @@ def build_report(env: Environment, plan: Any, artifacts: Sequence[Artifact], pre
     }
     env = dataclasses.replace(env, versions=versions)
     notes = [
-        "Accuracy is `facelite eval` (agent.evaluate) on every photo pair of the people folder; detector min_face 20.",
+        "Accuracy is `facelite eval` (agent.tools.evaluate) on every photo pair of the people folder; "
+        "detector min_face 20.",
         "Speed figures run like the agent's default config: one interpreter thread, pinned to CPU 0, min_face 40, "
         "score threshold 0.7. Per-frame = detect + align + embed every face (no tracker reuse).",
         "Agent fps includes MJPG decode, tracking, events and MQTT publish; the tracker embeds a face only when "

@@ -1,14 +1,15 @@
 """`make eval-strangers`: how well the agent's recurring-stranger clustering keeps people apart, on LFW.
 
 Every photo of an LFW person is one unknown visit; all visits are played in a random order (fixed seed) through
-``agent.strangers.nearest_cluster``, the rule the agent's store applies to each new visit, at the similarity
-``agent.unknowns.cluster_threshold`` reads off the embedder's calibration curve for a per-comparison false-accept
+``agent.recognition.strangers.nearest_cluster``, the rule the agent's store applies to each new visit, at the similarity
+``agent.recognition.unknowns.cluster_threshold`` reads off the embedder's calibration curve for a per-comparison
+false-accept
 rate. The pipeline is the pi one (blazeface/fp32 + mobilefacenet/fp32), detections and embeddings cached by
-``agent.embedset``. A device holds at most ``strangers.max_visits`` visits (500) at once, so the people are dealt
+``agent.tools.embedset``. A device holds at most ``strangers.max_visits`` visits (500) at once, so the people are dealt
 into groups of at most that many visits (at most ``--per-person`` of each person: a stranger seen ten times in a
 week), each group played as one device's memory: a visit is compared with every earlier visit of its group.
 
-1. The rate is chosen on LFW View 2 folds 1-5 (the calibration people, ``agent.lfw.CALIBRATION_FOLDS``): among the
+1. The rate is chosen on LFW View 2 folds 1-5 (the calibration people, ``agent.tools.lfw.CALIBRATION_FOLDS``): among the
    swept rates, the loosest whose merged share of announced clusters meets the target there.
 2. The report's figures are on folds 6-10 (other people, ``EVALUATION_FOLDS``) at that rate:
    - purity: the share of visits that belong to their cluster's majority person;
@@ -36,15 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import StrangersConfig
-from agent.detect import create_detector
-from agent.embed import Embedder
-from agent.embedset import detect_photos, embed_detected
-from agent.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
 from agent.logsetup import add_logging_flags
-from agent.metrics import wilson_interval
-from agent.strangers import nearest_cluster
-from agent.unknowns import cluster_threshold
+from agent.model.metrics import wilson_interval
+from agent.recognition.strangers import nearest_cluster
+from agent.recognition.unknowns import cluster_threshold
+from agent.service.config import StrangersConfig
+from agent.tools.embedset import detect_photos, embed_detected
+from agent.tools.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
+from agent.vision.detect import create_detector
+from agent.vision.embed import Embedder
 from converter.bench.common import report_main
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
     det, emb = detector.manifest, embedder.manifest
     report = {
         "pipeline": f"{det.name}/{det.variant} + {emb.name}/{emb.variant}",
-        "rule": "agent.strangers.nearest_cluster: join the cluster of the most similar earlier visit at >= threshold",
+        "rule": "agent.recognition.strangers.nearest_cluster: join the cluster of the most similar earlier visit "
+        "at >= threshold",
         "stream": f"every photo with a face is one visit (at most {args.per_person} per person), in a random order "
         f"(seed below); people dealt into groups of at most {args.window} visits (the agent's strangers.max_visits), "
         "each group one device's memory, clustered on its own; nothing expires within a group",

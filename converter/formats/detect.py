@@ -202,7 +202,7 @@ def load_any(path: str | Path, **kw: Any) -> GraphSource:
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "tflite":
-        from agent.runtime import TFLiteModel
+        from agent.model.runtime import TFLiteModel
 
         model = TFLiteModel(path, runtime="ai-edge-litert")
         shape = [int(s) for s in model._interp.get_input_details()[0]["shape_signature"]]

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.manifest import sha256_file
+from agent.model.manifest import sha256_file
 from converter.formats import FormatError
 from converter.recipe import GraphSource
 

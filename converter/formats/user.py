@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agent.align import TEMPLATES
-from agent.embed import preprocess
-from agent.manifest import Alignment, Preprocessing, Source
+from agent.model.manifest import Alignment, Preprocessing, Source
+from agent.vision.align import TEMPLATES
+from agent.vision.embed import preprocess
 from converter.formats import FormatError
 from converter.formats.detect import detect_format, load_any
 from converter.recipe import GraphSource
@@ -31,7 +31,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 def source_sha256(path: Path) -> str:
     """sha256 of a file, or of a folder's files (relative paths and contents, in sorted order)."""
-    from agent.manifest import sha256_file
+    from agent.model.manifest import sha256_file
 
     path = Path(path)
     if path.is_file():
@@ -137,9 +137,9 @@ class UserRecipe:
 
 
 def _sample_photos(args: Any, limit: int = 20) -> list[np.ndarray]:
-    from agent.dataset import data_dir
     from agent.errors import FaceliteError
-    from agent.imageio import list_images, read_image
+    from agent.tools.dataset import data_dir
+    from agent.vision.imageio import list_images, read_image
 
     folder = getattr(args, "calibration", None)
     if folder is None:

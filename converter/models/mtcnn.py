@@ -26,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.detect.mtcnn import (
+from agent.errors import ImageError
+from agent.model.manifest import Alignment, Manifest, Preprocessing, Source
+from agent.model.runtime import Network
+from agent.vision.detect.mtcnn import (
     DEFAULT_NMS,
     DEFAULT_SCALE_FACTOR,
     DEFAULT_THRESHOLDS,
@@ -37,9 +40,6 @@ from agent.detect.mtcnn import (
     MTCNNDetector,
     crop_and_resize,
 )
-from agent.errors import ImageError
-from agent.manifest import Alignment, Manifest, Preprocessing, Source
-from agent.runtime import Network
 from converter.formats import FormatError
 from converter.recipe import GraphSource
 from converter.sources import CATALOGUE, source_files

@@ -32,14 +32,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.align import align_face
-from agent.detect import create_detector
-from agent.embed import Embedder, l2_normalize
-from agent.geometry import Face
-from agent.lfw import CALIBRATION_FOLDS, LfwView2, lfw_dir, read_view2
-from agent.lfw_eval import PhotoVectors, photo_groups, pipeline_vectors, ten_fold
-from agent.manifest import Manifest, sha256_file
-from agent.runtime import TFLiteModel
+from agent.model.manifest import Manifest, sha256_file
+from agent.model.runtime import TFLiteModel
+from agent.tools.lfw import CALIBRATION_FOLDS, LfwView2, lfw_dir, read_view2
+from agent.tools.lfw_eval import PhotoVectors, photo_groups, pipeline_vectors, ten_fold
+from agent.vision.align import align_face
+from agent.vision.detect import create_detector
+from agent.vision.embed import Embedder, l2_normalize
+from agent.vision.geometry import Face
 from converter.sources import source_files
 
 log = logging.getLogger("expo-mobilefacenet")

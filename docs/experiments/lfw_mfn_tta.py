@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository
-from agent.detect import create_detector
-from agent.embed import Embedder
-from agent.embedset import detect_photos
-from agent.imageio import read_image
-from agent.lfw import read_view2
-from agent.lfw_eval import PhotoVectors, photo_groups, ten_fold
-from agent.manifest import Manifest
+from agent.model.manifest import Manifest
+from agent.tools.embedset import detect_photos
+from agent.tools.lfw import read_view2
+from agent.tools.lfw_eval import PhotoVectors, photo_groups, ten_fold
+from agent.vision.detect import create_detector
+from agent.vision.embed import Embedder
+from agent.vision.imageio import read_image
 
 REPO = Path(__file__).resolve().parents[2]
 M = Path(os.environ.get("FACELITE_MODELS_DIR", REPO / "build/models"))

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.detect.blazeface import BlazeFaceDetector
+from agent.vision.detect.blazeface import BlazeFaceDetector
 from converter.bench import arm
 from converter.faceset import build_faceset
 from converter.formats.tfjs import load_graph
@@ -247,7 +247,7 @@ def known_keys_only(model_dir: Path, out: Path) -> Path:
     import dataclasses
     import shutil
 
-    from agent.manifest import Manifest
+    from agent.model.manifest import Manifest
 
     shutil.copytree(model_dir, out)
     data = json.loads((out / "manifest.json").read_text())

@@ -1,0 +1,1 @@
+"""Vision: images in, faces out: detection, alignment, embedding and the quality gate."""
