@@ -100,3 +100,36 @@ def test_a_long_module_says_why_it_is_one_module() -> None:
         if len(text.splitlines()) > LONG and REASON not in (ast.get_docstring(ast.parse(text)) or ""):
             offenders.append(f"{path.relative_to(REPO)} ({len(text.splitlines())} lines)")
     assert offenders == [], f"split these, or say why in a '{REASON}' paragraph of the docstring: {offenders}"
+
+
+# Layers, lowest first: a module imports its own layer and the ones below (the package's top-level modules, the
+# CLIs and the API, sit above all of them; agent/errors.py and agent/logsetup.py below all).
+LAYERS = ("model", "vision", "recognition", "service", "tools")
+# Known upward imports, each with its reason; anything else fails.
+UPWARD = {
+    # The recurring-stranger store decides and records what it announced in the same transaction as the visit, so it
+    # builds its retained unknown/<k> messages itself, with the MQTT contract's topics and time format.
+    ("agent.recognition.strangers", "agent.service.events"),
+    ("agent.recognition.strangers", "agent.service.messages"),
+    ("agent.recognition.unknowns", "agent.service.events"),
+}
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 2 and parts[0] == "agent" and parts[1] in LAYERS else None
+
+
+def test_agent_layers_import_only_downwards() -> None:
+    mods = modules()
+    upward = set()
+    for name, path in mods.items():
+        mine = layer_of(name)
+        if mine is None:
+            continue
+        for target in imported(ast.parse(path.read_text()), set(mods)):
+            theirs = layer_of(target)
+            if theirs is not None and theirs > mine:
+                upward.add((name, ".".join(target.split(".")[:3])))
+    assert upward - UPWARD == set(), f"imports from a higher layer: {sorted(upward - UPWARD)}"
+    assert UPWARD - upward == set(), f"listed as upward but gone (remove from UPWARD): {sorted(UPWARD - upward)}"

@@ -392,7 +392,7 @@ def test_recognized_event_carries_the_best_quality_face_and_ended_tracks_are_dro
 ) -> None:
     from agent.recognition.pipeline import Pipeline
     from agent.recognition.track import Tracker, TrackerConfig
-    from agent.service.sources.base import Frame
+    from agent.vision.frames import Frame
     from agent.vision.geometry import BBox, Face
 
     face = Face(BBox(10, 10, 110, 110), 0.99, {})

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.errors import ConfigError, FaceliteError
-from agent.service.sources import FrameSource
+from agent.vision.frames import FrameSource
 from agent.vision.geometry import Face
 from agent.vision.quality import DEFAULT_GATE, QualityGate
 

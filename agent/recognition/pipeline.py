@@ -19,9 +19,9 @@ import numpy as np
 
 from agent.recognition.matching import Matcher, TemplateIndex
 from agent.recognition.track import Tracker, TrackEvent, TrackUpdate
-from agent.service.sources import Frame
 from agent.vision.detect import Detector
 from agent.vision.embed import Embedder
+from agent.vision.frames import Frame
 from agent.vision.quality import QualityGate
 
 log = logging.getLogger(__name__)

@@ -11,19 +11,12 @@ from typing import Any
 
 from agent.errors import ConfigError
 from agent.service.config import CameraConfig
-from agent.service.sources.base import (
-    Frame,
-    FrameSource,
-    ReconnectingSource,
-    SourceEnded,
-    SourceLost,
-    SourceState,
-    SourceStatus,
-)
+from agent.service.sources.base import ReconnectingSource, SourceEnded, SourceLost
 from agent.service.sources.camera import CameraSource
 from agent.service.sources.folder import FolderSource
 from agent.service.sources.stream import STREAM_SCHEMES, StreamSource, redact_url
 from agent.service.sources.video import VideoFileSource
+from agent.vision.frames import Frame, FrameSource, SourceState, SourceStatus
 
 __all__ = [
     "CameraSource",
