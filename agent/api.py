@@ -227,8 +227,7 @@ class FaceRecognizer:
             path = temp_dir / "gallery.sqlite"
         else:
             path = Path(options.gallery)
-        size = int(embedder.manifest.embedding_size or 0)
-        gallery = Gallery.open(path, embedder_sha256=embedder.sha256, embedding_size=size, key=options.key)
+        gallery = Gallery.for_embedder(path, embedder, key=options.key)
         try:
             recognizer = cls(options, detector, embedder, gallery)
         except BaseException:

@@ -279,12 +279,7 @@ def enroll(args: argparse.Namespace) -> int:
     if not vectors:
         print(f"error: no usable photo of {args.name}: nothing enrolled", file=sys.stderr)
         return 1
-    with Gallery.open(
-        gallery_path,
-        embedder_sha256=embedder.sha256,
-        embedding_size=int(embedder.manifest.embedding_size or 0),
-        key=gallery_key_from_args(args),
-    ) as gallery:
+    with Gallery.for_embedder(gallery_path, embedder, key=gallery_key_from_args(args)) as gallery:
         hygiene = hygiene_from_args(args, detector, embedder)
         outcome = gallery.add_templates(args.name, vectors, sources, hygiene=hygiene)
     for refusal in outcome.refused:

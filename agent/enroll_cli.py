@@ -68,12 +68,7 @@ def run(args: argparse.Namespace) -> int:
         settings = CaptureSettings(parse_poses(args.poses), args.per_pose, args.timeout_s)
     detector, embedder, gallery_path = models_from_args(args)
     hygiene = hygiene_from_args(args, detector, embedder)
-    with Gallery.open(
-        gallery_path,
-        embedder_sha256=embedder.sha256,
-        embedding_size=int(embedder.manifest.embedding_size or 0),
-        key=gallery_key_from_args(args),
-    ) as gallery:
+    with Gallery.for_embedder(gallery_path, embedder, key=gallery_key_from_args(args)) as gallery:
         if settings is None:
             return _from_event(args, gallery, embedder, hygiene)
         return _from_camera(args, settings, gallery, detector, embedder, hygiene)
@@ -161,12 +156,7 @@ def run_from_unknown(args: argparse.Namespace) -> int:
     detector, embedder, gallery_path = models_from_args(args)
     with (
         strangers_from_args(args, detector, embedder) as store,
-        Gallery.open(
-            gallery_path,
-            embedder_sha256=embedder.sha256,
-            embedding_size=int(embedder.manifest.embedding_size or 0),
-            key=gallery_key_from_args(args),
-        ) as gallery,
+        Gallery.for_embedder(gallery_path, embedder, key=gallery_key_from_args(args)) as gallery,
     ):
         hygiene = hygiene_from_args(args, detector, embedder)
         done = enroll_from_unknown(store, gallery, args.name, k, embedder_sha256=embedder.sha256, hygiene=hygiene)

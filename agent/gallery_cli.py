@@ -29,12 +29,7 @@ def gallery_cmd(args: argparse.Namespace) -> int:
     from agent.wiring import gallery_key_from_args, models_from_args
 
     detector, embedder, gallery_path = models_from_args(args)
-    with Gallery.open(
-        gallery_path,
-        embedder_sha256=embedder.sha256,
-        embedding_size=int(embedder.manifest.embedding_size or 0),
-        key=gallery_key_from_args(args),
-    ) as g:
+    with Gallery.for_embedder(gallery_path, embedder, key=gallery_key_from_args(args)) as g:
         if args.action == "list":
             for p in g.people():
                 print(f"{p.name}\t{p.templates} template(s)\t{p.negatives} negative(s)\tslug={p.slug}")

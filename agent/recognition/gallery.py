@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,6 +60,9 @@ from agent.recognition.galleryfile import (
 )
 from agent.recognition.matching import IndexBuilder, Match, Matcher, TemplateIndex, check_vector
 from agent.recognition.names import normalize_name, slugify
+
+if TYPE_CHECKING:
+    from agent.vision.embed import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +164,8 @@ class EnrollOutcome:
 # -- validation helpers --------------------------------------------------------------------------
 # -- the gallery ---------------------------------------------------------------------------------
 class Gallery:
-    """One gallery file. Use ``Gallery.open(...)`` (also a context manager)."""
+    """One gallery file. Open it with ``Gallery.for_embedder(path, embedder)`` (or ``Gallery.open`` with the embedder's
+    sha256 and size when there is no model at hand); also a context manager."""
 
     def __init__(
         self,
@@ -190,6 +194,15 @@ class Gallery:
         self._reload()
 
     # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def for_embedder(
+        cls, path: str | Path, embedder: Embedder, *, key: bytes | None = None, matcher: Matcher | None = None
+    ) -> Gallery:
+        """The gallery for this embedder's vectors (stamped with its sha256 and size): the one way the agent, the CLI
+        and the Python API open a gallery file."""
+        size = int(embedder.manifest.embedding_size or 0)
+        return cls.open(path, embedder_sha256=embedder.sha256, embedding_size=size, key=key, matcher=matcher)
+
     @classmethod
     def open(
         cls,

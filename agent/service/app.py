@@ -112,10 +112,7 @@ def load_models(config: AgentConfig) -> Models:
 
 
 def open_gallery(config: AgentConfig, embedder: Embedder) -> Gallery:
-    size = int(embedder.manifest.embedding_size or 0)
-    return Gallery.open(
-        config.gallery.path, embedder_sha256=embedder.sha256, embedding_size=size, key=read_key(config.gallery.key_file)
-    )
+    return Gallery.for_embedder(config.gallery.path, embedder, key=read_key(config.gallery.key_file))
 
 
 def open_set_threshold(config: AgentConfig, models: Models, templates: int) -> OpenSetThreshold:
