@@ -102,12 +102,16 @@ bench: setup data convert
 
 # LFW View 2 end to end: every pipeline (detector x embedder variant) and face_recognition (dlib) on the
 # standard 10-fold protocol, the calibration checked on people it never saw, open set at 10/100/1,000 people.
-# Then the detectors against ground truth: LFW tight crops (>= 98% found) and WIDER recall by face size.
-# Writes build/eval-lfw/report.md|json + charts and build/eval-lfw/detectors/; exits 1 when a target is missed.
+# Then the detectors against ground truth: LFW tight crops (>= 98% found) and WIDER recall by face size, corrections
+# on LFW look-alikes and recurring strangers on LFW people (both on evaluation folds 6-10).
+# Writes build/eval-lfw/report.md|json + charts and build/eval-lfw/{detectors,corrections,strangers}/; exits 1 when a
+# target is missed.
 eval-lfw: setup data convert
 	status=0; \
 	$(PY) -m converter.bench.lfw --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw || status=1; \
 	$(PY) -m converter.bench.detect_eval --data-dir $(DATA_DIR) --out build/eval-lfw/detectors || status=1; \
+	$(PY) -m converter.bench.corrections --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw/corrections || status=1; \
+	$(PY) -m converter.bench.strangers --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw/strangers || status=1; \
 	exit $$status
 
 # Guest instructions per inference on emulated Cortex-A53/A72/A76 (Debian qemu-user + a counting plugin, the arm64
