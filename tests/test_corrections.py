@@ -413,3 +413,25 @@ def test_recognized_event_carries_the_best_quality_face_and_ended_tracks_are_dro
     assert [(e.type, e.person) for e in events] == [("recognized", "ada"), ("left", "ada")]
     assert np.array_equal(events[0].embedding, faces[1]) and events[1].embedding is None
     assert pipeline._best_face == {}  # the visit ended: its face is not kept by the pipeline
+
+
+def test_the_correction_benchmark_fails_when_a_correction_does_too_little_or_costs_too_much() -> None:
+    """converter/bench/corrections.py exits 1 on a missed target: these are the rules, on counts made up here."""
+    from dataclasses import asdict
+
+    from converter.bench.common import Rate
+    from converter.bench.corrections import targets
+
+    def report(fa_before: int, fa_after: int, tar_before: int, tar_after: int) -> dict:
+        return {
+            "lookalike_false_accepts_before": asdict(Rate.of(fa_before, 100)),
+            "lookalike_false_accepts_after": asdict(Rate.of(fa_after, 100)),
+            "person_true_accepts_before": asdict(Rate.of(tar_before, 80)),
+            "person_true_accepts_after": asdict(Rate.of(tar_after, 80)),
+        }
+
+    assert [t["passed"] for t in targets(report(20, 0, 76, 75))] == [True, True]
+    assert [t["passed"] for t in targets(report(20, 10, 76, 75))] == [True, True]  # exactly half removed
+    assert [t["passed"] for t in targets(report(20, 11, 76, 75))] == [False, True]
+    assert [t["passed"] for t in targets(report(20, 0, 76, 71))] == [True, False]  # 6.25 points of TAR lost
+    assert [t["passed"] for t in targets(report(0, 0, 76, 76))] == [False, True]  # nothing to correct: no evidence

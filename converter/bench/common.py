@@ -13,6 +13,7 @@ import time
 import types
 import typing
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from agent.errors import FaceliteError
 from agent.logsetup import level_of, setup_logging
-from agent.model.metrics import Latency, latency_summary
+from agent.model.metrics import Latency, latency_summary, wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +138,21 @@ def report_main(run: Callable[[Any], int], args: Any) -> int:
     except FaceliteError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``count`` of ``trials`` with its Wilson 95% interval: how the benchmarks report every proportion."""
+
+    count: int
+    trials: int
+    rate: float
+    ci95: tuple[float, float]
+
+    @classmethod
+    def of(cls, count: int, trials: int) -> Rate:
+        return cls(count, trials, count / trials if trials else float("nan"), wilson_interval(count, trials))
+
+    def md(self, digits: int = 3) -> str:
+        lo, hi = self.ci95
+        return f"{self.count}/{self.trials} = {self.rate:.{digits}f} (95% CI {lo:.{digits}f}-{hi:.{digits}f})"

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 from agent.logsetup import add_logging_flags
-from agent.model.metrics import wilson_interval
 from agent.recognition.gallery import Gallery
 from agent.recognition.matching import Matcher
 from agent.recognition.openset import resolve_threshold
@@ -43,7 +42,7 @@ from agent.tools.embedset import detect_photos, embed_detected
 from agent.tools.lfw import EVALUATION_FOLDS, lfw_dir, read_view2
 from agent.vision.detect import create_detector
 from agent.vision.embed import Embedder
-from converter.bench.common import report_main
+from converter.bench.common import Rate, report_main
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +75,6 @@ class PairResult:
     true_accepts_before: int
     true_accepts_after: int
     true_accepts_after_strict: int
-
-
-@dataclass(frozen=True)
-class Rate:
-    count: int
-    trials: int
-    rate: float
-    ci95: tuple[float, float]
-
-    @classmethod
-    def of(cls, count: int, trials: int) -> Rate:
-        return cls(count, trials, count / trials if trials else float("nan"), wilson_interval(count, trials))
-
-    def md(self) -> str:
-        lo, hi = self.ci95
-        return f"{self.count}/{self.trials} = {self.rate:.3f} (95% CI {lo:.3f}-{hi:.3f})"
 
 
 def people_of(names: list[str], vectors: np.ndarray, enroll: int) -> list[Person]:
@@ -243,13 +226,44 @@ def run(args: argparse.Namespace) -> int:
                 results.append(result)
     report = summarize(results, args, detector, embedder, len(people), pick.threshold, typical)
     report["pairs_skipped"] = skipped
+    goals = targets(report)
+    report["targets"] = goals
     report["seconds"] = round(time.perf_counter() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "report.md").write_text(markdown(report))
     print(markdown(report).split("\n## Pairs")[0])
     print(f"report: {args.out / 'report.md'}")
-    return 0
+    missed = [tg for tg in goals if not tg["passed"]]
+    for tg in missed:
+        print(f"FAIL {tg['target']}: {tg['measured']} (limit {tg['limit']})")
+    return 1 if missed else 0
+
+
+# What one correction must achieve on the look-alikes, and what it may cost the person corrected.
+MIN_FALSE_ACCEPT_CUT = 0.5  # at least half of the look-alike's false accepts gone
+MAX_TAR_COST = 0.05  # at most 5 points of the person's true-accept rate
+
+
+def targets(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    before, after = rep["lookalike_false_accepts_before"], rep["lookalike_false_accepts_after"]
+    tar_before, tar_after = rep["person_true_accepts_before"], rep["person_true_accepts_after"]
+    cut = 1.0 - after["count"] / before["count"] if before["count"] else None
+    cost = (tar_before["rate"] - tar_after["rate"]) if tar_before["trials"] else None
+    return [
+        {
+            "target": "share of the look-alike's false accepts removed by one correction",
+            "measured": None if cut is None else round(cut, 4),
+            "limit": f">= {MIN_FALSE_ACCEPT_CUT}",
+            "passed": cut is not None and cut >= MIN_FALSE_ACCEPT_CUT,
+        },
+        {
+            "target": "cost to the corrected person's true-accept rate",
+            "measured": None if cost is None else round(cost, 4),
+            "limit": f"<= {MAX_TAR_COST}",
+            "passed": cost is not None and cost <= MAX_TAR_COST,
+        },
+    ]
 
 
 def summarize(
@@ -298,7 +312,7 @@ def summarize(
 
 def _rate(d: dict[str, Any]) -> str:
     r = Rate(**{**d, "ci95": tuple(d["ci95"])})
-    return r.md()
+    return r.md(3)
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -315,6 +329,13 @@ def markdown(rep: dict[str, Any]) -> str:
         "One correction = Lee's photo that scores highest against Ada becomes a negative of Ada "
         "(`Gallery.add_negative`, what `facelite gallery reject` does); probes are Lee's **other** photos and "
         "Ada's held-out photos.",
+        "",
+        "Targets: "
+        + "; ".join(
+            f"{tg['target']} {tg['measured']} (limit {tg['limit']}): {'PASS' if tg['passed'] else 'FAIL'}"
+            for tg in rep.get("targets", [])
+        )
+        + ".",
         "",
         "| | before the correction | after one correction |",
         "|---|---|---|",

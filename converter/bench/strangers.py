@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 
 from agent.logsetup import add_logging_flags
-from agent.model.metrics import wilson_interval
 from agent.recognition.strangers import nearest_cluster
 from agent.recognition.unknowns import cluster_threshold
 from agent.service.config import StrangersConfig
@@ -46,7 +45,7 @@ from agent.tools.embedset import detect_photos, embed_detected
 from agent.tools.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
 from agent.vision.detect import create_detector
 from agent.vision.embed import Embedder
-from converter.bench.common import report_main
+from converter.bench.common import Rate, report_main
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +88,6 @@ def split(people: np.ndarray, window: int, per_person: int, seed: int) -> tuple[
         group_of[p] = group
         filled += seen[p]
     return rows, np.array([group_of[p] for p in people[rows].tolist()], np.int64)
-
-
-@dataclass(frozen=True)
-class Rate:
-    count: int
-    trials: int
-    rate: float
-    ci95: tuple[float, float]
-
-    @classmethod
-    def of(cls, count: int, trials: int) -> Rate:
-        return cls(count, trials, count / trials if trials else float("nan"), wilson_interval(count, trials))
-
-    def md(self) -> str:
-        lo, hi = self.ci95
-        return f"{self.count}/{self.trials} = {self.rate:.4f} (95% CI {lo:.4f}-{hi:.4f})"
 
 
 @dataclass(frozen=True)
@@ -204,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     cal_vectors, cal_people = stream(args, CALIBRATION_FOLDS, detector, embedder)
     sweep = [outcome(cal_vectors, cal_people, far) for far in SWEEP]
     for o in sweep:
-        log.info("calibration far %.0e: merged %s, complete %s", o.far, o.merged.md(), o.complete.md())
+        log.info("calibration far %.0e: merged %s, complete %s", o.far, o.merged.md(4), o.complete.md(4))
     meeting = [o for o in sweep if o.merged.rate <= TARGET_MERGED]
     chosen = args.far if args.far is not None else (max(o.far for o in meeting) if meeting else min(SWEEP))
     ev_vectors, ev_people = stream(args, EVALUATION_FOLDS, detector, embedder)
@@ -238,14 +221,14 @@ def run(args: argparse.Namespace) -> int:
     print(markdown(report, sweep, final))
     print(f"report: {args.out / 'report.md'}")
     if not passed:
-        print(f"FAIL: {final.merged.md()} merged clusters exceed the target ({report['target']})", file=sys.stderr)
+        print(f"FAIL: {final.merged.md(4)} merged clusters exceed the target ({report['target']})", file=sys.stderr)
     return 0 if passed else 1
 
 
 def _row(o: Outcome) -> str:
     return (
-        f"| {o.far:.0e} | {o.threshold:.4f} | {o.clusters} | {o.announced} | {o.purity:.4f} | {o.merged.md()} | "
-        f"{o.false_announcements.md()} | {o.complete.md()} | {o.announced_people.md()} | "
+        f"| {o.far:.0e} | {o.threshold:.4f} | {o.clusters} | {o.announced} | {o.purity:.4f} | {o.merged.md(4)} | "
+        f"{o.false_announcements.md(4)} | {o.complete.md(4)} | {o.announced_people.md(4)} | "
         f"{o.clusters_per_recurring_person:.2f} |"
     )
 
@@ -273,10 +256,10 @@ def markdown(report: dict[str, Any], sweep: list[Outcome], final: Outcome) -> st
             f"them recurring (>= 2 photos with a face).",
             "",
             f"- purity {final.purity:.4f} (bootstrap over people, 95% {lo:.4f}-{hi:.4f})",
-            f"- merged clusters (two or more people) {final.merged.md()} of announced clusters",
-            f"- false recurring announcements (no person twice) {final.false_announcements.md()}",
-            f"- recurring people in one cluster {final.complete.md()} (bootstrap {clo:.4f}-{chi:.4f})",
-            f"- recurring people announced (two visits in one cluster) {final.announced_people.md()}",
+            f"- merged clusters (two or more people) {final.merged.md(4)} of announced clusters",
+            f"- false recurring announcements (no person twice) {final.false_announcements.md(4)}",
+            f"- recurring people in one cluster {final.complete.md(4)} (bootstrap {clo:.4f}-{chi:.4f})",
+            f"- recurring people announced (two visits in one cluster) {final.announced_people.md(4)}",
             f"- clusters per recurring person {final.clusters_per_recurring_person:.2f}",
             "",
             head,
