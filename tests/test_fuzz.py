@@ -841,7 +841,8 @@ def test_stranger_commands_with_bad_numbers_or_a_damaged_store_are_one_line(tmp_
         assert "not an unknown person's number" in fails("gallery", "drop-unknown", bad)
     assert "no strangers are kept here" in fails("enroll", "Cleo", "--from-unknown", "1")
     assert "give photos, --from-event EVENT_ID, --camera SOURCE or --from-unknown K" in fails("enroll", "Cleo")
-    assert "not both" in fails("enroll", "Cleo", str(kit.people[next(iter(kit.people))][0]), "--from-unknown", "1")
+    photo = str(kit.people[next(iter(kit.people))][0])
+    assert "(exactly one of them)" in fails("enroll", "Cleo", photo, "--from-unknown", "1")
     store = state / "strangers.sqlite"
     damage = {
         "noise": random.Random(7).randbytes(20000),
