@@ -30,9 +30,9 @@ import numpy as np
 from agent.detect.blazeface import GRAPH, RETRY_GRAPH, BlazeFaceDetector, prepare_input
 from agent.manifest import Alignment, Manifest, Preprocessing, Source
 from agent.runtime import Network, TFLiteModel
+from converter.formats.tflite_float import make_converter_factory
 from converter.recipe import GraphSource
 from converter.sources import CATALOGUE, source_files
-from converter.variants import VariantError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ _PER_RANGE: dict[str, dict[str, Any]] = {
 # (converter.bench.detect_eval).
 RETRY_RANGE: Range = "short"
 RETRY_ZOOM_OUT = 2.5
+# Integer variants carry the retry graph as shipped (float): its int8 form gives raw outputs that
+# tflite-runtime 2.14 and ai-edge-litert do not agree on (cosine 0.75-0.85, gate 0.99; docs/experiments/
+# blazeface_int8.md), and it runs only on frames where the full-range model found nothing.
+RETRY_FLOAT_ONLY = True
 
 
 def blazeface_extra(range_: Range) -> dict[str, Any]:
@@ -112,11 +116,17 @@ def full_range_extra() -> dict[str, Any]:
     return {**blazeface_extra("full"), "retry": retry}
 
 
-def _refuse_conversion() -> Any:
-    raise VariantError(
-        "BlazeFace ships as .tflite only: there is no float graph to convert or re-quantise",
-        fix="build BlazeFace with variant fp32 (the shipped file)",
-    )
+def _rebuilt_converter(path: Path) -> Any:
+    """make_converter for a graph rebuilt from the shipped .tflite's own weights (traced on first use:
+    fp32 copies the file and never needs TensorFlow)."""
+    made: list[Any] = []
+
+    def make_converter() -> Any:
+        if not made:
+            made.append(make_converter_factory(path))
+        return made[0]()
+
+    return make_converter
 
 
 @dataclass
@@ -160,10 +170,11 @@ class BlazeFaceRecipe:
             out.append(
                 GraphSource(
                     name=name,
-                    make_converter=_refuse_conversion,
+                    make_converter=_rebuilt_converter(path),
                     reference=TFLiteModel(path),
                     input_shape=[1, size, size, 3],
                     tflite_file=path,
+                    float_only=name == RETRY_GRAPH and RETRY_FLOAT_ONLY,
                 )
             )
         return out
