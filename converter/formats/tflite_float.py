@@ -39,6 +39,10 @@ SUPPORTED = (
 )
 
 
+# What a damaged flatbuffer raises while it is read or its weights are laid out (fuzzed in tests/test_fuzz.py).
+_CORRUPT = (OSError, ValueError, IndexError, KeyError, TypeError, AttributeError, struct.error)
+
+
 def _schema() -> Any:
     from ai_edge_litert import schema_py_generated as schema
 
@@ -53,25 +57,32 @@ class FloatTFLiteGraph:
     """One subgraph of a .tflite file as a float TensorFlow computation (batch 1, NHWC)."""
 
     def __init__(self, path: Path) -> None:
-        schema = _schema()
         self.path = Path(path)
         try:
-            buf = self.path.read_bytes()
-            if buf[4:8] != b"TFL3":
-                raise ValueError("no TFL3 identifier")
-            self.model = schema.ModelT.InitFromPackedBuf(buf, 0)
-        except (OSError, ValueError, IndexError, TypeError, struct.error) as exc:
-            raise FormatError(f"cannot read the TFLite flatbuffer (truncated or corrupt): {exc}", str(path)) from None
-        if len(self.model.subgraphs) != 1:
-            raise FormatError(f"expected one subgraph, found {len(self.model.subgraphs)}", str(path))
+            self._load()
+        except _CORRUPT as exc:
+            raise self._corrupt(exc) from None
+
+    def _corrupt(self, exc: BaseException) -> FormatError:
+        what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return FormatError(f"cannot read the TFLite flatbuffer (truncated or corrupt): {what}", str(self.path))
+
+    def _load(self) -> None:
+        schema = _schema()
+        buf = self.path.read_bytes()
+        if buf[4:8] != b"TFL3":
+            raise ValueError("no TFL3 identifier")
+        self.model = schema.ModelT.InitFromPackedBuf(buf, 0)
+        if len(self.model.subgraphs or []) != 1:
+            raise FormatError(f"expected one subgraph, found {len(self.model.subgraphs or [])}", str(self.path))
         self.graph = self.model.subgraphs[0]
         op_names = _enum_names(schema.BuiltinOperator)
         self.ops: list[tuple[str, Any]] = []
-        for i, op in enumerate(self.graph.operators):
+        for i, op in enumerate(self.graph.operators or []):
             code = self.model.operatorCodes[op.opcodeIndex]
             name = op_names.get(max(int(code.builtinCode), int(code.deprecatedBuiltinCode)), "CUSTOM")
             if name not in SUPPORTED:
-                raise FormatError(f"op {i} is {name}, which the float rebuild does not support", str(path))
+                raise FormatError(f"op {i} is {name}, which the float rebuild does not support", str(self.path))
             self.ops.append((name, op))
         self.padding = _enum_names(schema.Padding)
         self.activation = _enum_names(schema.ActivationFunctionType)
@@ -100,11 +111,7 @@ class FloatTFLiteGraph:
         raw = np.frombuffer(np.asarray(data, np.uint8).tobytes(), dtypes[tensor.type])
         return raw.reshape([int(s) for s in tensor.shape])
 
-    # -- the computation -----------------------------------------------------------------------
-    def function(self) -> Callable[[Any], list[Any]]:
-        """``f(x) -> outputs`` in TensorFlow ops, outputs in the source's order."""
-        import tensorflow as tf
-
+    def _constants(self) -> dict[int, np.ndarray]:
         consts: dict[int, np.ndarray] = {}
         for _, op in self.ops:
             for i in op.inputs:
@@ -116,6 +123,17 @@ class FloatTFLiteGraph:
         for name, op in self.ops:
             if name == "DEQUANTIZE" and int(op.inputs[0]) in consts:
                 consts[int(op.outputs[0])] = consts[int(op.inputs[0])].astype(np.float32)
+        return consts
+
+    # -- the computation -----------------------------------------------------------------------
+    def function(self) -> Callable[[Any], list[Any]]:
+        """``f(x) -> outputs`` in TensorFlow ops, outputs in the source's order."""
+        import tensorflow as tf
+
+        try:
+            consts = self._constants()
+        except _CORRUPT as exc:
+            raise self._corrupt(exc) from None
         act = self.activation
 
         def fused(y: Any, code: int) -> Any:
@@ -228,8 +246,12 @@ def concrete_function(path: Path) -> tuple[Any, FloatTFLiteGraph]:
 
     graph = FloatTFLiteGraph(path)
     run = graph.function()
-    spec = tf.TensorSpec(graph.input_shape(), tf.float32, name=graph.tensor_name(graph.input_index))
-    concrete = tf.function(lambda x: run(x)).get_concrete_function(spec)
+    try:
+        spec = tf.TensorSpec(graph.input_shape(), tf.float32, name=graph.tensor_name(graph.input_index))
+        concrete = tf.function(lambda x: run(x)).get_concrete_function(spec)
+    except (*_CORRUPT, tf.errors.OpError) as exc:
+        # Shapes that do not fit together (a damaged file that still parses) fail when TensorFlow traces.
+        raise graph._corrupt(exc) from None
     log.info("rebuilt %s: %d ops as a float TensorFlow function", path.name, len(graph.ops))
     return concrete, graph
 
