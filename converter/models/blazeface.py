@@ -16,7 +16,7 @@ int8 (docs/experiments/blazeface_int8.md; `--variants fp32,int8`, not in the def
 gates on the converter's photos (recall 1.000, mean IoU 0.975 vs the source, tflite-runtime 2.14 cosine
 0.997), but on WIDER crowds it was not calibrated on it keeps 91.7% of the source's faces: it loses faces
 the source scored 0.60-0.67 (threshold 0.6), all under 32 px in the 192 px input. Not faster than fp32 on
-x86 (XNNPACK fp32): 4.5 vs 4.3 ms per 640x480 frame.
+x86 (4.5 vs 4.3 ms per 640x480 frame) or the Cortex-A72 (1.04x instructions); 0.72x on the Cortex-A76.
 
 Settings are taken from MediaPipe's graphs (google-ai-edge/mediapipe, modules/face_detection/):
 face_detection.pbtxt (shared: anchors min/max scale 0.1484375/0.75, offsets 0.5, aspect ratio 1,
