@@ -497,6 +497,7 @@ def test_tampered_model_with_a_regenerated_manifest_fails_in_one_line_or_loads_n
     print(f"tampered models: {len(errors)} refused in one line, {len(finished) - len(errors)} still loaded")
 
 
+@pytest.mark.slow  # the rebuild imports TensorFlow (~10 s): not in make test-fast
 def test_damaged_tflite_files_give_one_line_or_a_float_rebuild(tmp_path: Path) -> None:
     """The converter's float rebuild of a shipped .tflite (BlazeFace int8, converter/formats/tflite_float.py)."""
     from converter.formats import FormatError
