@@ -30,9 +30,12 @@ class GraphSource:
     # The float source model, run by TensorFlow: the baseline every variant is compared to.
     reference: Network
     input_shape: list[int]  # batch 1; -1 marks dimensions the agent resizes (P-Net H/W)
-    # Sources that already are .tflite (BlazeFace): copied as the fp32 variant, never re-quantised,
-    # and make_converter is not called.
+    # Sources that already are .tflite (BlazeFace): copied as the fp32 variant; other variants come from
+    # make_converter (a float graph rebuilt from the file) or are refused by it.
     tflite_file: Path | None = None
+    # Copied as shipped into every variant (needs tflite_file): a helper graph whose integer form fails the
+    # gates, so an integer artifact carries it in float (BlazeFace's short-range retry; see its recipe).
+    float_only: bool = False
 
 
 class Recipe(Protocol):

@@ -28,7 +28,6 @@ from agent.vision.detect.blazeface import (
 from agent.vision.geometry import BBox, Face
 from agent.vision.imageio import read_image
 from converter.models.blazeface import BlazeFaceRecipe
-from converter.variants import VariantError
 
 pytestmark = pytest.mark.slow  # the real detector over every photo of the data directory (~20 s): not test-fast
 
@@ -137,7 +136,7 @@ def test_anchor_options_give_one_anchor_per_model_output_row(range_: str) -> Non
     assert json.loads(json.dumps(recipe.extra)) == recipe.extra
 
 
-def test_recipe_exposes_the_shipped_file_and_refuses_conversion() -> None:
+def test_recipe_exposes_the_shipped_file_and_its_float_rebuild() -> None:
     recipe = BlazeFaceRecipe("full")
     assert (recipe.kind, recipe.detector_type, tuple(recipe.default_variants)) == ("detector", "blazeface", ("fp32",))
     graphs = recipe.graphs()
@@ -145,11 +144,15 @@ def test_recipe_exposes_the_shipped_file_and_refuses_conversion() -> None:
     assert [g.name for g in graphs] == ["model", "retry"]
     assert [g.tflite_file for g in graphs] == [recipe.tflite_file(), BlazeFaceRecipe("short").tflite_file()]
     assert [g.name for g in BlazeFaceRecipe("short").graphs()] == ["model"]
+    # Integer variants quantise the full-range model and carry the retry graph as shipped.
+    assert [g.float_only for g in graphs] == [False, True]
     for graph in graphs:
         assert graph.tflite_file is not None and graph.tflite_file.is_file()
         assert graph.input_shape == list(TFLiteModel(graph.tflite_file).input_shape())
-        with pytest.raises(VariantError, match="no float graph"):
-            graph.make_converter()
+    # The converter works on the graph rebuilt from the file's own weights (tests/test_blazeface_int8.py).
+    import tensorflow as tf
+
+    assert isinstance(graphs[0].make_converter(), tf.lite.TFLiteConverter)
     samples = recipe.calibration_samples("retry", [np.zeros((50, 80, 3), np.uint8)], 1)
     assert samples[0][0].shape == (1, 128, 128, 3)
 

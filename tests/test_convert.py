@@ -244,14 +244,6 @@ def test_unknown_model_is_refused(tmp_path: Path, data_dir: Path) -> None:
     ]
 
 
-def test_incompatible_variant_is_refused_not_rewritten(tmp_path: Path, data_dir: Path) -> None:
-    proc = convert("--models", "blazeface", "--variants", "int8", "--data-dir", str(data_dir), "--out", str(tmp_path))
-    assert proc.returncode == 1
-    (line,) = error_lines(proc)
-    assert "blazeface/int8 failed" in line and "cannot be made" in line
-    assert not (tmp_path / "blazeface" / "int8").exists()
-
-
 def test_too_few_calibration_images_says_how_many(tmp_path: Path, faces_dir: Path, models_dir: Path) -> None:
     few = tmp_path / "few"
     for person in sorted((faces_dir / "people").iterdir(), key=lambda d: len(list(d.iterdir())))[:4]:

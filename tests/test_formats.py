@@ -282,6 +282,11 @@ def test_tflite_source_is_used_as_is(tmp_path: Path) -> None:
     assert graph.input_shape == [1, 192, 192, 3]
     out = graph.reference.run(np.zeros(graph.input_shape, np.float32))
     assert len(out) == 2
+    # A user's .tflite is refused for re-quantisation, never silently copied under another variant's name
+    # (the catalogued BlazeFace is re-quantised through its own float rebuild: tests/test_blazeface_int8.py).
+    with pytest.raises(FormatError, match="cannot be re-converted") as err:
+        graph.make_converter()
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("case", ["text_as_pb", "truncated_onnx", "empty_onnx", "junk_tflite", "empty_dir", "plain"])

@@ -498,6 +498,37 @@ def test_tampered_model_with_a_regenerated_manifest_fails_in_one_line_or_loads_n
     print(f"tampered models: {len(errors)} refused in one line, {len(finished) - len(errors)} still loaded")
 
 
+@pytest.mark.slow  # the rebuild imports TensorFlow (~10 s): not in make test-fast
+def test_damaged_tflite_files_give_one_line_or_a_float_rebuild(tmp_path: Path) -> None:
+    """The converter's float rebuild of a shipped .tflite (BlazeFace int8, converter/formats/tflite_float.py)."""
+    from converter.formats import FormatError
+    from converter.formats.tflite_float import FloatTFLiteGraph
+    from converter.sources import source_files
+
+    shipped = source_files("blazeface-short")[0].read_bytes()
+    outcomes: dict[str, int] = {}
+
+    @settings(FUZZ, max_examples=60)
+    @given(data=damaged_files([shipped]))
+    def run(data: bytes) -> None:
+        path = tmp_path / "model.tflite"
+        path.write_bytes(data)
+        try:
+            FloatTFLiteGraph(path).function()
+            key = "rebuilt"
+        except FormatError as exc:
+            line = one_line(exc.one_line())
+            assert str(path) in line
+            key = line.split(":")[0].split(" (")[0]
+        outcomes[key] = outcomes.get(key, 0) + 1
+
+    run()
+    assert len(outcomes) >= 2, outcomes  # more than one kind of damage was exercised
+    (tmp_path / "model.tflite").write_bytes(shipped)
+    assert FloatTFLiteGraph(tmp_path / "model.tflite").function()  # the intact file is not refused
+    print(f"damaged .tflite files: {outcomes}")
+
+
 # -- galleries -------------------------------------------------------------------------------------------------
 def test_gallery_of_another_model_or_not_a_gallery_is_one_line(tmp_path: Path, kit: Kit, models_dir: Path) -> None:
     embedder = Embedder.from_model_dir(kit.embedder)

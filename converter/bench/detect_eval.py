@@ -169,16 +169,19 @@ def _recommended_variant(models_dir: Path, model: str) -> str:
     return "fp32"  # convert still running: the float artifact is always built
 
 
-def detector_options(models_dir: Path, yunet_onnx: Path) -> list[DetectorOption]:
+def detector_options(models_dir: Path, yunet_onnx: Path, blazeface_variant: str | None = None) -> list[DetectorOption]:
     """Every way of running a detector the report compares; the first is the agent's default detector as
-    built (its retry included), the second the same without the retry (the frame-cost baseline)."""
+    built (its retry included), the second the same without the retry (the frame-cost baseline).
+    ``blazeface_variant``: measure that BlazeFace variant instead of the recommended one (int8 vs fp32)."""
     from agent.vision.detect.blazeface import LARGE_FACE_ZOOM_OUT, BlazeFaceDetector
     from converter.models.blazeface import RETRY_ZOOM_OUT
+
+    bf_variant = blazeface_variant or _recommended_variant(models_dir, "blazeface")
 
     def blazeface(how: str, zoom: float = 1.0) -> Callable[[Setting], DetectFn]:
         def build(s: Setting) -> DetectFn:
             det = BlazeFaceDetector.from_model_dir(
-                models_dir / "blazeface" / _recommended_variant(models_dir, "blazeface"),
+                models_dir / "blazeface" / bf_variant,
                 min_face=s.min_face,
                 score_threshold=s.score_threshold,
             )
@@ -505,7 +508,7 @@ def wider_table(
 
 def run(args: argparse.Namespace) -> Report:
     data = resolve_data_dir(args.data_dir)
-    options = detector_options(args.models.resolve(), data / "models" / YUNET_ONNX)
+    options = detector_options(args.models.resolve(), data / "models" / YUNET_ONNX, args.blazeface_variant)
     default, floor = agent_settings()
     enrol = Setting("enrol without --config", 20, None)  # create_detector's defaults: min_face 20, model's score
 
@@ -581,6 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--crop-side", type=int, default=CROP_SIDE, help="centre square of the 250x250 photo, px")
     ap.add_argument("--wider-photos", type=int, default=0, help="only the first N WIDER photos (0: all)")
+    ap.add_argument(
+        "--blazeface-variant", default=None, help="BlazeFace variant to measure (default: the recommended one)"
+    )
     ap.add_argument("--skip-wider", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-sensitivity", action="store_true", help="only the --crop-side crops")
