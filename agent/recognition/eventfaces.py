@@ -34,11 +34,11 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from agent.errors import GalleryError
+from agent.recognition.statefile import PrivateStore
 
 log = logging.getLogger(__name__)
 
@@ -102,52 +102,16 @@ def check_event_id(text: str, where: str = "facelite gallery reject") -> str:
     return str(uuid.UUID(text.strip()))
 
 
-class EventFaceStore:
+class EventFaceStore(PrivateStore):
     """One store file. ``key`` (the gallery key, or None) encrypts the vectors."""
+
+    SCHEMA = _SCHEMA
 
     def __init__(
         self, path: Path, *, key: bytes | None, policy: StorePolicy, clock: Callable[[], float] = time.time
     ) -> None:
-        self.path = Path(path)
+        super().__init__(path, key=key, clock=clock)
         self.policy = policy
-        self._clock = clock
-        self._aead = _aead(key, self.path)
-        self._conn: sqlite3.Connection | None = None
-        self._failed = False
-
-    # -- file ------------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is not None:
-            return self._conn
-        if not self.path.exists():
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never briefly world-readable
-            os.close(fd)
-        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA secure_delete=ON")
-            # One fsync per checkpoint, not per event: a power cut may lose the last faces, never corrupt the file.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def __enter__(self) -> EventFaceStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _aad(self, event_id: str, sha: str) -> bytes:
         return f"facelite-event-face:{sha}:{event_id}".encode()
@@ -305,13 +269,3 @@ def _days(seconds: float) -> str:
         return "not at all (gallery.event_faces_keep_s = 0)"
     days = seconds / 86400.0
     return f"{days:g} day(s)" if days >= 1 or math.isclose(days, 1) else f"{seconds:g} s"
-
-
-def _aead(key: bytes | None, path: Path) -> Any | None:
-    if key is None:
-        return None
-    if len(key) not in (16, 24, 32):
-        raise GalleryError(f"gallery key must be 16, 24 or 32 bytes, got {len(key)}", str(path))
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    return AESGCM(key)

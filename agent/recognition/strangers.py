@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 
 from agent.errors import GalleryError
+from agent.recognition.statefile import PrivateStore
 
 # The AES-GCM opener (key length checked, one line on a bad key) is event faces' own: one rule for both stores.
-from agent.recognition.eventfaces import _aead
 from agent.service.events import Topics, utc_iso
 from agent.service.messages import Message
 
@@ -181,51 +181,16 @@ def unknown_message(topics: Topics, k: int, cluster: Cluster | None) -> Message:
     return Message(topics.unknown(k), body, qos=1, retain=True)
 
 
-class StrangerStore:
+class StrangerStore(PrivateStore):
     """One store file. ``key`` (the gallery key, or None) encrypts faces and crops."""
+
+    SCHEMA = _SCHEMA
 
     def __init__(
         self, path: Path, *, key: bytes | None, policy: StrangerPolicy, clock: Callable[[], float] = time.time
     ) -> None:
-        self.path = Path(path)
+        super().__init__(path, key=key, clock=clock)
         self.policy = policy
-        self._clock = clock
-        self._aead = _aead(key, self.path)
-        self._conn: sqlite3.Connection | None = None
-        self._failed = False
-
-    # -- file ------------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is not None:
-            return self._conn
-        if not self.path.exists():
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never briefly world-readable
-            os.close(fd)
-        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA secure_delete=ON")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def __enter__(self) -> StrangerStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _aad(self, vid: str, sha: str, part: str) -> bytes:
         return f"facelite-stranger:{sha}:{vid}:{part}".encode()
