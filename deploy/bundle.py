@@ -386,7 +386,7 @@ def build_bundle(profile: DeviceProfile, inputs: BundleInputs, runner: Runner = 
         )
     gallery = Path(profile.agent.gallery).expanduser() if profile.agent.gallery else None
     if gallery is not None and not gallery.is_file():
-        raise BundleError("gallery file not found", f"{gallery} (profile {profile.name}: agent.recognition.gallery)")
+        raise BundleError("gallery file not found", f"{gallery} (profile {profile.name}: agent.gallery)")
     for src in (
         REPO / "deploy" / "remote.py",
         REPO / "deploy" / "supervisor.py",

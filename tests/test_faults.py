@@ -129,12 +129,12 @@ def test_broker_outage_mid_stream_loses_no_event_and_keeps_their_order(tmp_path:
         with AgentProcess(write_config(tmp_path / "agent.toml", config)) as agent:
             wait_until(lambda: len(received(sub)) >= 1, timeout=120, what="the first event")
             broker.stop()
-            down_at = len(agent.service.events())
+            down_at = len(agent.events())
             agent.wait_line(EVENT_RX, count=down_at + 2, timeout=60)  # recognised while the broker is away
-            spooled_in_outage = len(agent.service.events()) - down_at
+            spooled_in_outage = len(agent.events()) - down_at
             broker.start()
             assert agent.wait(300) == 0, agent.stderr[-3000:]
-            logged = agent.service.events()
+            logged = agent.events()
             wait_until(lambda: len(received(sub)) >= len(logged), timeout=60, what="every logged event")
             time.sleep(1.0)  # late duplicates, if any, arrive now
         got = received(sub)
@@ -170,7 +170,7 @@ def test_spool_overflow_drops_the_oldest_and_state_reports_the_count(tmp_path: P
         try:
             with AgentProcess(write_config(tmp_path / "agent.toml", config)) as agent:
                 agent.wait_line(EVENT_RX, count=2 * len(visits), timeout=180)
-                logged = agent.service.events()
+                logged = agent.events()
                 broker.start()
                 sub = persistent_watcher(broker, "overflow")
                 wait_until(lambda: len(received(sub)) >= 3, timeout=30, what="the spooled events")
@@ -228,7 +228,7 @@ def test_sigkill_mid_stream_keeps_gallery_and_spool_and_the_next_run_delivers(tm
     with AgentProcess(write_config(tmp_path / "first.toml", first)) as agent:
         agent.wait_line(EVENT_RX, count=3, timeout=120)
         assert agent.kill() == -9
-    logged = agent.service.events()
+    logged = agent.events()
     assert not any("camera door ended" in line for line in agent.lines)  # killed mid-stream
     assert gallery_fingerprint(gallery) == before
     assert before[0] == "ok"
@@ -319,19 +319,19 @@ def test_disk_full_while_spooling_keeps_running_says_so_once_and_keeps_committed
             agent.wait_line(r"spool .*: 0 pending", timeout=60)
             wait_until(lambda: len(received(sub)) >= 1, timeout=120, what="the first event")
             broker.stop()
-            agent.wait_line(EVENT_RX, count=len(agent.service.events()) + 1, timeout=60)  # spooled: broker away
+            agent.wait_line(EVENT_RX, count=len(agent.events()) + 1, timeout=60)  # spooled: broker away
             ballast = fill(inside(agent, mount))
             full_line = agent.wait_line(r"disk is full; dropping", timeout=60)[0]
-            committed = agent.service.events()[: _events_before(agent, full_line)]
-            agent.wait_line(EVENT_RX, count=len(agent.service.events()) + 1, timeout=60)  # dropped: disk full
+            committed = agent.events()[: _events_before(agent, full_line)]
+            agent.wait_line(EVENT_RX, count=len(agent.events()) + 1, timeout=60)  # dropped: disk full
             assert agent.alive()
             broker.start()
             wait_until(lambda: received(sub)[: len(committed)] == committed, timeout=60, what="the committed events")
             (inside(agent, mount) / "ballast").unlink()
-            freed_at = len(agent.service.events())
+            freed_at = len(agent.events())
             agent.wait_line(EVENT_RX, count=freed_at + 1, timeout=60)
             assert agent.wait(300) == 0, agent.stderr[-3000:]
-            logged = agent.service.events()
+            logged = agent.events()
             time.sleep(1.5)
         got = received(sub)
         states = state_messages(sub.messages, DEVICE)
@@ -722,7 +722,7 @@ def test_corrupt_stranger_store_is_logged_once_the_agent_goes_on_and_the_cli_say
     with AgentProcess(config) as agent:
         assert agent.wait(300) == 0, agent.stderr[-3000:]
     no_traceback(agent)
-    assert [(e.type, e.person) for e in agent.service.events()] == [("unknown", None), ("left", None)] * 2
+    assert [(e.type, e.person) for e in agent.events()] == [("unknown", None), ("left", None)] * 2
     assert len([line for line in agent.lines if "stranger store" in line and "cannot be written" in line]) == 1
     for args in (("gallery", "unknowns"), ("enroll", "Cleo", "--from-unknown", "1")):
         proc = subprocess.run(
@@ -750,7 +750,7 @@ def test_disk_full_while_keeping_strangers_is_logged_once_and_every_event_still_
         assert agent.wait(300) == 0, agent.stderr[-3000:]
     no_traceback(agent)
     assert ballast > 0
-    assert [(e.type, e.person) for e in agent.service.events()] == [("unknown", None), ("left", None)] * 2
+    assert [(e.type, e.person) for e in agent.events()] == [("unknown", None), ("left", None)] * 2
     assert len([line for line in agent.lines if "stranger store" in line and "cannot be written" in line]) == 1
 
 
