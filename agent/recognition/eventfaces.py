@@ -29,9 +29,8 @@ import math
 import os
 import re
 import sqlite3
-import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,16 +101,10 @@ def check_event_id(text: str, where: str = "facelite gallery reject") -> str:
     return str(uuid.UUID(text.strip()))
 
 
-class EventFaceStore(PrivateStore):
+class EventFaceStore(PrivateStore[StorePolicy]):
     """One store file. ``key`` (the gallery key, or None) encrypts the vectors."""
 
     SCHEMA = _SCHEMA
-
-    def __init__(
-        self, path: Path, *, key: bytes | None, policy: StorePolicy, clock: Callable[[], float] = time.time
-    ) -> None:
-        super().__init__(path, key=key, clock=clock)
-        self.policy = policy
 
     def _aad(self, event_id: str, sha: str) -> bytes:
         return f"facelite-event-face:{sha}:{event_id}".encode()

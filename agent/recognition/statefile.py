@@ -12,20 +12,23 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from agent.recognition.galleryfile import make_aead
 
-S = TypeVar("S", bound="PrivateStore")
+S = TypeVar("S", bound="PrivateStore[Any]")
+P = TypeVar("P")  # the store's policy (bounds, expiry, thresholds)
 
 
-class PrivateStore:
-    """One state file; subclasses name their ``SCHEMA`` (statements separated by ';', all IF NOT EXISTS)."""
+class PrivateStore(Generic[P]):
+    """One state file; subclasses name their ``SCHEMA`` (statements separated by ';', all IF NOT EXISTS) and
+    their policy type."""
 
     SCHEMA: ClassVar[str] = ""
 
-    def __init__(self, path: Path, *, key: bytes | None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, *, key: bytes | None, policy: P, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self.policy = policy
         self._clock = clock
         self._aead: Any | None = make_aead(key, self.path)
         self._conn: sqlite3.Connection | None = None

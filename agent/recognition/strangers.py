@@ -33,9 +33,8 @@ import logging
 import os
 import re
 import sqlite3
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,16 +180,10 @@ def unknown_message(topics: Topics, k: int, cluster: Cluster | None) -> Message:
     return Message(topics.unknown(k), body, qos=1, retain=True)
 
 
-class StrangerStore(PrivateStore):
+class StrangerStore(PrivateStore[StrangerPolicy]):
     """One store file. ``key`` (the gallery key, or None) encrypts faces and crops."""
 
     SCHEMA = _SCHEMA
-
-    def __init__(
-        self, path: Path, *, key: bytes | None, policy: StrangerPolicy, clock: Callable[[], float] = time.time
-    ) -> None:
-        super().__init__(path, key=key, clock=clock)
-        self.policy = policy
 
     def _aad(self, vid: str, sha: str, part: str) -> bytes:
         return f"facelite-stranger:{sha}:{vid}:{part}".encode()

@@ -464,7 +464,6 @@ class Agent:
             if now >= next_refresh:
                 next_refresh = now + GALLERY_REFRESH_S
                 self._refresh_gallery()
-                self._sync_strangers()  # expiry, and clusters the CLI enrolled or dropped: clear their messages
             if self.notifier.watchdog_interval_s and now >= next_watchdog:
                 self.notifier.watchdog()
                 next_watchdog = now + self.notifier.watchdog_interval_s
@@ -473,13 +472,17 @@ class Agent:
         return self._shutdown()
 
     def _refresh_gallery(self) -> None:
+        """Every few seconds: another process (the CLI) may have changed the gallery or dropped a stranger, and
+        strangers' faces expire; a gallery change syncs the strangers itself."""
         try:
             changed = self.gallery.refresh()
         except FaceliteError as exc:
             log.warning("gallery refresh failed: %s", exc.one_line())
-            return
+            changed = False
         if changed:
             self._gallery_changed()
+        else:
+            self._sync_strangers()
 
     def _gallery_changed(self) -> None:
         people = [p.name for p in self.gallery.people()]
