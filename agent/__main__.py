@@ -1,5 +1,5 @@
-"""`python -m agent --config FILE`: the agent service (same as `facelite-agent`)."""
+"""`python -m facelite --config FILE`: the agent service (same as `facelite-agent`)."""
 
-from agent.cli import agent_main
+from facelite.cli import agent_main
 
 raise SystemExit(agent_main())

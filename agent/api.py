@@ -8,10 +8,10 @@
 Three running modes, as in MediaPipe: ``IMAGE`` (``recognize``: every face of one photo decided alone),
 ``VIDEO`` (``recognize_for_video``: faces tracked, identity voted over frames like the agent) and
 ``LIVE_STREAM`` (``recognize_async``: the same, the result and the visit events delivered to a callback).
-Images are 8-bit BGR HxWx3 arrays (``cv2.imread``, ``agent.vision.imageio.read_image``), as everywhere in the agent.
+Images are 8-bit BGR HxWx3 arrays (``cv2.imread``, ``facelite.vision.imageio.read_image``), as everywhere in the agent.
 
 Wiring only: detection, alignment, embedding, the open-set threshold
-(``agent.recognition.openset.resolve_threshold``), the
+(``facelite.recognition.openset.resolve_threshold``), the
 ``Matcher``, the tracker and the pipeline are the agent's own. Misuse raises ``ValueError`` naming the fix.
 """
 
@@ -29,17 +29,17 @@ from typing import Literal
 
 import numpy as np
 
-from agent.recognition.gallery import Gallery, Hygiene
-from agent.recognition.matching import Matcher
-from agent.recognition.openset import resolve_threshold
-from agent.recognition.pipeline import Pipeline
-from agent.recognition.track import Tracker, TrackEvent
-from agent.service.config import DetectionConfig, QualityConfig, TrackingConfig
-from agent.service.sources import Frame
-from agent.vision.detect import Detector, create_detector
-from agent.vision.embed import Embedder
-from agent.vision.geometry import BBox, Face
-from agent.vision.imageio import read_image
+from facelite.recognition.gallery import Gallery, Hygiene
+from facelite.recognition.matching import Matcher
+from facelite.recognition.openset import resolve_threshold
+from facelite.recognition.pipeline import Pipeline
+from facelite.recognition.track import Tracker, TrackEvent
+from facelite.service.config import DetectionConfig, QualityConfig, TrackingConfig
+from facelite.service.sources import Frame
+from facelite.vision.detect import Detector, create_detector
+from facelite.vision.embed import Embedder
+from facelite.vision.geometry import BBox, Face
+from facelite.vision.imageio import read_image
 
 __all__ = [
     "FaceRecognizer",
@@ -172,7 +172,7 @@ def _check_image(image: object, what: str = "image") -> np.ndarray:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(
             f"{what} must be an HxWx3 uint8 BGR array, got {got}: read files with cv2.imread or "
-            "agent.vision.imageio.read_image (convert RGB with cv2.cvtColor(image, cv2.COLOR_RGB2BGR))"
+            "facelite.vision.imageio.read_image (convert RGB with cv2.cvtColor(image, cv2.COLOR_RGB2BGR))"
         )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"{what} is empty ({image.shape}): pass a frame with pixels")
@@ -195,7 +195,7 @@ class FaceRecognizer:
         self._pipeline: Pipeline | None = None
         self._announced: dict[int, TrackEvent] = {}
         if options.running_mode is not RunningMode.IMAGE:
-            # The agent's default tracking and quality gate (agent.service.config), as `facelite-agent` runs them.
+            # The agent's default tracking and quality gate (facelite.service.config), as `facelite-agent` runs them.
             tracker = Tracker(TrackingConfig().tracker(min_votes=options.min_votes))
             gate = QualityConfig().gate()
             self._pipeline = Pipeline(detector, embedder, gallery, self._matcher, tracker, gate)

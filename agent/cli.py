@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import FaceliteError
-from agent.logsetup import add_logging_flags, level_of, setup_logging
+from facelite.errors import FaceliteError
+from facelite.logsetup import add_logging_flags, level_of, setup_logging
 
 log = logging.getLogger("agent")
 
@@ -63,7 +63,7 @@ def agent_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expect-faces", type=int, default=1)
     add_logging_flags(ap, default=None)
     args = ap.parse_args(argv)
-    from agent.service.config import AgentConfig, load_config
+    from facelite.service.config import AgentConfig, load_config
 
     if args.example_config:
         print(AgentConfig.example_toml(), end="")
@@ -88,11 +88,11 @@ def agent_main(argv: list[str] | None = None) -> int:
 
 
 def run_agent(config: Any) -> int:
-    from agent.service.app import Agent, load_models, open_event_faces, open_gallery, open_sources
-    from agent.service.roster import RECORD_NAME, RecordFile
-    from agent.service.sinks.mqtt import MqttSink
-    from agent.service.sinks.stdout import StdoutSink
-    from agent.service.spool import Spool
+    from facelite.service.app import Agent, load_models, open_event_faces, open_gallery, open_sources
+    from facelite.service.roster import RECORD_NAME, RecordFile
+    from facelite.service.sinks.mqtt import MqttSink
+    from facelite.service.sinks.stdout import StdoutSink
+    from facelite.service.spool import Spool
 
     models = load_models(config)
     gallery = open_gallery(config, models.embedder)
@@ -112,7 +112,7 @@ def run_agent(config: Any) -> int:
     receive = sink.receive if config.commands.enabled else None  # config: commands need [mqtt]
     strangers = None
     if config.strangers.enabled and state_dir.is_dir():
-        from agent.service.app import open_strangers
+        from facelite.service.app import open_strangers
 
         strangers = open_strangers(config, models.embedder.manifest, models.detector.manifest.name)
     agent = Agent(
@@ -153,7 +153,7 @@ def _command_topic(config: Any) -> str | None:
     """The topic the sink subscribes to: the device's command topic when commands are enabled, else none."""
     if not config.commands.enabled:
         return None
-    from agent.service.events import Topics
+    from facelite.service.events import Topics
 
     return Topics(config.device_id, config.mqtt.base_topic, config.mqtt.discovery_prefix).command
 
@@ -186,8 +186,8 @@ def _stop_on_signal(agent: Any) -> Callable[[int, Any], None]:
 
 def self_test(config: Any, image_path: Path, expect: int) -> int:
     """Device self-test before a release goes live: models verify, gallery opens, faces are found."""
-    from agent.service.app import load_models, make_matcher, open_gallery
-    from agent.vision.imageio import read_image
+    from facelite.service.app import load_models, make_matcher, open_gallery
+    from facelite.vision.imageio import read_image
 
     models = load_models(config)
     with open_gallery(config, models.embedder) as gallery:
@@ -231,7 +231,7 @@ class EnrollReport:
 
 
 def _image_paths(items: list[Path]) -> list[Path]:
-    from agent.vision.imageio import list_images
+    from facelite.vision.imageio import list_images
 
     paths: list[Path] = []
     for item in items:
@@ -243,10 +243,10 @@ def _image_paths(items: list[Path]) -> list[Path]:
 
 
 def enroll(args: argparse.Namespace) -> int:
-    from agent import enroll_cli
-    from agent.recognition.gallery import Gallery
-    from agent.vision.imageio import read_image
-    from agent.wiring import gallery_key_from_args, hygiene_from_args, models_from_args
+    from facelite import enroll_cli
+    from facelite.recognition.gallery import Gallery
+    from facelite.vision.imageio import read_image
+    from facelite.wiring import gallery_key_from_args, hygiene_from_args, models_from_args
 
     if enroll_cli.wanted(args):  # --from-event / --camera / --from-unknown (checks that exactly one is asked)
         return enroll_cli.run_from_unknown(args) if args.from_unknown is not None else enroll_cli.run(args)
@@ -306,19 +306,27 @@ def enroll(args: argparse.Namespace) -> int:
 # One command family: `facelite <command>`. These run another entry point with the rest of the command line
 # (their own flags and --help); the names they had stay as aliases (facelite-agent, facelite-convert, python -m ...).
 FAMILY: dict[str, tuple[str, str, str]] = {
-    "agent": ("agent.cli", "agent_main", "run the agent (as facelite-agent): --config, --check-config, --self-test"),
-    "convert": ("converter.cli", "main", "convert the models (as facelite-convert / make convert; host only)"),
-    "deploy": ("deploy.cli", "main", "deploy to a device profile (as make deploy; host only)"),
-    "bench": ("converter.bench", "", "speed and accuracy benchmark (as make bench; host only)"),
-    "bench-arm": ("converter.bench.arm", "main", "ARM instruction counts under qemu (as make bench-arm; host only)"),
-    "eval-lfw": ("converter.bench.lfw", "main", "LFW View 2 report of every pipeline (as make eval-lfw; host only)"),
+    "agent": ("facelite.cli", "agent_main", "run the agent (as facelite-agent): --config, --check-config, --self-test"),
+    "convert": ("facelite.converter.cli", "main", "convert the models (as facelite-convert / make convert; host only)"),
+    "deploy": ("facelite.deploy.cli", "main", "deploy to a device profile (as make deploy; host only)"),
+    "bench": ("facelite.tools.bench", "", "speed and accuracy benchmark (as make bench; host only)"),
+    "bench-arm": (
+        "facelite.tools.bench.arm",
+        "main",
+        "ARM instruction counts under qemu (as make bench-arm; host only)",
+    ),
+    "eval-lfw": (
+        "facelite.tools.bench.lfw",
+        "main",
+        "LFW View 2 report of every pipeline (as make eval-lfw; host only)",
+    ),
 }
 
 
 def _run_family(command: str, rest: list[str]) -> int:
     module, function, _ = FAMILY[command]
     if not function:
-        # The benchmark drops the page cache before anything maps numpy or a runtime (converter/bench/__main__.py),
+        # The benchmark drops the page cache before anything maps numpy or a runtime (agent/tools/bench/__main__.py),
         # so it needs a fresh interpreter, not this one.
         try:
             found = importlib.util.find_spec(module) is not None
@@ -330,7 +338,7 @@ def _run_family(command: str, rest: list[str]) -> int:
     try:
         entry = getattr(importlib.import_module(module), function)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in ("converter", "deploy"):
+        if (exc.name or "").startswith(("facelite.converter", "facelite.deploy", "facelite.tools")):
             return _fail(_host_only(command))
         raise
     return int(entry(rest))
@@ -346,7 +354,7 @@ def _host_only(command: str) -> FaceliteError:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agent.enroll_cli import add_options as enroll_options
+    from facelite.enroll_cli import add_options as enroll_options
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in FAMILY:
@@ -415,12 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gallery" and len(args.args) != needs[args.action]:
         ap.error(f"gallery {args.action} takes {needs[args.action]} argument(s)")
     try:
-        from agent.eval_cli import eval_cmd
-        from agent.gallery_cli import gallery_cmd
+        from facelite.eval_cli import eval_cmd
+        from facelite.gallery_cli import gallery_cmd
 
         return {"enroll": enroll, "gallery": gallery_cmd, "eval": eval_cmd}[args.command](args)
     except ModuleNotFoundError as exc:
-        if (exc.name or "").startswith("agent.tools"):  # a device bundle ships no evaluation tools
+        if (exc.name or "").startswith("facelite.tools"):  # a device bundle ships no evaluation tools
             return _fail(_host_only(args.command))
         raise
     except FaceliteError as exc:

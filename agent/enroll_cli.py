@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from agent.errors import FaceliteError
+from facelite.errors import FaceliteError
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,10 @@ def wanted(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.recognition.capture import CaptureSettings, parse_poses
-    from agent.recognition.eventfaces import check_event_id
-    from agent.recognition.gallery import Gallery
-    from agent.wiring import gallery_key_from_args, hygiene_from_args, models_from_args
+    from facelite.recognition.capture import CaptureSettings, parse_poses
+    from facelite.recognition.eventfaces import check_event_id
+    from facelite.recognition.gallery import Gallery
+    from facelite.wiring import gallery_key_from_args, hygiene_from_args, models_from_args
 
     # Bad input is refused before the models load (seconds on a Pi).
     if args.from_event is not None:
@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_event(args: argparse.Namespace, gallery: Any, embedder: Any, hygiene: Any) -> int:
-    from agent.recognition.enrolment import enroll_from_event
-    from agent.service.app import open_event_faces
-    from agent.service.config import load_config
+    from facelite.recognition.enrolment import enroll_from_event
+    from facelite.service.app import open_event_faces
+    from facelite.service.config import load_config
 
     with open_event_faces(load_config(args.config)) as store:
         done = enroll_from_event(
@@ -95,15 +95,15 @@ def _from_event(args: argparse.Namespace, gallery: Any, embedder: Any, hygiene: 
 def _from_camera(
     args: argparse.Namespace, settings: Any, gallery: Any, detector: Any, embedder: Any, hygiene: Any
 ) -> int:
-    from agent.recognition.capture import Capture, enrolment_gate, run_capture
-    from agent.service.app import make_gate
-    from agent.service.config import Backoff, load_config
-    from agent.service.sources import open_source, redact_url
+    from facelite.recognition.capture import Capture, enrolment_gate, run_capture
+    from facelite.service.app import make_gate
+    from facelite.service.config import Backoff, load_config
+    from facelite.service.sources import open_source, redact_url
 
     configured = make_gate(load_config(args.config)) if args.config else None
     gate = enrolment_gate(configured)
     # The source's own reconnect warnings would add lines around ours: the capture reports what went wrong.
-    logging.getLogger("agent.service.sources").setLevel(logging.ERROR)
+    logging.getLogger("facelite.service.sources").setLevel(logging.ERROR)
     source = open_source(
         args.camera,
         name="enroll",
@@ -147,10 +147,10 @@ def _from_camera(
 
 def run_from_unknown(args: argparse.Namespace) -> int:
     """``facelite enroll NAME --from-unknown K``: a person confirmed who recurring stranger K is."""
-    from agent.recognition.gallery import Gallery
-    from agent.recognition.strangers import check_cluster_id
-    from agent.recognition.unknowns import enroll_from_unknown
-    from agent.wiring import gallery_key_from_args, hygiene_from_args, models_from_args, strangers_from_args
+    from facelite.recognition.gallery import Gallery
+    from facelite.recognition.strangers import check_cluster_id
+    from facelite.recognition.unknowns import enroll_from_unknown
+    from facelite.wiring import gallery_key_from_args, hygiene_from_args, models_from_args, strangers_from_args
 
     k = check_cluster_id(args.from_unknown)
     detector, embedder, gallery_path = models_from_args(args)

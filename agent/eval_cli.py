@@ -6,14 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from agent.errors import FaceliteError
+from facelite.errors import FaceliteError
 
 
 def _eval_pipelines(args: argparse.Namespace) -> list[tuple[Any, Any]]:
     """(detector, embedder) pairs to evaluate: every built embedder variant (with --models), or one pipeline."""
-    from agent.vision.detect import create_detector
-    from agent.vision.embed import Embedder
-    from agent.wiring import models_from_args
+    from facelite.vision.detect import create_detector
+    from facelite.vision.embed import Embedder
+    from facelite.wiring import models_from_args
 
     if args.models:
         index = json.loads((args.models / "index.json").read_text())["models"]
@@ -39,8 +39,8 @@ def eval_lfw(args: argparse.Namespace) -> int:
     """``facelite eval faces/lfw --protocol lfw``: LFW View 2 for each pipeline (agent/tools/lfw_eval.py)."""
     from dataclasses import asdict
 
-    from agent.tools.lfw import LfwView2, read_view2
-    from agent.tools.lfw_eval import evaluate_pipeline, photo_groups, pipeline_vectors
+    from facelite.tools.lfw import LfwView2, read_view2
+    from facelite.tools.lfw_eval import evaluate_pipeline, photo_groups, pipeline_vectors
 
     view2 = read_view2(args.data)
     folds = args.folds or list(range(1, view2.folds + 1))
@@ -78,14 +78,14 @@ def eval_lfw(args: argparse.Namespace) -> int:
 
 
 def eval_cmd(args: argparse.Namespace) -> int:
-    from agent.tools.evaluate import evaluate, markdown, quantisation_loss, read_lfw_pairs, write_reports
+    from facelite.tools.evaluate import evaluate, markdown, quantisation_loss, read_lfw_pairs, write_reports
 
     if args.protocol == "lfw":
         return eval_lfw(args)
     pairs = None
     if args.pairs:
         if args.pairs.suffix == ".csv":
-            from agent.tools.dataset import read_pairs_csv
+            from facelite.tools.dataset import read_pairs_csv
 
             pairs = read_pairs_csv(args.pairs)
         else:

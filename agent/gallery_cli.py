@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.errors import FaceliteError
-from agent.wiring import strangers_from_args
+from facelite.errors import FaceliteError
+from facelite.wiring import strangers_from_args
 
 
 def _unknowns_cmd(args: argparse.Namespace, detector: Any, embedder: Any) -> str:
     """``gallery unknowns`` and ``gallery drop-unknown K``."""
-    from agent.recognition.unknowns import drop_unknown, unknowns_lines
+    from facelite.recognition.unknowns import drop_unknown, unknowns_lines
 
     with strangers_from_args(args, detector, embedder) as store:
         if args.action == "drop-unknown":
@@ -25,8 +25,8 @@ def _unknowns_cmd(args: argparse.Namespace, detector: Any, embedder: Any) -> str
 
 
 def gallery_cmd(args: argparse.Namespace) -> int:
-    from agent.recognition.gallery import Gallery
-    from agent.wiring import gallery_key_from_args, models_from_args
+    from facelite.recognition.gallery import Gallery
+    from facelite.wiring import gallery_key_from_args, models_from_args
 
     detector, embedder, gallery_path = models_from_args(args)
     with Gallery.for_embedder(gallery_path, embedder, key=gallery_key_from_args(args)) as g:
@@ -52,7 +52,7 @@ def gallery_cmd(args: argparse.Namespace) -> int:
         elif args.action == "reject":
             print(_reject(args, g, embedder))
         elif args.action == "rename":
-            from agent.recognition.galleryops import rename_person
+            from facelite.recognition.galleryops import rename_person
 
             old, new = rename_person(g, args.args[0], args.args[1])
             print(f"renamed {old} -> {new}")
@@ -67,12 +67,12 @@ def gallery_cmd(args: argparse.Namespace) -> int:
 
 def _forget(args: argparse.Namespace, gallery: Any) -> Any:
     """Forget a person; with --config also the faces of their recent events (the agent does it too, within 5 s)."""
-    from agent.recognition.galleryops import forget_person
+    from facelite.recognition.galleryops import forget_person
 
     if not getattr(args, "config", None):
         return forget_person(gallery, None, args.args[0])
-    from agent.service.app import open_event_faces
-    from agent.service.config import load_config
+    from facelite.service.app import open_event_faces
+    from facelite.service.config import load_config
 
     with open_event_faces(load_config(args.config)) as store:
         return forget_person(gallery, store, args.args[0])
@@ -82,8 +82,8 @@ def _forget_strangers(args: argparse.Namespace, gallery: Any, detector: Any, emb
     """Erase the unknown visits that look like ``person`` (seen before they were enrolled) from the stranger store."""
     if not getattr(args, "config", None):
         return 0
-    from agent.recognition.names import normalize_name
-    from agent.service.config import load_config
+    from facelite.recognition.names import normalize_name
+    from facelite.service.config import load_config
 
     if not load_config(args.config).strangers.enabled and not _strangers_file(args).exists():
         return 0
@@ -98,18 +98,18 @@ def _forget_strangers(args: argparse.Namespace, gallery: Any, detector: Any, emb
 
 
 def _strangers_file(args: argparse.Namespace) -> Path:
-    from agent.recognition.strangers import store_path
-    from agent.service.config import load_config
+    from facelite.recognition.strangers import store_path
+    from facelite.service.config import load_config
 
     return store_path(load_config(args.config).spool.path)
 
 
 def _reject(args: argparse.Namespace, gallery: Any, embedder: Any) -> str:
     """``facelite gallery reject EVENT_ID``: the event's face becomes a negative of the person it was announced as."""
-    from agent.recognition.eventfaces import check_event_id
-    from agent.recognition.galleryops import reject_event
-    from agent.service.app import open_event_faces
-    from agent.service.config import load_config
+    from facelite.recognition.eventfaces import check_event_id
+    from facelite.recognition.galleryops import reject_event
+    from facelite.service.app import open_event_faces
+    from facelite.service.config import load_config
 
     event_id = check_event_id(args.args[0])
     if not getattr(args, "config", None):
@@ -129,11 +129,11 @@ def _reject(args: argparse.Namespace, gallery: Any, embedder: Any) -> str:
 
 def _threshold_line(args: argparse.Namespace, detector: Any, embedder: Any, templates: int) -> str:
     """The open-set threshold this gallery gets, as the agent would compute it (agent/recognition/openset.py)."""
-    from agent.recognition.openset import resolve_threshold
+    from facelite.recognition.openset import resolve_threshold
 
     rate, fixed = 1e-3, None
     if args.config:
-        from agent.service.config import load_config
+        from facelite.service.config import load_config
 
         matching = load_config(args.config).matching
         rate, fixed = matching.stranger_accept_rate, matching.threshold

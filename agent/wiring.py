@@ -9,14 +9,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from agent.errors import FaceliteError, GalleryError
-from agent.recognition.gallery import Hygiene
-from agent.recognition.openset import enrolment_hygiene
-from agent.recognition.strangers import StrangerStore
-from agent.service.app import load_models, open_strangers, read_key
-from agent.service.config import MatchingConfig, load_config
-from agent.vision.detect import create_detector
-from agent.vision.embed import Embedder
+from facelite.errors import FaceliteError, GalleryError
+from facelite.recognition.gallery import Hygiene
+from facelite.recognition.openset import enrolment_hygiene
+from facelite.recognition.strangers import StrangerStore
+from facelite.service.app import load_models, open_strangers, read_key
+from facelite.service.config import MatchingConfig, load_config
+from facelite.vision.detect import create_detector
+from facelite.vision.embed import Embedder
 
 
 def models_from_args(args: argparse.Namespace) -> tuple[Any, Any, Path]:

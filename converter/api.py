@@ -1,6 +1,6 @@
 """`convert()`: the converter as a Python function (`facelite convert` / `make convert` are thin layers over it).
 
-    from converter.api import ConvertOptions, convert
+    from facelite.converter.api import ConvertOptions, convert
 
     result = convert(ConvertOptions(models=("blazeface", "mobilefacenet"), out=Path("build/models")))
     for report in result.reports:
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.errors import FaceliteError
-from converter.build import Gates
+from facelite.converter.build import Gates
+from facelite.errors import FaceliteError
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,10 @@ INT8_CALIBRATION_STRIDE = 14  # about 150 people of LFW's calibration folds
 # Detectors first: embedders are aligned with the detector artifact the device will run.
 DEFAULT_MODELS = ("blazeface", "mtcnn", "facenet", "mobilefacenet")
 RECIPES = {
-    "blazeface": "converter.models.blazeface:BlazeFaceRecipe",
-    "mtcnn": "converter.models.mtcnn:MTCNNRecipe",
-    "facenet": "converter.models.facenet:FaceNetRecipe",
-    "mobilefacenet": "converter.models.mobilefacenet:MobileFaceNetRecipe",
+    "blazeface": "facelite.converter.models.blazeface:BlazeFaceRecipe",
+    "mtcnn": "facelite.converter.models.mtcnn:MTCNNRecipe",
+    "facenet": "facelite.converter.models.facenet:FaceNetRecipe",
+    "mobilefacenet": "facelite.converter.models.mobilefacenet:MobileFaceNetRecipe",
 }
 
 
@@ -102,8 +102,8 @@ class ConvertOptions:
 
 @dataclass
 class ConvertResult:
-    reports: list[Any]  # converter.build.ModelReport per model, in build order
-    calibration: list[Any] = field(default_factory=list)  # converter.calibrate rows (LFW folds 1-5), if made
+    reports: list[Any]  # facelite.converter.build.ModelReport per model, in build order
+    calibration: list[Any] = field(default_factory=list)  # facelite.converter.calibrate rows (LFW folds 1-5), if made
     seconds: float = 0.0
 
     @property
@@ -114,9 +114,9 @@ class ConvertResult:
 
 def convert(options: ConvertOptions) -> ConvertResult:
     """Build, verify and (for embedders) calibrate every variant of the chosen models into ``options.out``."""
-    from agent.tools.dataset import data_dir
-    from converter.build import BuildOptions, ModelBuild
-    from converter.faceset import build_faceset
+    from facelite.converter.build import BuildOptions, ModelBuild
+    from facelite.converter.faceset import build_faceset
+    from facelite.tools.dataset import data_dir
 
     t_start = time.perf_counter()
     calib, scenes = options.calibration, options.scenes
@@ -125,7 +125,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         calib = calib or root / "faces" / "people"
         scenes = scenes or root / "faces" / "scenes"
     if options.source is not None:
-        from converter.formats.user import user_recipe
+        from facelite.converter.formats.user import user_recipe
 
         recipes = [user_recipe(options)]
     else:
@@ -171,7 +171,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
     write_summary(options.out, reports)
     rows = open_set_calibration(options, reports)
     if rows:
-        from converter.calibrate import summary_md
+        from facelite.converter.calibrate import summary_md
 
         (options.out / "calibration.md").write_text(
             "# Open-set calibration (LFW View 2 folds 1-5)\n\n" + summary_md(rows)
@@ -187,8 +187,8 @@ def load_recipe(name: str) -> Any:
 
 
 def _photos(folder: Path) -> list[Any]:
-    from agent.errors import ImageError
-    from agent.vision.imageio import list_images, read_image
+    from facelite.errors import ImageError
+    from facelite.vision.imageio import list_images, read_image
 
     images = []
     paths = [p for d in sorted(folder.iterdir()) if d.is_dir() for p in list_images(d)] or list_images(folder)
@@ -201,8 +201,8 @@ def _photos(folder: Path) -> list[Any]:
 
 
 def _alignment_detector(args: ConvertOptions) -> tuple[Any, str]:
-    from agent.model.manifest import Manifest
-    from agent.vision.detect import create_detector
+    from facelite.model.manifest import Manifest
+    from facelite.vision.detect import create_detector
 
     candidates = [args.detector] if args.detector else []
     for name in ALIGNMENT_DETECTORS:
@@ -228,11 +228,11 @@ def _integer_calibration_faces(args: ConvertOptions) -> Any:
     folds, aligned by the device's detector (BlazeFace when built), so that no face that verifies a variant
     (the sample photos) or evaluates it (LFW folds 6-10) shaped its quantisation. None without LFW: then the
     verification photos calibrate too, and the build log says so."""
-    from agent.tools.dataset import data_dir
-    from agent.tools.lfw import lfw_dir
-    from agent.vision.detect import create_detector
-    from converter.calibrate import calibration_photos, recommended_detectors
-    from converter.faceset import faceset_of
+    from facelite.converter.calibrate import calibration_photos, recommended_detectors
+    from facelite.converter.faceset import faceset_of
+    from facelite.tools.dataset import data_dir
+    from facelite.tools.lfw import lfw_dir
+    from facelite.vision.detect import create_detector
 
     try:
         root = data_dir(args.data_dir)
@@ -258,9 +258,9 @@ def _integer_calibration_faces(args: ConvertOptions) -> Any:
 
 def open_set_calibration(args: ConvertOptions, reports: list[Any]) -> list[Any]:
     """Calibrate every installed embedder variant on LFW folds 1-5 (converter/calibrate.py)."""
-    from agent.tools.dataset import data_dir
-    from agent.tools.lfw import lfw_dir
-    from converter.calibrate import calibrate
+    from facelite.converter.calibrate import calibrate
+    from facelite.tools.dataset import data_dir
+    from facelite.tools.lfw import lfw_dir
 
     built_embedder = any(r.kind == "embedder" and any(v.passed for v in r.variants) for r in reports)
     if args.no_open_set_calibration or not built_embedder:

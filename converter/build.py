@@ -22,17 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import FaceliteError
-from agent.model.manifest import GraphSpec, Manifest, Quantization, TensorSpec, sha256_file
-from agent.model.metrics import latency_summary, verification_scores
-from agent.model.runtime import Network, TFLiteModel
-from agent.vision.embed import l2_normalize, preprocess
-from agent.vision.geometry import Face
-from converter import __version__
-from converter.faceset import FaceSet
-from converter.recipe import GraphSource, Recipe
-from converter.runtimes import RuntimeCheckError, check_legacy
-from converter.variants import MIN_CALIBRATION_IMAGES, VariantError, get_variant, validate_options
+from facelite.converter import __version__
+from facelite.converter.faceset import FaceSet
+from facelite.converter.recipe import GraphSource, Recipe
+from facelite.converter.runtimes import RuntimeCheckError, check_legacy
+from facelite.converter.variants import MIN_CALIBRATION_IMAGES, VariantError, get_variant, validate_options
+from facelite.errors import FaceliteError
+from facelite.model.manifest import GraphSpec, Manifest, Quantization, TensorSpec, sha256_file
+from facelite.model.metrics import latency_summary, verification_scores
+from facelite.model.runtime import Network, TFLiteModel
+from facelite.vision.embed import l2_normalize, preprocess
+from facelite.vision.geometry import Face
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]

@@ -17,13 +17,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agent.errors import FaceliteError
-from agent.model.manifest import Calibration, Manifest
-from agent.model.metrics import CurvePoint, calibration_curve, threshold_at_far
-from agent.tools.embedset import detect_photos, embed_detected, pair_scores
-from agent.tools.lfw import CALIBRATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
-from agent.vision.detect import create_detector
-from agent.vision.embed import Embedder
+from facelite.errors import FaceliteError
+from facelite.model.manifest import Calibration, Manifest
+from facelite.model.metrics import CurvePoint, calibration_curve, threshold_at_far
+from facelite.tools.embedset import detect_photos, embed_detected, pair_scores
+from facelite.tools.lfw import CALIBRATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
+from facelite.vision.detect import create_detector
+from facelite.vision.embed import Embedder
 
 log = logging.getLogger(__name__)
 

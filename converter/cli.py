@@ -12,10 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
-from agent.errors import FaceliteError
-from agent.logsetup import add_logging_flags, level_of, setup_logging
-from converter.api import DEFAULT_MODELS, ConvertOptions, convert, summary_table
-from converter.build import Gates
+from facelite.converter.api import DEFAULT_MODELS, ConvertOptions, convert, summary_table
+from facelite.converter.build import Gates
+from facelite.errors import FaceliteError
+from facelite.logsetup import add_logging_flags, level_of, setup_logging
 
 log = logging.getLogger("converter")
 
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     result = convert(options)
     print(summary_table(result.reports))
     if result.calibration:
-        from converter.calibrate import summary_md
+        from facelite.converter.calibrate import summary_md
 
         text = summary_md(result.calibration)
         print("\nOpen-set calibration (per-comparison false-accept rate, LFW folds 1-5):\n" + text)

@@ -4,7 +4,7 @@ Every file is listed in converter/data/*_sources.csv (the sample photos, LFW, th
 its repository, full commit, path and sha256; a file whose bytes do not match is refused. ``pairs.csv``
 (labels) ships with the project; WIDER's ``gt.txt`` is cut from the official ground truth it fetches.
 
-    python -m converter.data --out build/data
+    python -m facelite.converter.data --out build/data
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def fetch(out: Path, timeout: float = 60.0, workers: int = 8) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m converter.data", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m facelite.converter.data", description=__doc__)
     ap.add_argument("--out", type=Path, required=True)
     return fetch(ap.parse_args(argv).out)
 

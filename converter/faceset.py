@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.errors import FaceliteError, ImageError
-from agent.tools.dataset import Pair, all_pairs, people_tree, read_pairs_csv
-from agent.vision.align import align_face
-from agent.vision.geometry import Face
-from agent.vision.imageio import list_images, read_image
+from facelite.errors import FaceliteError, ImageError
+from facelite.tools.dataset import Pair, all_pairs, people_tree, read_pairs_csv
+from facelite.vision.align import align_face
+from facelite.vision.geometry import Face
+from facelite.vision.imageio import list_images, read_image
 
 log = logging.getLogger(__name__)
 

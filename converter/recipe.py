@@ -16,8 +16,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from agent.model.manifest import Alignment, Preprocessing, Source
-from agent.model.runtime import Network
+from facelite.model.manifest import Alignment, Preprocessing, Source
+from facelite.model.runtime import Network
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Prove a .tflite file loads and agrees in both device runtimes.
 
 ai-edge-litert runs in-process; tflite-runtime 2.14 needs numpy<2, so it runs in its own interpreter
-(``.venv-legacy`` made by ``make setup``) through ``python -m agent.model.runcheck``.
+(``.venv-legacy`` made by ``make setup``) through ``python -m facelite.model.runcheck``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import FaceliteError
-from agent.model.runtime import TFLiteModel
+from facelite.errors import FaceliteError
+from facelite.model.runtime import TFLiteModel
 
 LEGACY_PYTHON_ENV = "FACELITE_LEGACY_PYTHON"
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def check_legacy(path: Path, inputs: list[np.ndarray], expected: list[list[np.nd
             [
                 str(python),
                 "-m",
-                "agent.model.runcheck",
+                "facelite.model.runcheck",
                 "--runtime",
                 "tflite-runtime",
                 "--model",

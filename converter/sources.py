@@ -18,8 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import FaceliteError
-from agent.model.manifest import Source, sha256_file
+from facelite.errors import FaceliteError
+from facelite.model.manifest import Source, sha256_file
 
 log = logging.getLogger(__name__)
 

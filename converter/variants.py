@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import FaceliteError
+from facelite.errors import FaceliteError
 
 MIN_CALIBRATION_IMAGES = 32
 

@@ -1,7 +1,7 @@
-"""`python -m deploy`: see deploy/cli.py."""
+"""`python -m facelite.deploy`: see deploy/cli.py."""
 
 from __future__ import annotations
 
-from deploy.cli import main
+from facelite.deploy.cli import main
 
 raise SystemExit(main())

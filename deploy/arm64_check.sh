@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make test-arm64: does the Raspberry Pi bundle install and pass its self-test on aarch64? (functional, not timing)
 #
-#   1. build the pi bundle (python -m deploy --device pi --bundle-only): aarch64 wheels for Python 3.11 / glibc 2.36
+#   1. build the pi bundle (python -m facelite.deploy --device pi --bundle-only): aarch64 wheels for Python 3.11 / glibc 2.36
 #   2. a Debian bookworm arm64 rootfs (deploy/arm64_rootfs.sh: debootstrap --foreign --variant=minbase; cached)
 #   3. under qemu-aarch64-static -L ROOTFS, with the rootfs's own python3.11 (the Pi OS interpreter):
 #      the device installer's checks (platform, every file against SHA256SUMS) on the real bundle
@@ -34,7 +34,7 @@ started=$SECONDS
 step "building the pi bundle"
 data_args=()
 [ -n "$DATA_DIR" ] && data_args=(--data-dir "$DATA_DIR")
-line="$(cd "$REPO" && "$PY" -m deploy --device pi --bundle-only --models-dir "$MODELS" "${data_args[@]}" \
+line="$(cd "$REPO" && "$PY" -m facelite.deploy --device pi --bundle-only --models-dir "$MODELS" "${data_args[@]}" \
         --out "$WORK/out" | grep '^bundle pi ')" || die "building the pi bundle failed (see above)"
 read -r _ _ version archive <<<"$line"
 step "bundle $version ($(du -h "$archive" | cut -f1))"
@@ -80,7 +80,7 @@ sed -e "s#@RELEASE@#$WORK/release#g" -e "s#/var/lib/facelite#$WORK/state#g" \
 image="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["selftest"]["image"])' "$WORK/release/BUNDLE.json")"
 expect="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["selftest"]["expect_faces"])' "$WORK/release/BUNDLE.json")"
 # -P: the agent comes from the installed wheels, never from a source tree in the current directory.
-agent() { PYTHONPATH="$WORK/site" arm -P -c 'import sys; from agent.cli import agent_main; sys.exit(agent_main(sys.argv[1:]))' "$@"; }
+agent() { PYTHONPATH="$WORK/site" arm -P -c 'import sys; from facelite.cli import agent_main; sys.exit(agent_main(sys.argv[1:]))' "$@"; }
 step "facelite-agent --check-config"
 agent --config "$WORK/release/config/agent.toml" --check-config
 step "facelite-agent --self-test $(basename "$image") --expect-faces $expect (emulated: slow)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A Debian bookworm arm64 rootfs with python3.11, for running aarch64 programs under qemu-aarch64 -L ROOTFS.
-# Shared by `make test-arm64` (deploy/arm64_check.sh) and `make bench-arm` (converter/bench/arm_setup.sh).
+# Shared by `make test-arm64` (deploy/arm64_check.sh) and `make bench-arm` (agent/tools/bench/arm_setup.sh).
 #
 #   deploy/arm64_rootfs.sh                 ROOTFS, its /proc/cpuinfo a Raspberry Pi 4's (Cortex-A72)
 #   deploy/arm64_rootfs.sh view CPU DIR    DIR: a view of ROOTFS (a symlink per top-level entry) whose own

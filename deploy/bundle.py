@@ -37,11 +37,11 @@ from typing import Any
 
 import tomllib
 
-from agent.errors import FaceliteError
-from agent.model.manifest import Manifest, sha256_file
-from deploy.errors import BundleError
-from deploy.profile import DeviceProfile, render_toml
-from deploy.variants import pick_variant
+from facelite.deploy.errors import BundleError
+from facelite.deploy.profile import DeviceProfile, render_toml
+from facelite.deploy.variants import pick_variant
+from facelite.errors import FaceliteError
+from facelite.model.manifest import Manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,14 @@ CREDENTIAL_NAME = "mqtt_password"
 # Fixed wheel timestamps: the same sources give a byte-identical wheel, hence the same bundle version.
 SOURCE_DATE_EPOCH = "315532800"
 # The device runs the agent and nothing else from the wheel (remote.py and the supervisor travel beside it, stdlib
-# only): the converter and its benchmark are host code and stay out of the bundle.
-DEVICE_PACKAGES = ("agent",)
-_WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", *DEVICE_PACKAGES)
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", "build")
-# What the device never runs stays on the host: agent/tools (evaluation, the demo, a local broker).
+# only): the converter, deploy and the host tools (evaluation, the demo, a local broker, the benchmark) stay on the
+# host. The staged copy holds agent/ without tools/, and setup.py maps only the folders it finds.
+DEVICE_FOLDERS = ("agent",)
 HOST_ONLY_IN_AGENT = ("tools",)
+# What a device wheel does not hold: a console script pointing into one of these is dropped.
+HOST_MODULES = ("facelite.converter", "facelite.deploy", "facelite.tools")
+_WHEEL_SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", *DEVICE_FOLDERS)
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", "build")
 
 
 def _ignore(directory: str, names: list[str]) -> set[str]:
@@ -154,11 +156,10 @@ def _run(cmd: Sequence[str], what: str, runner: Runner, **kw: Any) -> subprocess
 
 # -- the agent wheel -----------------------------------------------------------------------------------------------
 def device_pyproject(text: str) -> str:
-    """The repo's pyproject.toml cut down to DEVICE_PACKAGES: package discovery, package data and console scripts
-    (a `facelite-convert` script on the device would only fail to import ``converter``). Checked by parsing."""
+    """The repo's pyproject.toml without the console scripts a device cannot run (a `facelite-convert` there would
+    only fail to import ``facelite.converter``). Checked by parsing."""
     scripts = tomllib.loads(text).get("project", {}).get("scripts", {})
-    foreign = {name for name, target in scripts.items() if target.split(".")[0].split(":")[0] not in DEVICE_PACKAGES}
-    include = "include = [" + ", ".join(f'"{p}*"' for p in DEVICE_PACKAGES) + "]"
+    foreign = {name for name, target in scripts.items() if target.split(":")[0].startswith(HOST_MODULES)}
     out, section = [], ""
     for line in text.splitlines():
         stripped = line.strip()
@@ -167,19 +168,13 @@ def device_pyproject(text: str) -> str:
         key = stripped.partition("=")[0].strip() if "=" in stripped else ""
         if section == "[project.scripts]" and key in foreign:
             continue
-        if section == "[tool.setuptools.package-data]" and key and key not in DEVICE_PACKAGES:
-            continue
-        if section == "[tool.setuptools.packages.find]" and key == "include":
-            line = include
         out.append(line)
     result = "\n".join(out) + "\n"
     try:
-        data = tomllib.loads(result)
+        kept = tomllib.loads(result).get("project", {}).get("scripts", {})
     except tomllib.TOMLDecodeError as exc:
         raise BundleError(f"cannot cut pyproject.toml down to the device packages: {exc}", "pyproject.toml") from None
-    find = data.get("tool", {}).get("setuptools", {}).get("packages", {}).get("find", {})
-    kept = data.get("project", {}).get("scripts", {})
-    if find.get("include") != [f"{p}*" for p in DEVICE_PACKAGES] or set(kept) != set(scripts) - foreign:
+    if set(kept) != set(scripts) - foreign or not all(t.startswith("facelite.") for t in kept.values()):
         raise BundleError("pyproject.toml's layout changed: the device wheel would not be agent-only", "pyproject.toml")
     return result
 
@@ -195,8 +190,8 @@ def build_agent_wheel(repo: Path, work_dir: Path, runner: Runner = subprocess.ru
             shutil.copytree(src, stage / name, ignore=_ignore)
         elif src.is_file():
             shutil.copy2(src, stage / name)
-    if not (stage / "pyproject.toml").is_file():
-        raise BundleError("no pyproject.toml to build the agent wheel from", str(repo))
+    if not (stage / "pyproject.toml").is_file() or not (stage / "setup.py").is_file():
+        raise BundleError("no pyproject.toml and setup.py to build the agent wheel from", str(repo))
     if not (stage / "LICENSE").is_file():
         raise BundleError("no LICENSE to ship in the agent wheel", str(repo / "LICENSE"))
     pyproject = stage / "pyproject.toml"
@@ -348,7 +343,7 @@ def agent_config(profile: DeviceProfile, models: Sequence[ModelChoice]) -> dict[
 
 def check_config(text: str, profile: DeviceProfile, work: Path) -> None:
     """Validate the rendered config with the agent's own strict loader before it travels anywhere."""
-    from agent.service.config import load_config
+    from facelite.service.config import load_config
 
     probe = work / "agent.toml"
     probe.write_text(text.replace(RELEASE_PLACEHOLDER, f"{profile.paths.prefix}/releases/check"))

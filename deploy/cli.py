@@ -1,11 +1,11 @@
-"""python -m deploy --device pi [--dry-run]: bundle, plan, deploy (devices of a group in parallel), result table.
+"""python -m facelite.deploy --device pi [--dry-run]: bundle, plan, deploy (a group in parallel), result table.
 
-    python -m deploy --device pi --dry-run          # build the bundle and print what would change, touch nothing
-    python -m deploy --device pi                    # deploy, health-check over MQTT, roll back on failure
-    python -m deploy --device home                  # a group from deploy/devices/groups.toml, in parallel
-    python -m deploy --device pi --set ssh.host=10.0.0.7 --set agent.camera=1
-    python -m deploy --device pi --rollback         # back to the previous release
-    python -m deploy --device pi --bundle-only      # just build it (offline install, deploy/arm64_check.sh)
+    python -m facelite.deploy --device pi --dry-run          # build the bundle, print what would change, touch nothing
+    python -m facelite.deploy --device pi                    # deploy, health-check over MQTT, roll back on failure
+    python -m facelite.deploy --device home                  # a group from deploy/devices/groups.toml, in parallel
+    python -m facelite.deploy --device pi --set ssh.host=10.0.0.7 --set agent.camera=1
+    python -m facelite.deploy --device pi --rollback         # back to the previous release
+    python -m facelite.deploy --device pi --bundle-only      # just build it (offline install, deploy/arm64_check.sh)
 
 Exit status: 0 when every device is deployed, unchanged or planned; 1 when any failed; 2 for bad arguments.
 """
@@ -21,18 +21,18 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent.errors import FaceliteError
-from agent.logsetup import add_logging_flags, level_of, setup_logging
-from deploy.bundle import REPO, BundleInputs, build_agent_wheel, build_bundle, default_cache
-from deploy.deployer import Deployer, DeviceResult, result_table
-from deploy.profile import DEVICES_DIR, DeviceProfile, load_profile, resolve_targets
+from facelite.deploy.bundle import REPO, BundleInputs, build_agent_wheel, build_bundle, default_cache
+from facelite.deploy.deployer import Deployer, DeviceResult, result_table
+from facelite.deploy.profile import DEVICES_DIR, DeviceProfile, load_profile, resolve_targets
+from facelite.errors import FaceliteError
+from facelite.logsetup import add_logging_flags, level_of, setup_logging
 
 log = logging.getLogger("deploy")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="python -m deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m facelite.deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--device", required=True, help="profile name, comma list, or group (deploy/devices/groups.toml)")
     ap.add_argument("--dry-run", action="store_true", help="build the bundle and print the plan; change nothing")
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _data_dir(arg: Path | None) -> Path:
-    from agent.tools.dataset import data_dir
+    from facelite.tools.dataset import data_dir
 
     return data_dir(str(arg) if arg else os.environ.get("FACELITE_DATA_DIR"))
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import FaceliteError
-from deploy.bundle import REPO, Bundle, BundleInputs, build_bundle, read_sums
-from deploy.errors import ProfileError, RemoteError
-from deploy.health import BrokerTarget, HealthWatch
-from deploy.profile import DeviceProfile
-from deploy.ssh import Ssh, SshTarget
+from facelite.deploy.bundle import REPO, Bundle, BundleInputs, build_bundle, read_sums
+from facelite.deploy.errors import ProfileError, RemoteError
+from facelite.deploy.health import BrokerTarget, HealthWatch
+from facelite.deploy.profile import DeviceProfile
+from facelite.deploy.ssh import Ssh, SshTarget
+from facelite.errors import FaceliteError
 
 log = logging.getLogger(__name__)
 

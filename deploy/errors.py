@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.errors import ConfigError, FaceliteError
+from facelite.errors import ConfigError, FaceliteError
 
 
 class ProfileError(ConfigError):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from deploy.errors import HealthError
+from facelite.deploy.errors import HealthError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from deploy.errors import ProfileError
+from facelite.deploy.errors import ProfileError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.errors import SshError
+from facelite.deploy.errors import SshError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import FaceliteError
-from agent.model.manifest import Manifest
+from facelite.errors import FaceliteError
+from facelite.model.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The real-mosquitto harness for tests (lives in agent.tools.localbroker so `make demo` uses the same one)."""
+"""The real-mosquitto harness for tests (lives in facelite.tools.localbroker so `make demo` uses the same one)."""
 
-from agent.tools.localbroker import (
+from facelite.tools.localbroker import (
     MOSQUITTO,
     MOSQUITTO_PASSWD,
     MosquittoBroker,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import Reaper
 
-from agent.tools.dataset import data_dir as resolve_data_dir
+from facelite.tools.dataset import data_dir as resolve_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

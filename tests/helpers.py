@@ -120,7 +120,7 @@ def mix(basis: np.ndarray, **weights: float) -> np.ndarray:
 
 def enroll_by_cli(people: Mapping[str, Sequence[Path]], detector: Path, embedder: Path, gallery: Path) -> None:
     """Enrol each person with `facelite enroll` as a subprocess, exactly as a user would; fail on any refusal."""
-    from agent.tools.demo import enroll_command
+    from facelite.tools.demo import enroll_command
 
     repo = Path(__file__).resolve().parents[1]
     for name, photos in people.items():

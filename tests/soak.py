@@ -4,7 +4,7 @@
     python tests/soak.py --minutes 3 --warmup-minutes 1    # a short proof run
 
 A real mosquitto, a gallery enrolled from real photos, and an MJPEG-over-HTTP "IP camera" that plays the
-doorway visits of agent.tools.demo (enrolled people and strangers) in a loop at 10 fps, forever. The agent's
+doorway visits of facelite.tools.demo (enrolled people and strangers) in a loop at 10 fps, forever. The agent's
 resident set size is read from /proc every few seconds; the figures are printed and the exit status says
 whether the growth after warm-up stayed under the limit.
 
@@ -40,9 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: `python tests/soak.py`
     sys.path.insert(0, str(REPO))
 
-from agent.tools.demo import Visit, pick, place, plan  # noqa: E402
-from agent.tools.localbroker import MosquittoBroker, Subscriber, free_port  # noqa: E402
-from agent.vision.imageio import read_image  # noqa: E402
+from facelite.tools.demo import Visit, pick, place, plan  # noqa: E402
+from facelite.tools.localbroker import MosquittoBroker, Subscriber, free_port  # noqa: E402
+from facelite.vision.imageio import read_image  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ def enroll_gallery(
 
     Returns templates per person. Photos without exactly one face are left out, as the CLI does.
     """
-    from agent.recognition.gallery import Gallery
-    from agent.vision.detect import create_detector
-    from agent.vision.embed import Embedder
+    from facelite.recognition.gallery import Gallery
+    from facelite.vision.detect import create_detector
+    from facelite.vision.embed import Embedder
 
     detector = create_detector(detector_dir)
     embedder = Embedder.from_model_dir(embedder_dir)
@@ -87,7 +87,7 @@ def enroll_gallery(
 
 
 def doorway_frames(visits: Sequence[Visit]) -> list[np.ndarray]:
-    """The frames of agent.tools.demo's doorway video: each visitor in view, then the empty doorway."""
+    """The frames of facelite.tools.demo's doorway video: each visitor in view, then the empty doorway."""
     empty = np.full_like(place(read_image(visits[0].photo)), 90)
     frames: list[np.ndarray] = []
     for visit in visits:
@@ -178,7 +178,7 @@ class LoggedEvent:
 
 
 class AgentProcess:
-    """`python -m agent --config FILE` (optionally behind a wrapper such as unshare); stderr lines are kept."""
+    """`python -m facelite --config FILE` (optionally behind a wrapper such as unshare); stderr lines are kept."""
 
     def __init__(
         self,
@@ -188,7 +188,7 @@ class AgentProcess:
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
-        command = [*wrapper, sys.executable, "-m", "agent", "--config", str(config), *args]
+        command = [*wrapper, sys.executable, "-m", "facelite", "--config", str(config), *args]
         self.proc = subprocess.Popen(
             command,
             cwd=REPO,
@@ -437,7 +437,7 @@ def rss_growth(samples: Sequence[tuple[float, int]], warmup_s: float) -> tuple[f
 
 
 def soak(args: argparse.Namespace) -> SoakResult:
-    from agent.tools.dataset import data_dir
+    from facelite.tools.dataset import data_dir
 
     faces = data_dir(args.data_dir) / "faces"
     models = Path(args.models).resolve()

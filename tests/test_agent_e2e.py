@@ -17,8 +17,8 @@ import pytest
 from broker import MosquittoBroker, Subscriber
 from helpers import Reaper, enroll_by_cli, wait_until
 
-from agent.service.events import EVENT_SCHEMA
-from agent.tools.demo import Visit, pick, plan, write_video
+from facelite.service.events import EVENT_SCHEMA
+from facelite.tools.demo import Visit, pick, plan, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "e2e"
@@ -49,9 +49,9 @@ def write_config(
 
 
 def start_agent(config: Path, reaper: Reaper) -> subprocess.Popen[str]:
-    """`python -m agent`, registered with the reaper: killed at teardown if a failing test leaves it running."""
+    """`python -m facelite`, registered with the reaper: killed at teardown if a failing test leaves it running."""
     return reaper.popen(
-        [sys.executable, "-m", "agent", "--config", str(config)],
+        [sys.executable, "-m", "facelite", "--config", str(config)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -233,7 +233,7 @@ def test_a_burst_of_sigterms_still_flushes_and_exits_zero_every_time(
 def test_bad_config_key_is_refused_with_key_path_and_line(tmp_path: Path, doorway: dict[str, object]) -> None:
     config = write_config(tmp_path / "agent.toml", doorway, 1883, str(doorway["video"]), extra="colour = 1\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "agent", "--config", str(config), "--check-config"],
+        [sys.executable, "-m", "facelite", "--config", str(config), "--check-config"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -249,7 +249,7 @@ def test_gallery_from_another_model_is_refused(tmp_path: Path, doorway: dict[str
         [
             sys.executable,
             "-m",
-            "agent.cli",
+            "facelite.cli",
             "gallery",
             "list",
             "--detector",
@@ -283,7 +283,7 @@ def test_enroll_reports_photos_without_exactly_one_face(
         [
             sys.executable,
             "-m",
-            "agent.cli",
+            "facelite.cli",
             "enroll",
             "Barack",
             str(single),
@@ -313,7 +313,7 @@ def test_self_test_finds_faces_or_fails_with_one_line(
     config = write_config(tmp_path / "agent.toml", doorway, 1883, str(doorway["video"]))
     scene = faces_dir / "scenes" / "couple.jpg"
     ok = subprocess.run(
-        [sys.executable, "-m", "agent", "--config", str(config), "--self-test", str(scene), "--expect-faces", "2"],
+        [sys.executable, "-m", "facelite", "--config", str(config), "--self-test", str(scene), "--expect-faces", "2"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -323,7 +323,7 @@ def test_self_test_finds_faces_or_fails_with_one_line(
     assert report["faces"] >= 2 and report["people_enrolled"] > 0
     assert report["embedder"].startswith("mobilefacenet/") and len(report["matches"]) == report["faces"]
     bad = subprocess.run(
-        [sys.executable, "-m", "agent", "--config", str(config), "--self-test", str(scene), "--expect-faces", "9"],
+        [sys.executable, "-m", "facelite", "--config", str(config), "--self-test", str(scene), "--expect-faces", "9"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -1,4 +1,4 @@
-"""agent.api: the README's Python example as written, each misuse error, VIDEO voting and LIVE_STREAM delivery.
+"""facelite.api: the README's Python example as written, each misuse error, VIDEO voting and LIVE_STREAM delivery.
 
 Real models (FACELITE_MODELS_DIR) and real photos (FACELITE_DATA_DIR), through the models_dir fixture (slow).
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.api import FaceRecognizer, RecognitionResult, RecognizerOptions, RunningMode, VisitEvent
-from agent.vision.imageio import read_image
+from facelite.api import FaceRecognizer, RecognitionResult, RecognizerOptions, RunningMode, VisitEvent
+from facelite.vision.imageio import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 PERSON = "deepface_id00"

@@ -10,7 +10,8 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("agent", "converter", "deploy")
+# The folders and the names they import as (setup.py's table).
+PACKAGES = {"agent": "facelite", "converter": "facelite.converter", "deploy": "facelite.deploy"}
 LONG = 500  # lines
 # A long module's docstring carries a paragraph starting with this, saying why it is one module.
 REASON = "Size:"
@@ -18,10 +19,10 @@ REASON = "Size:"
 
 def modules() -> dict[str, Path]:
     out = {}
-    for pkg in PACKAGES:
-        for path in sorted((REPO / pkg).rglob("*.py")):
-            parts = path.relative_to(REPO).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    for folder, package in PACKAGES.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            parts = path.relative_to(REPO / folder).with_suffix("").parts
+            name = ".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts)))
             out[name] = path
     return out
 
@@ -109,15 +110,15 @@ LAYERS = ("model", "vision", "recognition", "service", "tools")
 UPWARD = {
     # The recurring-stranger store decides and records what it announced in the same transaction as the visit, so it
     # builds its retained unknown/<k> messages itself, with the MQTT contract's topics and time format.
-    ("agent.recognition.strangers", "agent.service.events"),
-    ("agent.recognition.strangers", "agent.service.messages"),
-    ("agent.recognition.unknowns", "agent.service.events"),
+    ("facelite.recognition.strangers", "facelite.service.events"),
+    ("facelite.recognition.strangers", "facelite.service.messages"),
+    ("facelite.recognition.unknowns", "facelite.service.events"),
 }
 
 
 def layer_of(module: str) -> int | None:
     parts = module.split(".")
-    return LAYERS.index(parts[1]) if len(parts) > 2 and parts[0] == "agent" and parts[1] in LAYERS else None
+    return LAYERS.index(parts[1]) if len(parts) > 2 and parts[0] == "facelite" and parts[1] in LAYERS else None
 
 
 def test_agent_layers_import_only_downwards() -> None:

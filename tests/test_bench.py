@@ -23,8 +23,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def bench(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, models_dir: Path) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, "-m", "converter.bench", "--quick", "--models", str(models_dir), "--data-dir", str(data_dir),
-         "--out", str(out)],
+        [sys.executable, "-m", "facelite.tools.bench", "--quick", "--models", str(models_dir),
+         "--data-dir", str(data_dir), "--out", str(out)],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -130,7 +130,7 @@ def test_agent_end_to_end_beside_the_float_agent(bench: dict[str, Any]) -> None:
         assert f["measured"]["tensorflow_imported"] is False  # the device agent never imports TensorFlow
         assert f["baseline"]["tensorflow_imported"] is True
     assert all(v > 0 for v in report["agent_rss_mb"].values())
-    assert any(k.startswith("agent service (python -m agent") for k in report["agent_rss_mb"])
+    assert any(k.startswith("agent service (python -m facelite") for k in report["agent_rss_mb"])
     assert report["environment"]["page_cache"].startswith("page cache dropped for ")
     names = [t["name"] for t in report["targets"]]
     assert any("fps" in n for n in names) and any("RSS" in n for n in names)
@@ -193,9 +193,9 @@ def test_targets_hold_the_measured_figures_and_their_verdicts(bench: dict[str, A
 
 
 def check(report: dict[str, Any], path: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m converter.bench --check REPORT`: the verdict a full `make bench` exits with."""
+    """`python -m facelite.tools.bench --check REPORT`: the verdict a full `make bench` exits with."""
     path.write_text(json.dumps(report))
-    return subprocess.run([sys.executable, "-m", "converter.bench", "--check", str(path)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "facelite.tools.bench", "--check", str(path)], capture_output=True,
                           text=True, cwd=REPO, timeout=120)  # fmt: skip
 
 
@@ -215,7 +215,7 @@ def test_the_bench_verdict_of_a_real_report_and_of_one_with_a_target_out_of_reac
 
 ROUND_TARGETS = [
     ("fps", "agent fps", 60.0, ">=", 25.0, "fps"),
-    ("rss", "agent service (python -m agent) peak RSS", 100.0, "<=", 120.0, "MB"),
+    ("rss", "agent service (python -m facelite) peak RSS", 100.0, "<=", 120.0, "MB"),
     ("speedup", "speed-up", 15.0, ">=", 10.0, "x"),
     ("auc", "AUC minus face_recognition's AUC", 0.0, ">=", 0.0, ""),
 ]
@@ -223,8 +223,8 @@ ROUND_TARGETS = [
 
 def test_bench_exit_code_is_1_when_a_target_is_missed_or_not_measured(tmp_path: Path) -> None:
     """Targets built by the bench's own Target.check, judged by `--check` (no models needed)."""
-    from converter.bench.common import to_jsonable
-    from converter.bench.report import Target
+    from facelite.tools.bench.common import to_jsonable
+    from facelite.tools.bench.report import Target
 
     met = [to_jsonable(Target.check(*t)) for t in ROUND_TARGETS]
     ok = check({"targets": met}, tmp_path / "met.json")
@@ -247,7 +247,7 @@ def _cached_bytes(path: Path) -> int:
 
 
 def test_page_cache_of_shared_libraries_is_dropped_and_other_files_are_left(tmp_path: Path) -> None:
-    from converter.bench.pagecache import evict
+    from facelite.tools.bench.pagecache import evict
 
     lib, versioned, other = tmp_path / "libx.so", tmp_path / "deep" / "liby.so.1.2", tmp_path / "notes.txt"
     versioned.parent.mkdir()

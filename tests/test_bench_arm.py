@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from converter.bench import arm
-from converter.bench.common import BenchError
+from facelite.tools.bench import arm
+from facelite.tools.bench.common import BenchError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -280,7 +280,7 @@ def test_one_small_model_counted_at_n0_and_n2(models_dir: Path, tmp_path: Path) 
 
 
 def test_the_deployed_pipeline_per_cpu_takes_the_variant_with_fewest_instructions() -> None:
-    """bench-arm judges the pipeline `make deploy` would ship on each core (deploy.variants' rule), not x86's."""
+    """bench-arm judges the pipeline `make deploy` would ship on each core (facelite.deploy.variants), not x86's."""
     ms = [
         measurement("blazeface", "fp32", "cortex-a72", 60e6),
         measurement("mobilefacenet", "fp32", "cortex-a72", 96e6),

@@ -12,12 +12,13 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.errors import ModelError
-from agent.model.manifest import GraphSpec, Manifest, TensorSpec, sha256_file
-from agent.model.runtime import TFLiteModel
-from agent.tools.dataset import people_tree
-from agent.vision.detect import create_detector
-from agent.vision.detect.blazeface import (
+from facelite.converter.models.blazeface import BlazeFaceRecipe
+from facelite.errors import ModelError
+from facelite.model.manifest import GraphSpec, Manifest, TensorSpec, sha256_file
+from facelite.model.runtime import TFLiteModel
+from facelite.tools.dataset import people_tree
+from facelite.vision.detect import create_detector
+from facelite.vision.detect.blazeface import (
     LARGE_FACE_ZOOM_OUT,
     BlazeFaceDetector,
     RawDetections,
@@ -25,9 +26,8 @@ from agent.vision.detect.blazeface import (
     ssd_anchors,
     weighted_nms,
 )
-from agent.vision.geometry import BBox, Face
-from agent.vision.imageio import read_image
-from converter.models.blazeface import BlazeFaceRecipe
+from facelite.vision.geometry import BBox, Face
+from facelite.vision.imageio import read_image
 
 pytestmark = pytest.mark.slow  # the real detector over every photo of the data directory (~20 s): not test-fast
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.model.manifest import Manifest, sha256_file
-from agent.model.runtime import TFLiteModel
-from agent.vision.detect.blazeface import RETRY_GRAPH
-from agent.vision.imageio import list_images, read_image
-from converter.bench.detect_eval import parse_wider_gt
-from converter.build import BuildOptions, ModelBuild, detector_agreement
-from converter.formats import FormatError
-from converter.formats.tflite_float import FloatTFLiteGraph, RebuiltNetwork
-from converter.models.blazeface import BlazeFaceRecipe
-from converter.runtimes import legacy_python
+from facelite.converter.build import BuildOptions, ModelBuild, detector_agreement
+from facelite.converter.formats import FormatError
+from facelite.converter.formats.tflite_float import FloatTFLiteGraph, RebuiltNetwork
+from facelite.converter.models.blazeface import BlazeFaceRecipe
+from facelite.converter.runtimes import legacy_python
+from facelite.model.manifest import Manifest, sha256_file
+from facelite.model.runtime import TFLiteModel
+from facelite.tools.bench.detect_eval import parse_wider_gt
+from facelite.vision.detect.blazeface import RETRY_GRAPH
+from facelite.vision.imageio import list_images, read_image
 
 pytestmark = pytest.mark.slow  # TensorFlow rebuild and an int8 conversion (~40 s): not in make test-fast
 
@@ -90,7 +90,7 @@ def test_int8_on_photos_it_was_not_calibrated_on_loses_only_borderline_faces(
 ) -> None:
     """WIDER crowds (never calibrated on): the quantisation loss is faces the source itself scored just over its
     threshold; every face of 32 px or more in the 192 px input is kept (docs/experiments/blazeface_int8.md)."""
-    from agent.vision.detect import create_detector
+    from facelite.vision.detect import create_detector
 
     wider = data_dir / "faces" / "wider"
     images = [read_image(wider / "images" / p.path) for p in parse_wider_gt((wider / "gt.txt").read_text())]

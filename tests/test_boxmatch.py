@@ -1,4 +1,4 @@
-"""Box matching for detector accuracy (converter.bench.boxmatch): pure functions, no models, fast."""
+"""Box matching for detector accuracy (facelite.tools.bench.boxmatch): pure functions, no models, fast."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from agent.vision.geometry import BBox
-from converter.bench.boxmatch import SIZE_BINS, greedy_match, iou_matrix, score_photo, size_bin
+from facelite.tools.bench.boxmatch import SIZE_BINS, greedy_match, iou_matrix, score_photo, size_bin
+from facelite.vision.geometry import BBox
 
 
 # -- brute-force references -----------------------------------------------------------------------

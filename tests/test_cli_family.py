@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli
+from facelite import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def facelite(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120
+        [sys.executable, "-m", "facelite.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120
     )
 
 
@@ -29,10 +29,10 @@ def test_help_lists_every_command_of_the_family() -> None:
     ("command", "usage"),
     [
         ("convert", "usage: facelite-convert"),
-        ("deploy", "usage: python -m deploy"),
-        ("bench-arm", "usage: python -m converter.bench.arm"),
-        ("eval-lfw", "usage: python -m converter.bench.lfw"),
-        ("bench", "usage: python -m converter.bench"),
+        ("deploy", "usage: python -m facelite.deploy"),
+        ("bench-arm", "usage: python -m facelite.tools.bench.arm"),
+        ("eval-lfw", "usage: python -m facelite.tools.bench.lfw"),
+        ("bench", "usage: python -m facelite.tools.bench"),
         ("agent", "usage: facelite-agent"),
     ],
 )
@@ -50,8 +50,8 @@ def test_host_commands_on_a_device_bundle_say_so_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A device bundle ships agent/ only: `facelite convert` there must say where it runs, not raise."""
-    monkeypatch.setitem(cli.FAMILY, "convert", ("converter.not_in_this_bundle", "main", "convert"))
-    monkeypatch.setitem(cli.FAMILY, "bench", ("converter.not_in_this_bundle", "", "bench"))
+    monkeypatch.setitem(cli.FAMILY, "convert", ("facelite.converter.not_in_this_bundle", "main", "convert"))
+    monkeypatch.setitem(cli.FAMILY, "bench", ("facelite.converter.not_in_this_bundle", "", "bench"))
     for command in ("convert", "bench"):
         assert cli.main([command, "--models", "x"]) != 0
         err = capsys.readouterr().err.strip()
@@ -60,7 +60,15 @@ def test_host_commands_on_a_device_bundle_say_so_in_one_line(
 
 @pytest.mark.parametrize(
     "module",
-    ["agent.cli", "agent", "converter.cli", "deploy", "converter.bench", "converter.bench.arm", "converter.bench.lfw"],
+    [
+        "facelite.cli",
+        "facelite",
+        "facelite.converter.cli",
+        "facelite.deploy",
+        "facelite.tools.bench",
+        "facelite.tools.bench.arm",
+        "facelite.tools.bench.lfw",
+    ],
 )
 def test_every_entry_point_takes_the_same_logging_flags(module: str) -> None:
     out = subprocess.run(
@@ -73,7 +81,7 @@ def test_logging_flags_and_the_one_line_format() -> None:
     import argparse
     import logging
 
-    from agent.logsetup import DEVICE_FORMAT, HOST_FORMAT, add_logging_flags, level_of
+    from facelite.logsetup import DEVICE_FORMAT, HOST_FORMAT, add_logging_flags, level_of
 
     ap = argparse.ArgumentParser()
     add_logging_flags(ap, default="WARNING")
@@ -82,10 +90,12 @@ def test_logging_flags_and_the_one_line_format() -> None:
     assert level_of(ap.parse_args(["-v", "--log-level", "ERROR"])) == "DEBUG"
     with pytest.raises(SystemExit):
         ap.parse_args(["--log-level", "LOUD"])
-    record = logging.LogRecord("agent.service.app", logging.INFO, __file__, 1, "gallery changed", None, None)
-    assert logging.Formatter(DEVICE_FORMAT).format(record) == "INFO agent.service.app: gallery changed"
+    record = logging.LogRecord("facelite.service.app", logging.INFO, __file__, 1, "gallery changed", None, None)
+    assert logging.Formatter(DEVICE_FORMAT).format(record) == "INFO facelite.service.app: gallery changed"
     assert (
-        logging.Formatter(HOST_FORMAT, "%H:%M:%S").format(record).endswith(" INFO agent.service.app: gallery changed")
+        logging.Formatter(HOST_FORMAT, "%H:%M:%S")
+        .format(record)
+        .endswith(" INFO facelite.service.app: gallery changed")
     )
     none = argparse.ArgumentParser()
     add_logging_flags(none, default=None)  # the agent: the config file's log_level when no flag is given
@@ -96,9 +106,9 @@ def test_eval_on_a_device_bundle_says_it_runs_on_the_host(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """A device bundle ships no agent/tools (deploy/bundle.py): `facelite eval` there is one line, not a traceback."""
-    for name in [m for m in sys.modules if m.startswith("agent.tools")]:
+    for name in [m for m in sys.modules if m.startswith("facelite.tools")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "agent.tools", None)  # what a missing package looks like to import
+    monkeypatch.setitem(sys.modules, "facelite.tools", None)  # what a missing package looks like to import
     assert cli.main(["eval", str(tmp_path), "--detector", "d", "--embedder", "e", "--gallery", "g"]) != 0
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "`facelite eval` runs on the host" in err, err

@@ -18,10 +18,10 @@ import pytest
 from broker import MosquittoBroker, Subscriber
 from helpers import mix, orthonormal_basis, wait_until
 
-from agent.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy
-from agent.recognition.gallery import Gallery, Hygiene
-from agent.recognition.strangers import StrangerPolicy, StrangerStore, Visit
-from agent.service.commands import (
+from facelite.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy
+from facelite.recognition.gallery import Gallery, Hygiene
+from facelite.recognition.strangers import StrangerPolicy, StrangerStore, Visit
+from facelite.service.commands import (
     REGISTRY,
     SEEN_NAME,
     CommandContext,
@@ -30,11 +30,11 @@ from agent.service.commands import (
     ReplayLog,
     parse_command,
 )
-from agent.service.config import Backoff, ConfigErrors, MqttConfig, load_config
-from agent.service.events import Topics
-from agent.service.messages import Message
-from agent.service.sinks.mqtt import MqttSink
-from agent.service.spool import Spool
+from facelite.service.config import Backoff, ConfigErrors, MqttConfig, load_config
+from facelite.service.events import Topics
+from facelite.service.messages import Message
+from facelite.service.sinks.mqtt import MqttSink
+from facelite.service.spool import Spool
 
 TOPICS = Topics("hall")
 SHA = "ab" * 32
@@ -134,14 +134,14 @@ def test_an_unwritable_or_damaged_record_is_one_line_and_ids_stay_in_memory(
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     log = ReplayLog(blocker / SEEN_NAME, window_s=100, max_ids=10, clock=time.time)  # ENOTDIR: as a full disk
-    with caplog.at_level(logging.ERROR, logger="agent.service.commands"):
+    with caplog.at_level(logging.ERROR, logger="facelite.service.commands"):
         log.remember("a")
         log.remember("b")
     assert log.seen("a") and log.seen("b")
     assert len([r for r in caplog.records if "cannot be written" in r.getMessage()]) == 1
     damaged = tmp_path / SEEN_NAME
     damaged.write_bytes(b"\x00garbage")
-    with caplog.at_level(logging.WARNING, logger="agent.service.commands"):
+    with caplog.at_level(logging.WARNING, logger="facelite.service.commands"):
         assert not ReplayLog(damaged, window_s=100, max_ids=10, clock=time.time).seen("a")
     assert any("unreadable" in r.getMessage() for r in caplog.records)
 
@@ -224,7 +224,7 @@ def test_refused_commands_answer_with_a_reason_and_change_nothing(
         (cmd(id="u1", command="ping"), "replayed"),
     ]
     for payload, reason in cases:
-        with caplog.at_level(logging.INFO, logger="agent.service.commands"):
+        with caplog.at_level(logging.INFO, logger="facelite.service.commands"):
             (reply,), changed = send(p, ctx, payload)
         request_id = json.loads(payload)["id"]
         assert reply["ok"] is False and reason in reply["error"] and reply["id"] == request_id, (reason, reply)

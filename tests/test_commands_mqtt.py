@@ -26,8 +26,8 @@ from helpers import wait_until
 from soak import AgentProcess, base_config, state_messages, write_config
 from test_gallery_mqtt import folder_of, naming_ada, retained_now
 
-from agent.tools.demo import enroll_command, pick
-from agent.vision.imageio import list_images
+from facelite.tools.demo import enroll_command, pick
+from facelite.vision.imageio import list_images
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "cmd"
@@ -127,7 +127,7 @@ def people_in(gallery: Path) -> list[str]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "facelite.cli", *args], capture_output=True, text=True, cwd=REPO)
 
 
 def test_commands_are_off_unless_configured(tmp_path: Path, setup: dict[str, Path]) -> None:
@@ -147,7 +147,7 @@ def test_commands_are_off_unless_configured(tmp_path: Path, setup: dict[str, Pat
         finally:
             commander.close()
         assert [m for m in commander.sub.messages if m.topic.startswith(f"{COMMAND}/")] == []
-        assert [line for line in agent.lines if "agent.service.commands" in line] == []  # not one command was read
+        assert [line for line in agent.lines if "facelite.service.commands" in line] == []  # not one command was read
     assert people_in(tmp_path / "gallery.sqlite") == [ADA, BOB]
 
 

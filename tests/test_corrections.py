@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from helpers import mix, orthonormal_basis
 
-from agent.errors import ConfigError, GalleryError
-from agent.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
-from agent.recognition.gallery import Gallery, Hygiene
-from agent.recognition.galleryfile import GALLERY_SCHEMA
-from agent.recognition.matching import Matcher
+from facelite.errors import ConfigError, GalleryError
+from facelite.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
+from facelite.recognition.gallery import Gallery, Hygiene
+from facelite.recognition.galleryfile import GALLERY_SCHEMA
+from facelite.recognition.matching import Matcher
 
 DIM = 64
 SHA = hashlib.sha256(b"embedder").hexdigest()
@@ -319,9 +319,9 @@ def test_bad_event_ids_are_one_line_errors(text: str) -> None:
     assert "\n" not in str(info.value) and "not an event id" in str(info.value)
 
 
-# -- the look-alike measurement's selection (converter/bench/corrections.py) --------------------------------------
+# -- the look-alike measurement's selection (agent/tools/bench/corrections.py) --------------------------------------
 def test_bench_people_hold_out_photos_and_pairs_are_the_closest_different_people(basis: np.ndarray) -> None:
-    from converter.bench.corrections import lookalike_pairs, people_of
+    from facelite.tools.bench.corrections import lookalike_pairs, people_of
 
     nan = np.full(DIM, np.nan, np.float32)
     rows = {
@@ -390,10 +390,10 @@ class _Gate:
 def test_recognized_event_carries_the_best_quality_face_and_ended_tracks_are_dropped(
     gallery: Gallery, basis: np.ndarray
 ) -> None:
-    from agent.recognition.pipeline import Pipeline
-    from agent.recognition.track import Tracker, TrackerConfig
-    from agent.vision.frames import Frame
-    from agent.vision.geometry import BBox, Face
+    from facelite.recognition.pipeline import Pipeline
+    from facelite.recognition.track import Tracker, TrackerConfig
+    from facelite.vision.frames import Frame
+    from facelite.vision.geometry import BBox, Face
 
     face = Face(BBox(10, 10, 110, 110), 0.99, {})
     faces = [mix(basis, e0=0.9, e9=0.1), mix(basis, e0=0.92, e9=0.2), mix(basis, e0=0.91, e9=0.3)]
@@ -416,11 +416,11 @@ def test_recognized_event_carries_the_best_quality_face_and_ended_tracks_are_dro
 
 
 def test_the_correction_benchmark_fails_when_a_correction_does_too_little_or_costs_too_much() -> None:
-    """converter/bench/corrections.py exits 1 on a missed target: these are the rules, on counts made up here."""
+    """agent/tools/bench/corrections.py exits 1 on a missed target: these are the rules, on counts made up here."""
     from dataclasses import asdict
 
-    from converter.bench.common import Rate
-    from converter.bench.corrections import targets
+    from facelite.tools.bench.common import Rate
+    from facelite.tools.bench.corrections import targets
 
     def report(fa_before: int, fa_after: int, tar_before: int, tar_after: int) -> dict:
         return {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from converter.data import HERE, SOURCE_LISTS, wider_slice_gt
+from facelite.converter.data import HERE, SOURCE_LISTS, wider_slice_gt
 
 
 def _rows(name: str) -> list[dict[str, str]]:

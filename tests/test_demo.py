@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.tools.demo import VERDICT_RULE, WRONG_VISIT, Visit, summarize
+from facelite.tools.demo import VERDICT_RULE, WRONG_VISIT, Visit, summarize
 
 ADA = Visit(Path("people/ada/3.jpg"), "ada", True)
 BOB = Visit(Path("people/bob/2.jpg"), "bob", True)

@@ -1,4 +1,4 @@
-"""`python -m deploy` end to end against this machine as the device: real sshd, real mosquitto, real models.
+"""`python -m facelite.deploy` end to end against this machine as the device: real sshd, real mosquitto, real models.
 
 The "device" is a throwaway root (opt/facelite, var/lib/facelite, etc/facelite) reached over a real OpenSSH
 server on a loopback port with throwaway keys; the agent runs under the plain supervisor and talks to a real
@@ -33,10 +33,18 @@ from broker import MosquittoBroker, Subscriber, free_port
 from helpers import ProcessRef
 from sshd import Sshd
 
-from agent.model.manifest import Manifest, sha256_file
-from deploy.bundle import BUNDLE_JSON, SUMS, BundleInputs, build_agent_wheel, build_bundle, default_cache, read_sums
-from deploy.errors import ProfileError
-from deploy.profile import DEVICES_DIR, load_profile, render_toml, resolve_targets
+from facelite.deploy.bundle import (
+    BUNDLE_JSON,
+    SUMS,
+    BundleInputs,
+    build_agent_wheel,
+    build_bundle,
+    default_cache,
+    read_sums,
+)
+from facelite.deploy.errors import ProfileError
+from facelite.deploy.profile import DEVICES_DIR, load_profile, render_toml, resolve_targets
+from facelite.model.manifest import Manifest, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -121,7 +129,7 @@ class Bench:
         return device
 
     def deploy(self, device: str, *extra: str, models_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
-        argv = [PY, "-m", "deploy", "--device", device, "--devices-dir", str(self.devices_dir),
+        argv = [PY, "-m", "facelite.deploy", "--device", device, "--devices-dir", str(self.devices_dir),
                 "--models-dir", str(models_dir or self.models_dir), "--data-dir", str(self.data_dir),
                 "--out", str(self.out), *extra]  # fmt: skip
         return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -158,7 +166,7 @@ def _enrolled_gallery(bench: Bench, faces_dir: Path, path: Path) -> Path:
     profile = load_profile("local-test")
     det, emb = profile.models.detector, profile.models.embedder
     person = sorted(p for p in (faces_dir / "people").iterdir() if p.is_dir())[0]
-    argv = [PY, "-c", "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))", "enroll",
+    argv = [PY, "-c", "import sys; from facelite.cli import main; sys.exit(main(sys.argv[1:]))", "enroll",
             "--detector", str(bench.models_dir / det / index[det]["recommended_variant"]),
             "--embedder", str(bench.models_dir / emb / index[emb]["recommended_variant"]),
             "--gallery", str(path), "alice", *map(str, sorted(person.glob("*.jpg"))[:3])]  # fmt: skip
@@ -274,12 +282,13 @@ def test_the_pi_bundle_ships_the_agent_and_its_license_and_no_converter_code(
         dist_info = next(n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info"))
         license_text = zf.read(f"{dist_info}/LICENSE").decode()
         entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
-    assert {n.split("/")[0] for n in names} == {"agent", dist_info}, sorted({n.split("/")[0] for n in names})
-    assert not [n for n in names if "converter" in n or "/bench/" in n]
-    assert "agent/cli.py" in names and not [n for n in names if n.startswith("agent/tools/")]  # host tools stay
+    # One namespace: no top-level agent, converter or deploy on the device either.
+    assert {n.split("/")[0] for n in names} == {"facelite", dist_info}, sorted({n.split("/")[0] for n in names})
+    assert not [n for n in names if "converter" in n or "/bench/" in n or n.startswith("facelite/deploy/")]
+    assert "facelite/cli.py" in names and not [n for n in names if n.startswith("facelite/tools/")]  # host tools stay
     assert license_text == (REPO / "LICENSE").read_text() and license_text.startswith("MIT License")
     assert "Copyright (c) 2026 the facelite authors" in license_text
-    assert "facelite-agent = agent.cli:agent_main" in entry_points and "converter" not in entry_points
+    assert "facelite-agent = facelite.cli:agent_main" in entry_points and "converter" not in entry_points
 
 
 # -- deploys -----------------------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.bundle import choose_models
-from deploy.profile import load_profile
-from deploy.variants import BY_CPU_FILE, fewest_instructions, pick_variant, write_by_cpu
+from facelite.deploy.bundle import choose_models
+from facelite.deploy.profile import load_profile
+from facelite.deploy.variants import BY_CPU_FILE, fewest_instructions, pick_variant, write_by_cpu
 
 
 @pytest.fixture()
@@ -53,7 +53,7 @@ def test_without_a_cpu_or_figures_deploy_keeps_make_converts_choice(
     e = entry(models, "mobilefacenet")
     plain = pick_variant(models, "mobilefacenet", e, pinned=None, cpu=None, runtime="ai-edge-litert")
     assert plain.variant == e["recommended_variant"] and "no platform.cpu" in plain.reason
-    with caplog.at_level(logging.WARNING, logger="deploy.variants"):
+    with caplog.at_level(logging.WARNING, logger="facelite.deploy.variants"):
         missing = pick_variant(models, "mobilefacenet", e, pinned=None, cpu="cortex-a72", runtime="ai-edge-litert")
     assert missing.variant == e["recommended_variant"]
     assert "run `make bench-arm`" in missing.reason and "make bench-arm" in caplog.text

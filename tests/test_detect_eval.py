@@ -1,4 +1,4 @@
-"""Detector evaluation (converter.bench.detect_eval): parsing and scoring by hand, tight crops with real models."""
+"""Detector evaluation (facelite.tools.bench.detect_eval): parsing and scoring by hand, tight crops with real models."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.vision.detect import create_detector
-from agent.vision.imageio import read_image
-from converter.bench.detect_eval import (
+from facelite.tools.bench.detect_eval import (
     Setting,
     agent_settings,
     fold_people,
@@ -19,6 +17,8 @@ from converter.bench.detect_eval import (
     tight_crop,
     wider_row,
 )
+from facelite.vision.detect import create_detector
+from facelite.vision.imageio import read_image
 
 # Box lines end with a space in the official file.
 GT = "".join(
@@ -78,7 +78,8 @@ def test_tight_crop_is_the_centre_square_resized() -> None:
 @pytest.mark.slow
 def test_default_detector_finds_faces_that_fill_the_photo(faces_dir: Path, models_dir: Path) -> None:
     """The agent's default detector at its default settings on 40 tight crops (issue 10, item 5). 40 crops
-    cannot resolve the 98% target (one miss is 2.5%): the full figure is `python -m converter.bench.detect_eval`."""
+    cannot resolve the 98% target (one miss is 2.5%): the full figure is
+    `python -m facelite.tools.bench.detect_eval`."""
     index = json.loads((models_dir / "index.json").read_text())["models"]
     default, _ = agent_settings()
     detector = create_detector(

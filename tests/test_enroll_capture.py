@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from soak import enroll_gallery, pick, write_config
 
-from agent.tools.demo import FRAME, place
-from agent.vision.imageio import read_image
+from facelite.tools.demo import FRAME, place
+from facelite.vision.imageio import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -28,7 +28,7 @@ PERSON = "deepface_id04"  # img17 frontal, img16 turned (yaw about +30, its mirr
 GREY = 90
 
 
-def cli(*args: str, module: str = "agent.cli") -> subprocess.CompletedProcess[str]:
+def cli(*args: str, module: str = "facelite.cli") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300
     )

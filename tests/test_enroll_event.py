@@ -19,7 +19,7 @@ import pytest
 from soak import base_config, enroll_gallery, pick, write_config
 from test_gallery_reject import cli, decided, folder_of, run_agent
 
-from agent.vision.imageio import list_images
+from facelite.vision.imageio import list_images
 
 
 def config_for(work: Path, models_dir: Path, source: Path) -> Path:

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 from helpers import mix, orthonormal_basis
 
-from agent.errors import ConfigError, FaceliteError, GalleryError
-from agent.recognition.capture import POSES, Capture, CaptureSettings, enrolment_gate, parse_poses, run_capture
-from agent.recognition.enrolment import EventEnrollment, enroll_from_event
-from agent.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy
-from agent.recognition.gallery import Gallery, Hygiene
-from agent.recognition.matching import Matcher
-from agent.service.sources import Frame, SourceState, SourceStatus
-from agent.vision.geometry import BBox, Face
-from agent.vision.quality import BLAZEFACE_FRONTAL_NOSE_RATIO, DEFAULT_GATE, NOSE_DEPTH_YAW, QualityGate
+from facelite.errors import ConfigError, FaceliteError, GalleryError
+from facelite.recognition.capture import POSES, Capture, CaptureSettings, enrolment_gate, parse_poses, run_capture
+from facelite.recognition.enrolment import EventEnrollment, enroll_from_event
+from facelite.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy
+from facelite.recognition.gallery import Gallery, Hygiene
+from facelite.recognition.matching import Matcher
+from facelite.service.sources import Frame, SourceState, SourceStatus
+from facelite.vision.geometry import BBox, Face
+from facelite.vision.quality import BLAZEFACE_FRONTAL_NOSE_RATIO, DEFAULT_GATE, NOSE_DEPTH_YAW, QualityGate
 
 DIM = 64
 SHA = hashlib.sha256(b"embedder").hexdigest()

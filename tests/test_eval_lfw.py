@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.model.manifest import Manifest
-from agent.tools.embedset import detect_photos
-from agent.tools.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, LfwView2, read_view2
-from agent.tools.lfw_eval import photo_groups
-from agent.vision.detect import create_detector
+from facelite.model.manifest import Manifest
+from facelite.tools.embedset import detect_photos
+from facelite.tools.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, LfwView2, read_view2
+from facelite.tools.lfw_eval import photo_groups
+from facelite.vision.detect import create_detector
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ PIPELINE = "blazeface/fp32 + mobilefacenet/fp32"
 def two_folds(data_dir: Path, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, int]:
     out = tmp_path_factory.mktemp("eval-lfw")
     cmd = [
-        sys.executable, "-m", "converter.bench.lfw", "--models", str(models_dir), "--data-dir", str(data_dir),
+        sys.executable, "-m", "facelite.tools.bench.lfw", "--models", str(models_dir), "--data-dir", str(data_dir),
         "--out", str(out), "--cache", str(REPO / "build" / "cache" / "lfw"), "--folds", "5,6",
         "--gallery-sizes", "10,100", "--draws", "3", "--no-peers", "--pipelines", PIPELINE,
     ]  # fmt: skip
@@ -88,7 +88,7 @@ def test_two_folds_report(two_folds: tuple[dict, int], data_dir: Path, models_di
 
 def test_groups_match_the_converter_calibration_photos(data_dir: Path) -> None:
     """The eval reuses the converter's cached calibration embeddings only if its group is the same photo list."""
-    from converter.calibrate import calibration_photos
+    from facelite.converter.calibrate import calibration_photos
 
     view2 = read_view2(data_dir / "faces" / "lfw")
     groups = photo_groups(LfwView2(view2.root, view2.pairs, view2.folds), list(range(1, 11)))

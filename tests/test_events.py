@@ -22,11 +22,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import __version__
-from agent.errors import ConfigError
-from agent.recognition.track import TrackEvent
-from agent.service.discovery import discovery_messages, person_discovery_message
-from agent.service.events import (
+from facelite import __version__
+from facelite.errors import ConfigError
+from facelite.recognition.track import TrackEvent
+from facelite.service.discovery import discovery_messages, person_discovery_message
+from facelite.service.events import (
     EVENT_SCHEMA,
     FACE_CROP_FIELD,
     SCHEMA,
@@ -45,9 +45,9 @@ from agent.service.events import (
     state_message,
     utc_iso,
 )
-from agent.service.messages import Message
-from agent.service.presence import Presence, PresenceTracker, presence_message
-from agent.vision.geometry import BBox
+from facelite.service.messages import Message
+from facelite.service.presence import Presence, PresenceTracker, presence_message
+from facelite.vision.geometry import BBox
 
 SHA = "ab" * 32
 TOPICS = Topics("hall-pi")

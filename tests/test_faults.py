@@ -1,6 +1,6 @@
 """Fault injection on the real agent process: broker outages, SIGKILL, a full disk, a camera that goes away.
 
-Everything is real: `python -m agent` as a subprocess, the converted models, a gallery enrolled from the
+Everything is real: `python -m facelite` as a subprocess, the converted models, a gallery enrolled from the
 photos, mosquitto, an MJPEG-over-HTTP camera, and a tmpfs inside a private mount namespace for the disk.
 The agent logs every event right after handing it to the sink (``event <type> camera=.. track=..``), and a
 durable event is on disk by then, so its log is the ground truth the deliveries are compared with.
@@ -39,9 +39,9 @@ from soak import (
     write_config,
 )
 
-from agent.service.spool import Spool
-from agent.tools.demo import Visit, place, plan, write_video
-from agent.vision.imageio import read_image
+from facelite.service.spool import Spool
+from facelite.tools.demo import Visit, place, plan, write_video
+from facelite.vision.imageio import read_image
 
 DEVICE = "fault"
 EVENTS = f"facelite/{DEVICE}/events"
@@ -359,7 +359,7 @@ def _events_before(agent: AgentProcess, line: str) -> int:
     return sum(1 for entry in lines[: lines.index(line)] if "event " in entry and " camera=" in entry)
 
 
-def run_in(agent: AgentProcess, *args: str, module: str = "agent.cli") -> subprocess.CompletedProcess[str]:
+def run_in(agent: AgentProcess, *args: str, module: str = "facelite.cli") -> subprocess.CompletedProcess[str]:
     """A `facelite` command (or ``python -c``) in the agent's mount namespace: it sees the same tmpfs.
 
     (SQLite resolves /proc/<pid>/root symlinks to the host's view, so databases are opened from inside.)
@@ -433,9 +433,9 @@ def reject_setup(folder: Path, models_dir: Path) -> tuple[Path, str]:
     """A gallery with Ada and one event face announced as her in the state folder; returns (config, event id).
 
     Vectors are random unit vectors stamped with the real embedder: the command only moves them around."""
-    from agent.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy
-    from agent.recognition.gallery import Gallery
-    from agent.vision.embed import Embedder
+    from facelite.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy
+    from facelite.recognition.gallery import Gallery
+    from facelite.vision.embed import Embedder
 
     detector, embedder_dir = pick(models_dir, "blazeface"), pick(models_dir, "mobilefacenet")
     embedder = Embedder.from_model_dir(embedder_dir)
@@ -480,7 +480,7 @@ for chunk in (1 << 16, 4096, 64, 1):
         except OSError:
             break
 os.close(fd)
-cmd = [sys.executable, "-m", "agent.cli", "gallery", "reject", event_id, "--config", config]
+cmd = [sys.executable, "-m", "facelite.cli", "gallery", "reject", event_id, "--config", config]
 full = subprocess.run(cmd, capture_output=True, text=True)
 negatives = held[0].execute("SELECT COUNT(*) FROM negatives").fetchone()[0]
 os.unlink(os.path.join(folder, "ballast"))
@@ -525,7 +525,7 @@ def test_locked_gallery_while_rejecting_fails_in_one_line_then_works(tmp_path: P
     holder = sqlite3.connect(gallery, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another writer (an enrolment) holds the gallery for longer than 5 s
     try:
-        cmd = [sys.executable, "-m", "agent.cli", "gallery", "reject", event_id, "--config", str(config)]
+        cmd = [sys.executable, "-m", "facelite.cli", "gallery", "reject", event_id, "--config", str(config)]
         locked = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO_DIR)
     finally:
         holder.execute("ROLLBACK")
@@ -543,7 +543,7 @@ def test_locked_gallery_while_enrolling_from_an_event_fails_in_one_line_then_wor
 ) -> None:
     config, event_id = reject_setup(tmp_path, models_dir)  # an event announced as Ada: enrolling it as Ada is allowed
     gallery = tmp_path / "gallery.sqlite"
-    cmd = [sys.executable, "-m", "agent.cli", "enroll", "Ada", "--from-event", event_id, "--config", str(config)]
+    cmd = [sys.executable, "-m", "facelite.cli", "enroll", "Ada", "--from-event", event_id, "--config", str(config)]
     holder = sqlite3.connect(gallery, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another writer holds the gallery for longer than the 5 s busy timeout
     try:
@@ -567,7 +567,7 @@ def test_camera_lost_during_guided_capture_ends_it_with_what_was_kept(tmp_path: 
     frontal = place(read_image(next(p for p in person if p.name == "img17.jpg")))
     gallery = copy_gallery(world, tmp_path)
     camera = MjpegCamera([frontal]).start()
-    cmd = [sys.executable, "-m", "agent.cli", "enroll", "Dee", "--camera", camera.url, "--timeout-s", "120",
+    cmd = [sys.executable, "-m", "facelite.cli", "enroll", "Dee", "--camera", camera.url, "--timeout-s", "120",
            "--detector", str(world.detector), "--embedder", str(world.embedder), "--gallery", str(gallery)]  # fmt: skip
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_DIR)
@@ -726,7 +726,7 @@ def test_corrupt_stranger_store_is_logged_once_the_agent_goes_on_and_the_cli_say
     assert len([line for line in agent.lines if "stranger store" in line and "cannot be written" in line]) == 1
     for args in (("gallery", "unknowns"), ("enroll", "Cleo", "--from-unknown", "1")):
         proc = subprocess.run(
-            [sys.executable, "-m", "agent.cli", *args, "--config", str(config)],
+            [sys.executable, "-m", "facelite.cli", *args, "--config", str(config)],
             capture_output=True, text=True, cwd=REPO_DIR, timeout=120,
         )  # fmt: skip
         assert proc.returncode != 0 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
@@ -773,7 +773,8 @@ for chunk in (1 << 16, 4096, 64, 1):
             break
 os.close(fd)
 def run(*args):
-    p = subprocess.run([sys.executable, "-m", "agent.cli", *args, "--config", config], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "facelite.cli", *args, "--config", config],
+                       capture_output=True, text=True)
     return [p.returncode, p.stdout, p.stderr]
 full = [run("enroll", "Cleo", "--from-unknown", "1"), run("gallery", "drop-unknown", "2")]
 listed = run("gallery", "unknowns")
@@ -786,10 +787,10 @@ print(json.dumps({"full": full, "listed_when_full": listed, "ok": ok, "after": r
 def test_disk_full_while_enrolling_or_dropping_a_stranger_fails_in_one_line_and_changes_nothing(
     tmp_path: Path, models_dir: Path
 ) -> None:
-    from agent.recognition.strangers import Visit
-    from agent.service.app import open_strangers
-    from agent.service.config import load_config
-    from agent.vision.embed import Embedder
+    from facelite.recognition.strangers import Visit
+    from facelite.service.app import open_strangers
+    from facelite.service.config import load_config
+    from facelite.vision.embed import Embedder
 
     mount = tmp_path / "var"
     mount.mkdir()

@@ -16,14 +16,14 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.model.manifest import Preprocessing, sha256_file
-from agent.model.runtime import TFLiteModel
-from agent.vision.imageio import list_images, read_image
-from converter.formats import FormatError
-from converter.formats.detect import detect_format, load_any
-from converter.formats.user import user_recipe
-from converter.sources import source_files
-from converter.variants import get_variant
+from facelite.converter.formats import FormatError
+from facelite.converter.formats.detect import detect_format, load_any
+from facelite.converter.formats.user import user_recipe
+from facelite.converter.sources import source_files
+from facelite.converter.variants import get_variant
+from facelite.model.manifest import Preprocessing, sha256_file
+from facelite.model.runtime import TFLiteModel
+from facelite.vision.imageio import list_images, read_image
 
 pytestmark = pytest.mark.slow  # converts real networks with TensorFlow (tens of seconds): not in make test-fast
 
@@ -126,7 +126,7 @@ def face_boxes(data_dir: Path, faces_dir: Path) -> list[tuple[np.ndarray, np.nda
 
 
 def _crops(face_boxes: list[tuple[np.ndarray, np.ndarray]], side: int) -> np.ndarray:
-    from agent.vision.embed import preprocess
+    from facelite.vision.embed import preprocess
 
     out = []
     for img, (x0, y0, x1, y1) in face_boxes:

@@ -34,23 +34,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from soak import AgentProcess, enroll_gallery, pick, toml_text, write_config
 
-from agent.errors import GalleryError, ImageError, ModelError
-from agent.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
-from agent.recognition.gallery import Gallery
-from agent.recognition.matching import Matcher
-from agent.recognition.pipeline import Pipeline
-from agent.recognition.strangers import check_cluster_id
-from agent.recognition.track import Tracker, TrackerConfig
-from agent.service.commands import CommandContext, CommandProcessor, CommandRefused, ReplayLog, parse_command
-from agent.service.config import AgentConfig, ConfigError, ConfigErrors, key_path, load_config
-from agent.service.events import Topics
-from agent.service.messages import Message
-from agent.service.schema import Section, sections_of
-from agent.service.sources import Frame
-from agent.vision.detect import create_detector
-from agent.vision.embed import Embedder
-from agent.vision.imageio import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_bgr
-from agent.vision.quality import QualityGate
+from facelite.errors import GalleryError, ImageError, ModelError
+from facelite.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy, check_event_id
+from facelite.recognition.gallery import Gallery
+from facelite.recognition.matching import Matcher
+from facelite.recognition.pipeline import Pipeline
+from facelite.recognition.strangers import check_cluster_id
+from facelite.recognition.track import Tracker, TrackerConfig
+from facelite.service.commands import CommandContext, CommandProcessor, CommandRefused, ReplayLog, parse_command
+from facelite.service.config import AgentConfig, ConfigError, ConfigErrors, key_path, load_config
+from facelite.service.events import Topics
+from facelite.service.messages import Message
+from facelite.service.schema import Section, sections_of
+from facelite.service.sources import Frame
+from facelite.vision.detect import create_detector
+from facelite.vision.embed import Embedder
+from facelite.vision.imageio import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_bgr
+from facelite.vision.quality import QualityGate
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = settings(
@@ -229,7 +229,7 @@ def test_decompression_bomb_is_refused_by_enroll_before_it_takes_the_memory(tmp_
     models = ["--detector", str(kit.detector), "--embedder", str(kit.embedder)]
     runs = {}
     for name, photos in (("plain", [real]), ("bombs", [real, bomb, giant])):
-        args = ["-m", "agent.cli", "enroll", "Barack", *map(str, photos), *models, "--gallery", str(tmp_path / name)]
+        args = ["-m", "facelite.cli", "enroll", "Barack", *map(str, photos), *models, "--gallery", str(tmp_path / name)]
         proc = cli("-c", probe, sys.executable, *args)
         runs[name] = (proc, int(proc.stdout.splitlines()[0]))
     (plain, plain_kb), (bombs, bombs_kb) = runs["plain"], runs["bombs"]
@@ -289,7 +289,7 @@ def test_degenerate_frames_are_processed_or_counted_never_raised(pipeline: Pipel
 
 
 def placed(photo: Path) -> np.ndarray:
-    from agent.tools.demo import place
+    from facelite.tools.demo import place
 
     return place(read_image(photo))
 
@@ -432,7 +432,9 @@ def test_damaged_model_or_mismatching_manifest_is_one_line(tmp_path: Path, kit: 
             "spool": {"path": str(tmp_path / "s.sqlite")},
         }
         write_config(tmp_path / "agent.toml", config)
-        proc = cli("-m", "agent", "--config", str(tmp_path / "agent.toml"), "--self-test", str(tmp_path / "none.jpg"))
+        proc = cli(
+            "-m", "facelite", "--config", str(tmp_path / "agent.toml"), "--self-test", str(tmp_path / "none.jpg")
+        )
         assert proc.returncode == 2, proc.stderr
         (line,) = proc.stderr.strip().splitlines()
         assert line.startswith("error: ") and says in line, line
@@ -442,8 +444,8 @@ TAMPER_CHILD = """
 import hashlib, json, random, shutil, sys
 from pathlib import Path
 import numpy as np
-from agent.vision.embed import Embedder
-from agent.errors import ModelError
+from facelite.vision.embed import Embedder
+from facelite.errors import ModelError
 src, work, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
 original = (src / "model.tflite").read_bytes()
@@ -501,9 +503,9 @@ def test_tampered_model_with_a_regenerated_manifest_fails_in_one_line_or_loads_n
 @pytest.mark.slow  # the rebuild imports TensorFlow (~10 s): not in make test-fast
 def test_damaged_tflite_files_give_one_line_or_a_float_rebuild(tmp_path: Path) -> None:
     """The converter's float rebuild of a shipped .tflite (BlazeFace int8, converter/formats/tflite_float.py)."""
-    from converter.formats import FormatError
-    from converter.formats.tflite_float import FloatTFLiteGraph
-    from converter.sources import source_files
+    from facelite.converter.formats import FormatError
+    from facelite.converter.formats.tflite_float import FloatTFLiteGraph
+    from facelite.converter.sources import source_files
 
     shipped = source_files("blazeface-short")[0].read_bytes()
     outcomes: dict[str, int] = {}
@@ -567,7 +569,7 @@ def test_gallery_of_another_model_or_not_a_gallery_is_one_line(tmp_path: Path, k
         "spool": {"path": str(tmp_path / "s.sqlite")},
     }
     write_config(tmp_path / "agent.toml", config)
-    proc = cli("-m", "agent", "--config", str(tmp_path / "agent.toml"), timeout=60)
+    proc = cli("-m", "facelite", "--config", str(tmp_path / "agent.toml"), timeout=60)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: gallery was enrolled with embedder") and "facelite enroll" in line
@@ -679,7 +681,7 @@ def test_reject_with_bad_ids_or_a_damaged_event_face_store_is_one_line(tmp_path:
     _, gallery, state = state_config(tmp_path, kit)
 
     def reject(event_id: str) -> str:
-        proc = cli("-m", "agent.cli", "gallery", "reject", event_id, "--config", str(tmp_path / "agent.toml"))
+        proc = cli("-m", "facelite.cli", "gallery", "reject", event_id, "--config", str(tmp_path / "agent.toml"))
         assert proc.returncode != 0 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
         return one_line(proc.stderr.strip())
 
@@ -711,7 +713,7 @@ def test_enroll_from_event_with_bad_ids_a_damaged_store_or_a_replay_is_one_line(
     config, gallery, state = state_config(tmp_path, kit)
 
     def enroll(event_id: str, *more: str, ok: bool = False) -> str:
-        proc = cli("-m", "agent.cli", "enroll", "Newcomer", *more, "--from-event", event_id, "--config", str(config))
+        proc = cli("-m", "facelite.cli", "enroll", "Newcomer", *more, "--from-event", event_id, "--config", str(config))
         assert "Traceback" not in proc.stderr and (proc.returncode == 0) is ok, proc.stderr
         return one_line(proc.stdout.strip() if ok else proc.stderr.strip())
 
@@ -759,10 +761,10 @@ def mjpg_clip(path: Path, photos: list[bytes], frames: int = 6) -> bytes:
 
 
 def test_damaged_videos_give_a_capture_report_or_one_line_never_a_traceback(tmp_path: Path, kit: Kit) -> None:
-    from agent.errors import FaceliteError
-    from agent.recognition.capture import Capture, CaptureSettings, run_capture
-    from agent.service.sources import open_source
-    from agent.vision.quality import DEFAULT_GATE
+    from facelite.errors import FaceliteError
+    from facelite.recognition.capture import Capture, CaptureSettings, run_capture
+    from facelite.service.sources import open_source
+    from facelite.vision.quality import DEFAULT_GATE
 
     detector, embedder = create_detector(kit.detector), Embedder.from_model_dir(kit.embedder)
     clip = mjpg_clip(tmp_path / "clip.avi", kit.photos)
@@ -808,7 +810,7 @@ def test_enroll_camera_with_bad_sources_or_options_is_one_line(tmp_path: Path, k
         "0z": (["--timeout-s", "nan"], "timeout must be > 0 seconds"),
     }
     for source, (more, says) in cases.items():
-        proc = cli("-m", "agent.cli", "enroll", "Newcomer", "--camera", source, *more, *flags)
+        proc = cli("-m", "facelite.cli", "enroll", "Newcomer", "--camera", source, *more, *flags)
         assert proc.returncode != 0 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
         assert says in one_line(proc.stderr.strip()), (source, proc.stderr)
 
@@ -830,8 +832,8 @@ def test_cluster_numbers_are_a_whole_number_or_one_line(text: str | int) -> None
 def test_damaged_stranger_store_never_raises_in_the_agent_and_is_one_line_in_the_cli(
     tmp_path_factory: pytest.TempPathFactory, raw: bytes, header: bool
 ) -> None:
-    from agent.recognition.strangers import StrangerPolicy, StrangerStore, Visit
-    from agent.service.events import Topics
+    from facelite.recognition.strangers import StrangerPolicy, StrangerStore, Visit
+    from facelite.service.events import Topics
 
     path = tmp_path_factory.mktemp("strangers") / "strangers.sqlite"
     path.write_bytes((b"SQLite format 3\x00" if header else b"") + raw)
@@ -863,7 +865,7 @@ def test_stranger_commands_with_bad_numbers_or_a_damaged_store_are_one_line(tmp_
     write_config(tmp_path / "agent.toml", config)
 
     def fails(*args: str) -> str:
-        proc = cli("-m", "agent.cli", *args, "--config", str(tmp_path / "agent.toml"))
+        proc = cli("-m", "facelite.cli", *args, "--config", str(tmp_path / "agent.toml"))
         assert proc.returncode != 0 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
         return one_line(proc.stderr.strip())
 
@@ -893,7 +895,7 @@ def test_stranger_commands_with_bad_numbers_or_a_damaged_store_are_one_line(tmp_
         assert "Cleo" not in {p.name for p in g.people()}
         someone = g.people()[0].name
     # A damaged store does not stop a forget: one warning line, the person leaves the gallery.
-    proc = cli("-m", "agent.cli", "gallery", "forget", someone, "--config", str(tmp_path / "agent.toml"))
+    proc = cli("-m", "facelite.cli", "gallery", "forget", someone, "--config", str(tmp_path / "agent.toml"))
     assert proc.returncode == 0 and proc.stdout.startswith(f"forgot {someone}"), proc.stderr
     assert "warning: unknown visits not searched" in one_line(proc.stderr.strip())
     with Gallery.open(gallery, embedder_sha256=Embedder.from_model_dir(kit.embedder).sha256, embedding_size=192) as g:
@@ -1161,7 +1163,7 @@ def test_malformed_configs_through_the_cli_are_one_line_each_never_a_traceback_o
     for name, text in cases.items():
         path = tmp_path / name
         path.write_text(text, encoding="utf-8")
-        proc = cli("-m", "agent", "--config", str(path), "--check-config", timeout=30)
+        proc = cli("-m", "facelite", "--config", str(path), "--check-config", timeout=30)
         assert proc.returncode == 2, (name, proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stderr
         lines = proc.stderr.strip().splitlines()

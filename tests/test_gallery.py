@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from helpers import mix, orthonormal_basis
 
-from agent.errors import ConfigError, GalleryError
-from agent.recognition.gallery import Gallery
-from agent.recognition.galleryfile import GALLERY_SCHEMA
-from agent.recognition.matching import Match, Matcher
+from facelite.errors import ConfigError, GalleryError
+from facelite.recognition.gallery import Gallery
+from facelite.recognition.galleryfile import GALLERY_SCHEMA
+from facelite.recognition.matching import Match, Matcher
 
 DIM = 128
 SHA_A = hashlib.sha256(b"embedder A").hexdigest()

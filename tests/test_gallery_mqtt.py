@@ -26,9 +26,9 @@ from broker import MosquittoBroker, Subscriber
 from helpers import enroll_by_cli, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.service.spool import Spool
-from agent.tools.demo import pick
-from agent.vision.imageio import list_images
+from facelite.service.spool import Spool
+from facelite.tools.demo import pick
+from facelite.vision.imageio import list_images
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "gal"
@@ -77,7 +77,7 @@ def write_config(
 
 def start_agent(config: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "agent", "--config", str(config)],
+        [sys.executable, "-m", "facelite", "--config", str(config)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -99,7 +99,7 @@ def run_agent(config: Path) -> str:
 
 def forget(setup: dict[str, Path], gallery: Path, name: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "gallery", "forget", name, "--detector", str(setup["detector"]),
+        [sys.executable, "-m", "facelite.cli", "gallery", "forget", name, "--detector", str(setup["detector"]),
          "--embedder", str(setup["embedder"]), "--gallery", str(gallery)],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip

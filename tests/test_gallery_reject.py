@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.tools.demo import pick
-from agent.vision.imageio import list_images
+from facelite.tools.demo import pick
+from facelite.vision.imageio import list_images
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -30,7 +30,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=180
+        [sys.executable, "-m", "facelite.cli", *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=180
     )
 
 
@@ -58,7 +58,7 @@ def write_config(work: Path, models_dir: Path, source: Path, keep_s: int = 25920
 
 def run_agent(config: Path) -> list[dict[str, object]]:
     proc = subprocess.run(
-        [sys.executable, "-m", "agent", "--config", str(config)],
+        [sys.executable, "-m", "facelite", "--config", str(config)],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ImageError
-from agent.vision.imageio import jpeg_is_complete, read_image
+from facelite.errors import ImageError
+from facelite.vision.imageio import jpeg_is_complete, read_image
 
 
 def jpegs(faces_dir: Path) -> list[Path]:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.model.manifest import Calibration
-from agent.model.metrics import calibration_curve, per_comparison_far
-from agent.recognition.openset import curve_threshold
-from agent.tools.embedset import pair_scores
-from agent.tools.lfw import LfwPair, LfwView2, read_view2
-from agent.tools.lfw_eval import PhotoVectors, calibration_check, open_set, ten_fold
+from facelite.model.manifest import Calibration
+from facelite.model.metrics import calibration_curve, per_comparison_far
+from facelite.recognition.openset import curve_threshold
+from facelite.tools.embedset import pair_scores
+from facelite.tools.lfw import LfwPair, LfwView2, read_view2
+from facelite.tools.lfw_eval import PhotoVectors, calibration_check, open_set, ten_fold
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -121,7 +121,7 @@ def test_calibration_check_measures_the_rate_on_new_people() -> None:
 
 
 def test_view2_parser_refuses_bad_files(tmp_path: Path) -> None:
-    from agent.errors import FaceliteError
+    from facelite.errors import FaceliteError
 
     (tmp_path / "pairs.txt").write_text("1\t1\nA\t1\t2\nB\t1\n")
     with pytest.raises(FaceliteError, match=r"expected a different-person line .*pairs.txt:3\)"):

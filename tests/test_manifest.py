@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ModelError
-from agent.model.manifest import Manifest
-from agent.vision.embed import Embedder
+from facelite.errors import ModelError
+from facelite.model.manifest import Manifest
+from facelite.vision.embed import Embedder
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.model.metrics import (
+from facelite.model.metrics import (
     CURVE_FARS,
     ExponentialTail,
     accept_rate,

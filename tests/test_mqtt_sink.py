@@ -19,11 +19,11 @@ import pytest
 from broker import MosquittoBroker, Subscriber, free_port, make_tls_files
 from helpers import wait_until
 
-from agent.service.config import Backoff, MqttConfig, TlsConfig
-from agent.service.messages import Message
-from agent.service.sinks.mqtt import MqttSink
-from agent.service.sinks.stdout import StdoutSink
-from agent.service.spool import Spool
+from facelite.service.config import Backoff, MqttConfig, TlsConfig
+from facelite.service.messages import Message
+from facelite.service.sinks.mqtt import MqttSink
+from facelite.service.sinks.stdout import StdoutSink
+from facelite.service.spool import Spool
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "dev1"
@@ -80,10 +80,10 @@ def kill_child(child: subprocess.Popen[str]) -> None:
 
 CHILD_SINK = """
     import json, sys, time
-    from agent.service.config import Backoff, MqttConfig
-    from agent.service.messages import Message
-    from agent.service.sinks.mqtt import MqttSink
-    from agent.service.spool import Spool
+    from facelite.service.config import Backoff, MqttConfig
+    from facelite.service.messages import Message
+    from facelite.service.sinks.mqtt import MqttSink
+    from facelite.service.spool import Spool
     port, spool_path, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     config = MqttConfig(host="127.0.0.1", port=port, reconnect=Backoff(initial_s=0.1, max_s=0.5))
     sink = MqttSink(config, Spool(spool_path, 1000, 1 << 20), device_id="dev1").start()

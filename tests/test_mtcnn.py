@@ -1,6 +1,6 @@
 """MTCNN end to end: the real weights, the real build, both device runtimes, real photos.
 
-The artifact is built once per module through converter.build (fp32, on the group scenes and a few
+The artifact is built once per module through facelite.converter.build (fp32, on the group scenes and a few
 single-face photos, to stay quick) and then judged against the PyPI ``mtcnn`` package itself, run
 with its defaults, and against the face counts in faces/README.md.
 """
@@ -16,22 +16,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from agent.errors import FaceliteError, ModelError
-from agent.model.manifest import Manifest
-from agent.model.runtime import TFLiteModel
-from agent.vision.detect import create_detector
-from agent.vision.detect.mtcnn import (
+from facelite.converter.build import BuildOptions, ModelBuild, ModelReport
+from facelite.converter.models.mtcnn import GRAPHS, MTCNNRecipe
+from facelite.converter.runtimes import check_legacy
+from facelite.errors import FaceliteError, ModelError
+from facelite.model.manifest import Manifest
+from facelite.model.runtime import TFLiteModel
+from facelite.vision.detect import create_detector
+from facelite.vision.detect.mtcnn import (
     LANDMARKS,
     MTCNNDetector,
     crop_and_resize,
     pyramid_scales,
     resize_level,
 )
-from agent.vision.geometry import BBox, Face
-from agent.vision.imageio import read_image
-from converter.build import BuildOptions, ModelBuild, ModelReport
-from converter.models.mtcnn import GRAPHS, MTCNNRecipe
-from converter.runtimes import check_legacy
+from facelite.vision.geometry import BBox, Face
+from facelite.vision.imageio import read_image
 
 pytestmark = pytest.mark.slow  # builds MTCNN with TensorFlow and both runtimes (.venv-legacy): not in make test-fast
 

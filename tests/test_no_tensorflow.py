@@ -8,14 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import agent
+import facelite
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _agent_modules() -> list[str]:
-    # agent.__main__ is the entry point: importing it runs the agent.
-    return sorted(m.name for m in pkgutil.walk_packages(agent.__path__, "agent.") if m.name != "agent.__main__")
+    # An __main__ is an entry point: importing facelite.__main__ runs the agent, the bench's runs the benchmark.
+    return sorted(
+        m.name for m in pkgutil.walk_packages(facelite.__path__, "facelite.") if not m.name.endswith("__main__")
+    )
 
 
 def test_importing_every_agent_module_loads_no_tensorflow() -> None:
@@ -43,9 +45,9 @@ class _Block:
         if name == "tensorflow" or name.startswith("tensorflow."):
             raise ImportError("tensorflow is blocked in the agent")
 sys.meta_path.insert(0, _Block())
-from agent.vision.detect import create_detector
-from agent.vision.embed import Embedder
-from agent.vision.imageio import read_image
+from facelite.vision.detect import create_detector
+from facelite.vision.embed import Embedder
+from facelite.vision.imageio import read_image
 image = read_image({str(photo)!r})
 det = create_detector({str(models_dir / "blazeface" / "fp32")!r})
 faces = det.detect(image)
@@ -69,8 +71,8 @@ def test_the_service_with_a_toml_config_loads_no_pydantic_and_no_yaml(tmp_path: 
     )
     code = (
         "import sys\n"
-        "import agent.service.app, agent.cli, agent.service.sinks.mqtt, agent.service.sinks.stdout\n"
-        "from agent.service.config import load_config\n"
+        "import facelite.service.app, facelite.cli, facelite.service.sinks.mqtt, facelite.service.sinks.stdout\n"
+        "from facelite.service.config import load_config\n"
         f"load_config({str(config)!r})\n"
         "print(','.join(sorted(k for k in sys.modules if k.split('.')[0] in ('pydantic', 'pydantic_core', 'yaml'))))\n"
     )

@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.model.runtime import TFLiteModel
-from agent.vision.imageio import list_images, read_image
-from converter.formats import FormatError
-from converter.formats import onnx as onnx_format
-from converter.formats.detect import detect_format, load_any
-from converter.variants import get_variant
+from facelite.converter.formats import FormatError
+from facelite.converter.formats import onnx as onnx_format
+from facelite.converter.formats.detect import detect_format, load_any
+from facelite.converter.variants import get_variant
+from facelite.model.runtime import TFLiteModel
+from facelite.vision.imageio import list_images, read_image
 
 pytestmark = pytest.mark.slow  # converts through onnx2tf in .venv-onnx: not in make test-fast
 
@@ -86,7 +86,7 @@ def test_onnx2tf_leaves_the_source_untouched_and_records_io(yunet: Path, convert
 def test_saved_model_matches_onnxruntime(
     converted: onnx_format.OnnxConversion, scenes: list[np.ndarray], onnx_outputs: list[list[np.ndarray]]
 ) -> None:
-    from converter.formats import saved_model
+    from facelite.converter.formats import saved_model
 
     graph = saved_model.load_graph(converted.saved_model)
     assert graph.input_shape == [1, SIDE, SIDE, 3]  # onnx2tf turned NCHW into NHWC

@@ -9,11 +9,11 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
-from agent.errors import ModelError
-from agent.model.manifest import Alignment, Calibration, Manifest, Preprocessing, Source
-from agent.model.metrics import accept_rate, calibration_curve, per_comparison_far, visit_far
-from agent.recognition.matching import IndexBuilder, Match, Matcher
-from agent.recognition.openset import curve_threshold, resolve_threshold
+from facelite.errors import ModelError
+from facelite.model.manifest import Alignment, Calibration, Manifest, Preprocessing, Source
+from facelite.model.metrics import accept_rate, calibration_curve, per_comparison_far, visit_far
+from facelite.recognition.matching import IndexBuilder, Match, Matcher
+from facelite.recognition.openset import curve_threshold, resolve_threshold
 
 SHA = "a" * 64
 

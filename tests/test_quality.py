@@ -10,14 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.errors import ConfigError
-from agent.tools.dataset import people_tree
-from agent.vision.align import template_points
-from agent.vision.detect.blazeface import BlazeFaceDetector
-from agent.vision.geometry import BBox, Face
-from agent.vision.imageio import read_image
-from agent.vision.quality import DEFAULT_GATE, REASONS, QualityGate, estimate_pose
-from converter.models.blazeface import BlazeFaceRecipe
+from facelite.converter.models.blazeface import BlazeFaceRecipe
+from facelite.errors import ConfigError
+from facelite.tools.dataset import people_tree
+from facelite.vision.align import template_points
+from facelite.vision.detect.blazeface import BlazeFaceDetector
+from facelite.vision.geometry import BBox, Face
+from facelite.vision.imageio import read_image
+from facelite.vision.quality import DEFAULT_GATE, REASONS, QualityGate, estimate_pose
 
 pytestmark = pytest.mark.slow  # the real detector over every photo of the data directory (~15 s): not test-fast
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.model.runtime import resolve_runtime
-from agent.tools.evaluate import evaluate
-from agent.vision.detect import create_detector
-from agent.vision.embed import Embedder
-from agent.vision.imageio import read_image
+from facelite.model.runtime import resolve_runtime
+from facelite.tools.evaluate import evaluate
+from facelite.vision.detect import create_detector
+from facelite.vision.embed import Embedder
+from facelite.vision.imageio import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = [("blazeface", "mobilefacenet"), ("mtcnn", "facenet")]
@@ -53,8 +53,9 @@ def test_runtimes_give_the_same_embeddings(models_dir: Path, faces_dir: Path) ->
     photos = sorted((faces_dir / "people").glob("*/*.jpg"))[:6]
     det_dir, emb_dir = recommended(models_dir, "blazeface"), models_dir / "mobilefacenet" / "int8"
     code = (
-        "import sys, json; from agent.vision.detect import create_detector; from agent.vision.embed import Embedder;"
-        "from agent.vision.imageio import read_image;"
+        "import sys, json; from facelite.vision.detect import create_detector;"
+        "from facelite.vision.embed import Embedder;"
+        "from facelite.vision.imageio import read_image;"
         f"d = create_detector({str(det_dir)!r}, runtime={other!r});"
         f"e = Embedder.from_model_dir({str(emb_dir)!r}, runtime={other!r});"
         "out = []\n"

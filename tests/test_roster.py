@@ -6,11 +6,11 @@ import json
 import stat
 from pathlib import Path
 
-from agent.service.discovery import discovery_messages, person_discovery_message
-from agent.service.events import Topics, forget_person_messages
-from agent.service.messages import Message
-from agent.service.presence import Presence, presence_message
-from agent.service.roster import Record, RecordFile, Roster
+from facelite.service.discovery import discovery_messages, person_discovery_message
+from facelite.service.events import Topics, forget_person_messages
+from facelite.service.messages import Message
+from facelite.service.presence import Presence, presence_message
+from facelite.service.roster import Record, RecordFile, Roster
 
 TOPICS = Topics("hall-pi")
 

@@ -2,7 +2,7 @@
 secrets kept out of logs and messages, private files (gallery, spool, export), encryption at rest and forgetting.
 
 Real mosquitto with TLS (throw-away CA, optional client certificate) and a password file; the real
-`python -m agent` / `python -m agent.cli` processes; photos and models as shipped.
+`python -m facelite` / `python -m facelite.cli` processes; photos and models as shipped.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from broker import MosquittoBroker, Subscriber, TlsFiles, make_tls_files
 from helpers import wait_until
 from soak import AgentProcess, base_config, events_of, pick, unique_events, write_config
 
-from agent.recognition.matching import check_vector
-from agent.recognition.names import slugify
-from agent.tools.demo import plan, write_video
-from agent.vision.detect import create_detector
-from agent.vision.embed import Embedder
-from agent.vision.imageio import read_image
+from facelite.recognition.matching import check_vector
+from facelite.recognition.names import slugify
+from facelite.tools.demo import plan, write_video
+from facelite.vision.detect import create_detector
+from facelite.vision.embed import Embedder
+from facelite.vision.imageio import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "sec"
@@ -57,7 +57,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, models_dir:
 
 def cli(*args: str, umask: int | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args],
+        [sys.executable, "-m", "facelite.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -203,7 +203,7 @@ def test_refused_login_or_untrusted_broker_is_one_warning_and_never_the_password
             folder.mkdir()
             stderr = refused(folder, setup, broker, {**tls, "username": AGENT_USER, "password_env": "MQTT_PW"}, env)
             warnings = [
-                line for line in stderr.splitlines() if line.startswith(("WARNING agent.service.sinks", "ERROR"))
+                line for line in stderr.splitlines() if line.startswith(("WARNING facelite.service.sinks", "ERROR"))
             ]
             assert len(warnings) == 1, (name, warnings)  # one line per outage, the retries are debug
             assert says in warnings[0].lower(), (name, warnings)
@@ -227,7 +227,7 @@ def test_missing_credential_is_one_line_naming_the_setting(tmp_path: Path, setup
     ):
         environ = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"} | env
         proc = subprocess.run(
-            [sys.executable, "-m", "agent", "--config", str(path)],
+            [sys.executable, "-m", "facelite", "--config", str(path)],
             capture_output=True,
             text=True,
             cwd=REPO,

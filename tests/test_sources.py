@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.errors import ConfigError
-from agent.service.config import Backoff, CameraConfig
-from agent.service.sources import (
+from facelite.errors import ConfigError
+from facelite.service.config import Backoff, CameraConfig
+from facelite.service.sources import (
     CameraSource,
     FolderSource,
     Frame,
@@ -26,7 +26,7 @@ from agent.service.sources import (
     open_camera,
     open_source,
 )
-from agent.vision.imageio import list_images, read_image
+from facelite.vision.imageio import list_images, read_image
 
 SIZE = (320, 240)
 BACKOFF = Backoff(initial_s=0.5, max_s=4, multiplier=2, jitter=0)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import FaceliteError
-from agent.service.messages import Message
-from agent.service.spool import Spool, message_size
+from facelite.errors import FaceliteError
+from facelite.service.messages import Message
+from facelite.service.spool import Spool, message_size
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,8 +118,8 @@ def test_sigkill_then_reopen_yields_unacked_in_order(tmp_path: Path) -> None:
     child = run_child(
         """
         import json, sys, time
-        from agent.service.messages import Message
-        from agent.service.spool import Spool
+        from facelite.service.messages import Message
+        from facelite.service.spool import Spool
         spool = Spool(sys.argv[1], max_messages=1000, max_bytes=1 << 20)
         ids = [spool.put(Message("t/e", json.dumps({"seq": i}).encode(), durable=True)) for i in range(40)]
         spool.ack(ids[:15])
@@ -175,8 +175,8 @@ def test_disk_full_drops_counts_reports_once_and_recovers(tmp_path: Path) -> Non
     child_code = textwrap.dedent(
         """
         import json, os, sys
-        from agent.service.messages import Message
-        from agent.service.spool import Spool
+        from facelite.service.messages import Message
+        from facelite.service.spool import Spool
         folder = sys.argv[1]
         with open(os.path.join(folder, "ballast"), "wb") as fh:
             fh.write(b"\\0" * 96 * 1024)

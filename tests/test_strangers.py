@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from helpers import mix, orthonormal_basis
 
-from agent.errors import GalleryError
-from agent.recognition.gallery import Gallery, Hygiene
-from agent.recognition.matching import Matcher
-from agent.recognition.strangers import (
+from facelite.errors import GalleryError
+from facelite.recognition.gallery import Gallery, Hygiene
+from facelite.recognition.matching import Matcher
+from facelite.recognition.strangers import (
     StrangerPolicy,
     StrangerStore,
     Visit,
@@ -28,8 +28,8 @@ from agent.recognition.strangers import (
     nearest_cluster,
     separate_visits,
 )
-from agent.recognition.unknowns import drop_unknown, enroll_from_unknown
-from agent.service.events import Topics
+from facelite.recognition.unknowns import drop_unknown, enroll_from_unknown
+from facelite.service.events import Topics
 
 DIM = 64
 SHA = hashlib.sha256(b"embedder").hexdigest()
@@ -276,11 +276,11 @@ def test_drop_and_forget_erase_clusters(store: StrangerStore, gallery: Gallery, 
     assert mix(basis, e1=0.9).astype("<f4").tobytes() not in file_bytes(store.path)
 
 
-# -- the LFW measurement's bookkeeping (converter/bench/strangers.py) --------------------------------------------------
+# -- the LFW measurement's bookkeeping (agent/tools/bench/strangers.py) ------------------------------------------------
 
 
 def test_bench_groups_keep_a_person_whole_and_bound_visits() -> None:
-    from converter.bench.strangers import split
+    from facelite.tools.bench.strangers import split
 
     people = np.array([0, 1, 0, 2, 0, 1, 3, 0, 2, 0])
     rows, groups = split(people, window=4, per_person=3, seed=1)
@@ -292,7 +292,7 @@ def test_bench_groups_keep_a_person_whole_and_bound_visits() -> None:
 
 
 def test_bench_scores_merges_false_announcements_and_completeness() -> None:
-    from converter.bench.strangers import score
+    from facelite.tools.bench.strangers import score
 
     # Clusters: 1 = {a, a} (pure, announced), 2 = {b, c} (merged, no one twice: a false announcement),
     # 3 = {d}, 4 = {d} (d split in two, never announced), 5 = {e, e, f} (merged, but e really recurs).

@@ -23,8 +23,8 @@ from broker import MosquittoBroker, Subscriber
 from helpers import wait_until
 from test_gallery_mqtt import retained_now
 
-from agent.tools.demo import pick
-from agent.vision.imageio import list_images, read_image
+from facelite.tools.demo import pick
+from facelite.vision.imageio import list_images, read_image
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -36,7 +36,7 @@ FPS = 5
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=180
+        [sys.executable, "-m", "facelite.cli", *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=180
     )
 
 
@@ -73,7 +73,7 @@ def write_config(work: Path, models_dir: Path, port: int, source: Path) -> Path:
 
 def run_agent(config: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "agent", "--config", str(config)],
+        [sys.executable, "-m", "facelite", "--config", str(config)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -168,11 +168,11 @@ def test_stranger_commands_need_the_agent_config(action: tuple[str, ...], models
 def test_forget_erases_the_persons_earlier_unknown_visits_from_the_stranger_store(
     tmp_path: Path, faces_dir: Path, models_dir: Path
 ) -> None:
-    from agent.recognition.gallery import Gallery
-    from agent.recognition.strangers import Visit
-    from agent.service.app import open_strangers, read_key
-    from agent.service.config import load_config
-    from agent.vision.embed import Embedder
+    from facelite.recognition.gallery import Gallery
+    from facelite.recognition.strangers import Visit
+    from facelite.service.app import open_strangers, read_key
+    from facelite.service.config import load_config
+    from facelite.vision.embed import Embedder
 
     (tmp_path / "state").mkdir()
     (tmp_path / "gallery.key").write_bytes(os.urandom(32))

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SUPERVISOR = REPO / "deploy" / "supervisor.py"
 DEVICE_PY = "/usr/bin/python3.11"  # Debian's, like Raspberry Pi OS bookworm's: the device side never uses the venv
 
-# Stands in for the agent: on SIGTERM it logs "stopped" and exits 0, as `python -m agent` does.
+# Stands in for the agent: on SIGTERM it logs "stopped" and exits 0, as `python -m facelite` does.
 AGENT_LIKE = (
     "import signal, sys, time\n"
     "def stop(*_):\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.remote import UNIT_NAME, Layout, SystemdService
+from facelite.deploy.remote import UNIT_NAME, Layout, SystemdService
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / UNIT_NAME

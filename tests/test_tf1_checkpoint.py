@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from agent.model.runtime import TFLiteModel
-from agent.vision.imageio import read_image
-from converter.formats import FormatError
-from converter.formats.tf1_checkpoint import RANDOM_OPS, VARIABLE_OPS, freeze, load_graph
-from converter.models.mtcnn import MTCNNRecipe, read_weights
-from converter.sources import source_files
-from converter.variants import get_variant
+from facelite.converter.formats import FormatError
+from facelite.converter.formats.tf1_checkpoint import RANDOM_OPS, VARIABLE_OPS, freeze, load_graph
+from facelite.converter.models.mtcnn import MTCNNRecipe, read_weights
+from facelite.converter.sources import source_files
+from facelite.converter.variants import get_variant
+from facelite.model.runtime import TFLiteModel
+from facelite.vision.imageio import read_image
 
 pytestmark = pytest.mark.slow  # trains, freezes and converts with TensorFlow: not in make test-fast
 

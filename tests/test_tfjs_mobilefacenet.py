@@ -1,7 +1,7 @@
 """MobileFaceNet from the TF.js graph model: the defect fixes proven against an independent TFLite copy.
 
 Faces: every photo under faces/people, detected with the shipped BlazeFace full-range model through the
-agent's own detector and aligned by agent.vision.align onto the 112x112 ArcFace template (4 points: eyes, nose,
+agent's own detector and aligned by facelite.vision.align onto the 112x112 ArcFace template (4 points: eyes, nose,
 mouth centre), exactly as the build prepares embedder inputs.
 """
 
@@ -16,18 +16,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.errors import ImageError
-from agent.model.runtime import Network, TFLiteModel
-from agent.tools.dataset import people_tree
-from agent.vision.align import align_face
-from agent.vision.embed import l2_normalize, preprocess
-from agent.vision.imageio import read_image
-from converter.formats import FormatError, tfjs
-from converter.models import mobilefacenet as mfn
-from converter.models.blazeface import BlazeFaceRecipe
-from converter.recipe import GraphSource
-from converter.sources import source_files
-from converter.variants import MIN_CALIBRATION_IMAGES, get_variant
+from facelite.converter.formats import FormatError, tfjs
+from facelite.converter.models import mobilefacenet as mfn
+from facelite.converter.models.blazeface import BlazeFaceRecipe
+from facelite.converter.recipe import GraphSource
+from facelite.converter.sources import source_files
+from facelite.converter.variants import MIN_CALIBRATION_IMAGES, get_variant
+from facelite.errors import ImageError
+from facelite.model.runtime import Network, TFLiteModel
+from facelite.tools.dataset import people_tree
+from facelite.vision.align import align_face
+from facelite.vision.embed import l2_normalize, preprocess
+from facelite.vision.imageio import read_image
 
 pytestmark = pytest.mark.slow  # converts MobileFaceNet with TensorFlow (tens of seconds): not in make test-fast
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.recognition.matching import Match
-from agent.recognition.track import Tracker, TrackerConfig, TrackEvent, TrackUpdate, face_quality
-from agent.vision.geometry import BBox, Face
+from facelite.errors import ConfigError
+from facelite.recognition.matching import Match
+from facelite.recognition.track import Tracker, TrackerConfig, TrackEvent, TrackUpdate, face_quality
+from facelite.vision.geometry import BBox, Face
 
 FPS = 8  # 0.125 s per frame is exact in binary, so timestamps compare exactly
 T0 = 1_700_000_000.0

@@ -13,8 +13,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.errors import ModelError
-from agent.model.metrics import CurvePoint
+from facelite.errors import ModelError
+from facelite.model.metrics import CurvePoint
 
 MANIFEST_SCHEMA = 1
 MANIFEST_NAME = "manifest.json"

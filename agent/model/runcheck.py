@@ -3,7 +3,7 @@
 The converter calls this in a second interpreter (tflite-runtime 2.14 needs numpy<2, so it lives in its
 own venv) to prove every variant loads and agrees in both runtimes. The device self-test uses it too.
 
-    python -m agent.model.runcheck --runtime tflite-runtime --model a.tflite --inputs in.npz --out out.npz
+    python -m facelite.model.runcheck --runtime tflite-runtime --model a.tflite --inputs in.npz --out out.npz
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import FaceliteError
-from agent.model.runtime import TFLiteModel
+from facelite.errors import FaceliteError
+from facelite.model.runtime import TFLiteModel
 
 
 def run(model_path: str, inputs_path: str, out_path: str, runtime: str, threads: int) -> dict[str, float]:
@@ -38,7 +38,7 @@ def run(model_path: str, inputs_path: str, out_path: str, runtime: str, threads:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m agent.model.runcheck", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m facelite.model.runcheck", description=__doc__)
     ap.add_argument("--runtime", default="auto")
     ap.add_argument("--model", required=True)
     ap.add_argument("--inputs", required=True, help=".npz with arrays in_0, in_1, ... (one input each)")

@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from agent.errors import ModelError
+from facelite.errors import ModelError
 
 log = logging.getLogger(__name__)
 

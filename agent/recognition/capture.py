@@ -13,7 +13,7 @@ is the small driver that reads a source, detects, and prints the prompts.
 Decisions:
 
 - A frame with several faces is skipped (counted): whose enrolment it is cannot be told from the frame.
-- Enrolment uses the stricter of the configured gate and :data:`agent.vision.quality.DEFAULT_GATE`
+- Enrolment uses the stricter of the configured gate and :data:`facelite.vision.quality.DEFAULT_GATE`
 (:func:`enrolment_gate`):
   a template is compared with every later face, so a blurred one costs more than a blurred probe. The agent's own
   configuration defaults to ``min_sharpness = 0``, which would let any blur in.
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.errors import ConfigError, FaceliteError
-from agent.vision.frames import FrameSource
-from agent.vision.geometry import Face
-from agent.vision.quality import DEFAULT_GATE, QualityGate
+from facelite.errors import ConfigError, FaceliteError
+from facelite.vision.frames import FrameSource
+from facelite.vision.geometry import Face
+from facelite.vision.quality import DEFAULT_GATE, QualityGate
 
 log = logging.getLogger(__name__)
 

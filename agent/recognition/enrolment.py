@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.errors import FaceliteError
-from agent.recognition.eventfaces import EventFaceStore, check_event_id
-from agent.recognition.gallery import EnrollOutcome, Gallery, Hygiene
-from agent.recognition.names import normalize_name
+from facelite.errors import FaceliteError
+from facelite.recognition.eventfaces import EventFaceStore, check_event_id
+from facelite.recognition.gallery import EnrollOutcome, Gallery, Hygiene
+from facelite.recognition.names import normalize_name
 
 log = logging.getLogger(__name__)
 

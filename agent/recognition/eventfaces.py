@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.errors import GalleryError
-from agent.recognition.statefile import PrivateStore
+from facelite.errors import GalleryError
+from facelite.recognition.statefile import PrivateStore
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.errors import ConfigError, GalleryError
-from agent.recognition.galleryfile import (
+from facelite.errors import ConfigError, GalleryError
+from facelite.recognition.galleryfile import (
     EXPORT_FORMAT,
     EXPORT_SCHEMA,
     F32,
@@ -58,11 +58,11 @@ from agent.recognition.galleryfile import (
     meta_int,
     read_export,
 )
-from agent.recognition.matching import IndexBuilder, Match, Matcher, TemplateIndex, check_vector
-from agent.recognition.names import normalize_name, slugify
+from facelite.recognition.matching import IndexBuilder, Match, Matcher, TemplateIndex, check_vector
+from facelite.recognition.names import normalize_name, slugify
 
 if TYPE_CHECKING:
-    from agent.vision.embed import Embedder
+    from facelite.vision.embed import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 @dataclass(frozen=True)
 class PersonInfo:
     name: str
-    slug: str  # the name as it appears in MQTT topics (agent.recognition.names.slugify)
+    slug: str  # the name as it appears in MQTT topics (facelite.recognition.names.slugify)
     templates: int
     created: float  # epoch seconds of the first enrolment
     last_enrolled: float | None  # epoch seconds of the newest template

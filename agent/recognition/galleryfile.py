@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import GalleryError
-from agent.recognition.matching import check_vector
-from agent.recognition.names import normalize_name
+from facelite.errors import GalleryError
+from facelite.recognition.matching import check_vector
+from facelite.recognition.names import normalize_name
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from agent.errors import FaceliteError, GalleryError
-from agent.recognition.eventfaces import EventFaceStore, check_event_id
-from agent.recognition.gallery import Gallery
-from agent.recognition.names import normalize_name
+from facelite.errors import FaceliteError, GalleryError
+from facelite.recognition.eventfaces import EventFaceStore, check_event_id
+from facelite.recognition.gallery import Gallery
+from facelite.recognition.names import normalize_name
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agent.errors import ConfigError, GalleryError
+from facelite.errors import ConfigError, GalleryError
 
 Decision = Literal["known", "unknown", "ambiguous"]
 

@@ -9,7 +9,7 @@ import hashlib
 import re
 import unicodedata
 
-from agent.errors import GalleryError
+from facelite.errors import GalleryError
 
 MAX_NAME_LENGTH = 64
 

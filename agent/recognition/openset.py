@@ -3,7 +3,7 @@
 The user says how often a stranger's visit may be announced as someone enrolled (``matching.
 stranger_accept_rate``, default 1e-3). A stranger is announced when their best score over all N templates
 of the gallery passes the threshold, so the per-comparison rate must be ``f = 1 - (1 - P)^(1/N)``
-(``agent.model.metrics.per_comparison_far``), and the threshold is read off the embedder manifest's calibration
+(``facelite.model.metrics.per_comparison_far``), and the threshold is read off the embedder manifest's calibration
 curve at ``f`` for the detector the agent runs. It is recomputed whenever the gallery changes size.
 """
 
@@ -14,10 +14,10 @@ import logging
 import math
 from dataclasses import dataclass
 
-from agent.errors import ModelError
-from agent.model.manifest import Calibration, Manifest
-from agent.model.metrics import per_comparison_far, visit_far
-from agent.recognition.gallery import Hygiene
+from facelite.errors import ModelError
+from facelite.model.manifest import Calibration, Manifest
+from facelite.model.metrics import per_comparison_far, visit_far
+from facelite.recognition.gallery import Hygiene
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.recognition.matching import Matcher, TemplateIndex
-from agent.recognition.track import Tracker, TrackEvent, TrackUpdate
-from agent.vision.detect import Detector
-from agent.vision.embed import Embedder
-from agent.vision.frames import Frame
-from agent.vision.quality import QualityGate
+from facelite.recognition.matching import Matcher, TemplateIndex
+from facelite.recognition.track import Tracker, TrackEvent, TrackUpdate
+from facelite.vision.detect import Detector
+from facelite.vision.embed import Embedder
+from facelite.vision.frames import Frame
+from facelite.vision.quality import QualityGate
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class FrameResult:
     embedded: int
     crops: dict[int, np.ndarray]  # track id -> aligned crop embedded this frame (for optional event JPEGs)
     people: tuple[str, ...] = ()  # recognised people whose face is in this frame (presence's last_seen)
-    updates: tuple[TrackUpdate, ...] = ()  # this frame's faces, each with its track (agent.api reports them)
+    updates: tuple[TrackUpdate, ...] = ()  # this frame's faces, each with its track (facelite.api reports them)
 
 
 class Pipeline:

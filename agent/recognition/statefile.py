@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from agent.recognition.galleryfile import make_aead
+from facelite.recognition.galleryfile import make_aead
 
 S = TypeVar("S", bound="PrivateStore[Any]")
 P = TypeVar("P")  # the store's policy (bounds, expiry, thresholds)

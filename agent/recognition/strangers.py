@@ -7,7 +7,7 @@ folder (beside the spool and ``event_faces.sqlite``), mode 0600.
 - Clustering is online nearest-neighbour: a new visit joins the cluster holding the most similar stored face when
   that similarity reaches the threshold (read off the embedder's calibration curve at a per-comparison
   false-accept rate, ``strangers.cluster_far``), else it starts a new cluster. ``nearest_cluster`` is the one
-  rule, used by the agent and by ``converter/bench/strangers.py`` that measures it on LFW.
+  rule, used by the agent and by ``agent/tools/bench/strangers.py`` that measures it on LFW.
 - Clusters are numbered ``k`` = 1, 2, ... and a number is never reused, so ``facelite enroll NAME
   --from-unknown k`` cannot enrol a different person than the one the message named.
 - A cluster is announced once it holds ``min_visits`` separate visits (different tracks, not overlapping in time,
@@ -41,12 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import GalleryError
-from agent.recognition.statefile import PrivateStore
+from facelite.errors import GalleryError
+from facelite.recognition.statefile import PrivateStore
 
 # The AES-GCM opener (key length checked, one line on a bad key) is event faces' own: one rule for both stores.
-from agent.service.events import Topics, utc_iso
-from agent.service.messages import Message
+from facelite.service.events import Topics, utc_iso
+from facelite.service.messages import Message
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from typing import Literal
 
 import numpy as np
 
-from agent.errors import ConfigError
-from agent.recognition.matching import Decision, Match
-from agent.vision.geometry import BBox, Face
+from facelite.errors import ConfigError
+from facelite.recognition.matching import Decision, Match
+from facelite.vision.geometry import BBox, Face
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from agent.errors import GalleryError
-from agent.model.manifest import Manifest
-from agent.recognition.gallery import EnrollOutcome, Gallery, Hygiene
-from agent.recognition.openset import curve_threshold, pick_calibration
-from agent.recognition.strangers import DROPPED, ENROLLED, Cluster, StrangerStore, check_cluster_id
-from agent.service.events import utc_iso
+from facelite.errors import GalleryError
+from facelite.model.manifest import Manifest
+from facelite.recognition.gallery import EnrollOutcome, Gallery, Hygiene
+from facelite.recognition.openset import curve_threshold, pick_calibration
+from facelite.recognition.strangers import DROPPED, ENROLLED, Cluster, StrangerStore, check_cluster_id
+from facelite.service.events import utc_iso
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The agent process: cameras in, MQTT events out, until SIGTERM or the end of every finite source.
 
-Wiring only: the recognition logic is in agent.recognition.pipeline, the contract in agent.service.events, delivery
-guarantees in the sink. Each camera is read in its own thread into a small queue, so a camera that is
+Wiring only: the recognition logic is in facelite.recognition.pipeline, the contract in facelite.service.events,
+delivery guarantees in the sink. Each camera is read in its own thread into a small queue, so a camera that is
 reconnecting (blocking in its backoff) never stalls the others, the state message or the watchdog.
 
 Size: the agent's run loop and everything it owns (cameras, the gallery refresh, presence, commands, strangers, the
@@ -23,21 +23,21 @@ from typing import Any, Protocol
 
 import cv2
 
-from agent.errors import ConfigError, FaceliteError
-from agent.model.manifest import Manifest
-from agent.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy, store_path
-from agent.recognition.gallery import Gallery, Hygiene
-from agent.recognition.matching import Matcher
-from agent.recognition.openset import OpenSetThreshold, resolve_threshold
-from agent.recognition.openset import enrolment_hygiene as openset_hygiene
-from agent.recognition.pipeline import Pipeline
-from agent.recognition.strangers import StrangerPolicy, StrangerStore, Visit
-from agent.recognition.strangers import store_path as strangers_path
-from agent.recognition.track import Tracker
-from agent.recognition.unknowns import cluster_threshold
-from agent.service.commands import CommandContext, open_commands
-from agent.service.config import AgentConfig
-from agent.service.events import (
+from facelite.errors import ConfigError, FaceliteError
+from facelite.model.manifest import Manifest
+from facelite.recognition.eventfaces import EventFace, EventFaceStore, StorePolicy, store_path
+from facelite.recognition.gallery import Gallery, Hygiene
+from facelite.recognition.matching import Matcher
+from facelite.recognition.openset import OpenSetThreshold, resolve_threshold
+from facelite.recognition.openset import enrolment_hygiene as openset_hygiene
+from facelite.recognition.pipeline import Pipeline
+from facelite.recognition.strangers import StrangerPolicy, StrangerStore, Visit
+from facelite.recognition.strangers import store_path as strangers_path
+from facelite.recognition.track import Tracker
+from facelite.recognition.unknowns import cluster_threshold
+from facelite.service.commands import CommandContext, open_commands
+from facelite.service.config import AgentConfig
+from facelite.service.events import (
     EmbedderInfo,
     EventContext,
     SpoolStats,
@@ -47,13 +47,13 @@ from agent.service.events import (
     names_person,
     state_message,
 )
-from agent.service.messages import Message
-from agent.service.roster import RecordFile, Roster, Sync
-from agent.service.sd_notify import Notifier
-from agent.service.sources import Frame, FrameSource, open_camera
-from agent.vision.detect import Detector, create_detector
-from agent.vision.embed import Embedder
-from agent.vision.quality import QualityGate
+from facelite.service.messages import Message
+from facelite.service.roster import RecordFile, Roster, Sync
+from facelite.service.sd_notify import Notifier
+from facelite.service.sources import Frame, FrameSource, open_camera
+from facelite.vision.detect import Detector, create_detector
+from facelite.vision.embed import Embedder
+from facelite.vision.quality import QualityGate
 
 log = logging.getLogger(__name__)
 

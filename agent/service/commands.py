@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import FaceliteError, GalleryError
-from agent.recognition.enrolment import enroll_from_event
-from agent.recognition.eventfaces import EventFaceStore
-from agent.recognition.gallery import Gallery, Hygiene
-from agent.recognition.galleryops import forget_person, list_people, reject_event, rename_person
-from agent.recognition.strangers import StrangerStore
-from agent.recognition.unknowns import drop_unknown, enroll_from_unknown
-from agent.service.events import Topics
-from agent.service.messages import Message
+from facelite.errors import FaceliteError, GalleryError
+from facelite.recognition.enrolment import enroll_from_event
+from facelite.recognition.eventfaces import EventFaceStore
+from facelite.recognition.gallery import Gallery, Hygiene
+from facelite.recognition.galleryops import forget_person, list_people, reject_event, rename_person
+from facelite.recognition.strangers import StrangerStore
+from facelite.recognition.unknowns import drop_unknown, enroll_from_unknown
+from facelite.service.events import Topics
+from facelite.service.messages import Message
 
 log = logging.getLogger(__name__)
 

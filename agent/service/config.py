@@ -1,6 +1,6 @@
 """The agent's configuration: strict, typed, and explained one line per problem.
 
-Every section is a frozen dataclass checked by :mod:`agent.service.schema` that refuses unknown keys (a typo must not
+Every section is a frozen dataclass checked by :mod:`facelite.service.schema` that refuses unknown keys (a typo must not
 silently fall back to a default on a device nobody watches). Numbers and booleans are strict: ``port = "1883"``
 or ``discovery = "no"`` are errors, not guesses. ``load_config`` reads TOML or YAML and turns every problem into
 one line naming the file, the line, the key path (``mqtt.port``, ``cameras[0].fps_limit``) and the reason.
@@ -24,11 +24,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from agent.errors import ConfigError
-from agent.recognition.track import TrackerConfig
-from agent.service.events import topic_prefix_problem
-from agent.service.schema import Context, KeyProblem, Loc, Problem, Section, key_path, setting, short, validate
-from agent.vision.quality import QualityGate
+from facelite.errors import ConfigError
+from facelite.recognition.track import TrackerConfig
+from facelite.service.events import topic_prefix_problem
+from facelite.service.schema import Context, KeyProblem, Loc, Problem, Section, key_path, setting, short, validate
+from facelite.vision.quality import QualityGate
 
 if TYPE_CHECKING:
     import yaml
@@ -236,7 +236,8 @@ class TlsConfig(Section):
 
 
 def _topic_prefix(value: str, ctx: Context) -> str:
-    # The agent's own rule (agent.service.events.Topics applies it too): what --check-config passes, the agent accepts.
+    # The agent's own rule (facelite.service.events.Topics applies it too): what --check-config passes, the agent
+    # accepts.
     problem = topic_prefix_problem(value)
     if problem:
         raise ValueError(problem)
@@ -397,7 +398,7 @@ class PresenceConfig(Section):
 
 
 def _known_commands(value: list[str], ctx: Context) -> list[str]:
-    from agent.service.commands import REGISTRY  # the registry is the one list of commands (imported late: no cycle)
+    from facelite.service.commands import REGISTRY  # the registry is the one list of commands (imported late: no cycle)
 
     unknown = sorted({name for name in value if name not in REGISTRY})
     if unknown:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from agent import __version__
-from agent.recognition.names import slugify
-from agent.service.events import OFFLINE, ONLINE, Topics, compact_json
-from agent.service.messages import Message
+from facelite import __version__
+from facelite.recognition.names import slugify
+from facelite.service.events import OFFLINE, ONLINE, Topics, compact_json
+from facelite.service.messages import Message
 
 
 # --------------------------------------------------------------------

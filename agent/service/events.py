@@ -1,6 +1,6 @@
 """The MQTT contract, versioned (``SCHEMA``): topics and payloads the agent publishes.
 
-Everything here is a pure builder producing ``agent.service.messages.Message`` values; sinks deliver them.
+Everything here is a pure builder producing ``facelite.service.messages.Message`` values; sinks deliver them.
 Topics live under ``<prefix>/<device_id>/`` (prefix ``facelite``)::
 
     availability        retained "online" / "offline" (also the MQTT last will)
@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ConfigError
-from agent.recognition.names import slugify
-from agent.service.messages import Message
+from facelite.errors import ConfigError
+from facelite.recognition.names import slugify
+from facelite.service.messages import Message
 
 if TYPE_CHECKING:
-    from agent.recognition.track import TrackEvent
+    from facelite.recognition.track import TrackEvent
 
 log = logging.getLogger(__name__)
 
@@ -347,10 +347,10 @@ class StateReport:
     models: Mapping[str, str]  # role -> "name/variant", e.g. {"detector": "blazeface-full/fp32"}
     uptime_s: float
     camera: str  # "ok", "reconnecting", "failed", ...
-    # The open-set threshold in force: agent.recognition.openset.OpenSetThreshold.as_dict() (threshold, templates,
+    # The open-set threshold in force: facelite.recognition.openset.OpenSetThreshold.as_dict() (threshold, templates,
     # target and expected stranger accept rate per visit, where it came from).
     matching: Mapping[str, Any] = field(default_factory=dict)
-    # MQTT command counters (agent.service.commands.CommandCounters.as_dict()), empty when commands are off.
+    # MQTT command counters (facelite.service.commands.CommandCounters.as_dict()), empty when commands are off.
     commands: Mapping[str, int] = field(default_factory=dict)
 
 

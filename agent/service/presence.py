@@ -9,12 +9,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from agent.errors import ConfigError
-from agent.service.events import SCHEMA, Topics, compact_json, utc_iso
-from agent.service.messages import Message
+from facelite.errors import ConfigError
+from facelite.service.events import SCHEMA, Topics, compact_json, utc_iso
+from facelite.service.messages import Message
 
 if TYPE_CHECKING:
-    from agent.recognition.track import TrackEvent
+    from facelite.recognition.track import TrackEvent
 
 PresenceState = Literal["home", "away"]
 

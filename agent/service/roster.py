@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.service.discovery import discovery_messages, person_discovery_message
-from agent.service.events import Topics, forget_person_messages
-from agent.service.messages import Message
-from agent.service.presence import Presence, PresenceTracker, presence_message
+from facelite.service.discovery import discovery_messages, person_discovery_message
+from facelite.service.events import Topics, forget_person_messages
+from facelite.service.messages import Message
+from facelite.service.presence import Presence, PresenceTracker, presence_message
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import FaceliteError
-from agent.service.messages import Message
+from facelite.errors import FaceliteError
+from facelite.service.messages import Message
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import FaceliteError
-from agent.vision.imageio import list_images
+from facelite.errors import FaceliteError
+from facelite.vision.imageio import list_images
 
 DATA_DIR_ENV = "FACELITE_DATA_DIR"
 

@@ -1,7 +1,7 @@
 """`make demo`: enroll people from real photos, run the real agent on a video made of other photos,
 and print every MQTT message a subscriber receives (as `mosquitto_sub -t 'facelite/#' -v` would).
 
-    python -m agent.tools.demo --data-dir ../shared --models build/models --work build/demo
+    python -m facelite.tools.demo --data-dir ../shared --models build/models --work build/demo
 
 Exit status: 0 when no visit is wrong; 1 when one is, or visits and events do not pair one to one (VERDICT_RULE,
 printed with the result); 2 or 3 when the demo cannot run (an enrolment or the agent failed, a model or photo is
@@ -22,11 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.errors import FaceliteError
-from agent.tools.dataset import data_dir as resolve_data_dir
-from agent.tools.dataset import people_tree
-from agent.tools.localbroker import MosquittoBroker, Subscriber
-from agent.vision.imageio import read_image
+from facelite.errors import FaceliteError
+from facelite.tools.dataset import data_dir as resolve_data_dir
+from facelite.tools.dataset import people_tree
+from facelite.tools.localbroker import MosquittoBroker, Subscriber
+from facelite.vision.imageio import read_image
 
 FPS = 10
 VISIT_S = 2.0  # each visitor stands in view this long ...
@@ -96,7 +96,7 @@ def write_video(visits: list[Visit], path: Path) -> int:
 
 def enroll_command(name: str, photos: list[Path], detector: Path, embedder: Path, gallery: Path) -> list[str]:
     """`facelite enroll` as a subprocess: enrolment runs exactly as a user would run it."""
-    return [sys.executable, "-m", "agent.cli", "enroll", name, *map(str, photos), "--detector", str(detector),
+    return [sys.executable, "-m", "facelite.cli", "enroll", name, *map(str, photos), "--detector", str(detector),
             "--embedder", str(embedder), "--gallery", str(gallery)]  # fmt: skip
 
 
@@ -110,7 +110,7 @@ def pick(models: Path, name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m agent.tools.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m facelite.tools.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--models", type=Path, default=Path("build/models"))
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         with Subscriber(broker, ["facelite/#"]) as sub:
             t0 = time.monotonic()
             agent = subprocess.run(
-                [sys.executable, "-m", "agent", "--config", str(config)], capture_output=True, text=True, env=env
+                [sys.executable, "-m", "facelite", "--config", str(config)], capture_output=True, text=True, env=env
             )
             elapsed = time.monotonic() - t0
             if agent.returncode != 0:

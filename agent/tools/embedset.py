@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ImageError
-from agent.vision.detect import Detector
-from agent.vision.embed import Embedder
-from agent.vision.geometry import LANDMARK_NAMES, BBox, Face
-from agent.vision.imageio import read_image
+from facelite.errors import ImageError
+from facelite.vision.detect import Detector
+from facelite.vision.embed import Embedder
+from facelite.vision.geometry import LANDMARK_NAMES, BBox, Face
+from facelite.vision.imageio import read_image
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.errors import FaceliteError, ImageError
-from agent.model.metrics import best_accuracy, roc_points, verification_scores
-from agent.recognition.matching import IndexBuilder, Matcher
-from agent.recognition.openset import resolve_threshold
-from agent.tools.dataset import Pair, all_pairs, people_tree
-from agent.vision.embed import Embedder
-from agent.vision.geometry import Face
-from agent.vision.imageio import read_image
+from facelite.errors import FaceliteError, ImageError
+from facelite.model.metrics import best_accuracy, roc_points, verification_scores
+from facelite.recognition.matching import IndexBuilder, Matcher
+from facelite.recognition.openset import resolve_threshold
+from facelite.tools.dataset import Pair, all_pairs, people_tree
+from facelite.vision.embed import Embedder
+from facelite.vision.geometry import Face
+from facelite.vision.imageio import read_image
 
 log = logging.getLogger(__name__)
 

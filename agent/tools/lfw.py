@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import FaceliteError
-from agent.vision.imageio import list_images
+from facelite.errors import FaceliteError
+from facelite.vision.imageio import list_images
 
 CALIBRATION_FOLDS = (1, 2, 3, 4, 5)
 EVALUATION_FOLDS = (6, 7, 8, 9, 10)

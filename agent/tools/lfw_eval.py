@@ -7,7 +7,7 @@
   true-accept rates at the thresholds the manifest's curve (fitted on folds 1-5) gives: does the curve
   hold on people it never saw?
 - ``open_set``: galleries of N evaluation people (one template each), strangers from the other evaluation
-  people, decided by the agent's own ``Matcher`` at the threshold ``agent.recognition.openset`` computes for N
+  people, decided by the agent's own ``Matcher`` at the threshold ``facelite.recognition.openset`` computes for N
   templates from the configured per-visit rate and the curve.
 
 Intervals are 95%, people as the unit (bootstrap over people, widened to the Wilson interval; folds
@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from agent.model.manifest import Calibration
-from agent.model.metrics import best_accuracy, bootstrap_rate_ci, roc_auc, tar_at_far
-from agent.recognition.matching import IndexBuilder, Matcher
-from agent.recognition.openset import curve_threshold, threshold_from_calibration
-from agent.tools.embedset import detect_photos, embed_detected
-from agent.tools.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, LfwView2
+from facelite.model.manifest import Calibration
+from facelite.model.metrics import best_accuracy, bootstrap_rate_ci, roc_auc, tar_at_far
+from facelite.recognition.matching import IndexBuilder, Matcher
+from facelite.recognition.openset import curve_threshold, threshold_from_calibration
+from facelite.tools.embedset import detect_photos, embed_detected
+from facelite.tools.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, LfwView2
 
 log = logging.getLogger(__name__)
 

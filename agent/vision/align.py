@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from agent.vision.geometry import Face
+from facelite.vision.geometry import Face
 
 # The ArcFace / InsightFace 5-point template for a 112x112 crop (image-left eye first).
 _ARCFACE_112 = {

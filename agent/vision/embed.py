@@ -8,11 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.errors import ModelError
-from agent.model.manifest import Manifest, Preprocessing
-from agent.model.runtime import Network, load_graphs
-from agent.vision.align import align_face
-from agent.vision.geometry import Face
+from facelite.errors import ModelError
+from facelite.model.manifest import Manifest, Preprocessing
+from facelite.model.runtime import Network, load_graphs
+from facelite.vision.align import align_face
+from facelite.vision.geometry import Face
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.errors import ImageError
+from facelite.errors import ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_PIXELS = 50_000_000  # refuse decompression bombs before they eat the Pi's memory

@@ -24,10 +24,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from agent.errors import ConfigError, ImageError
-from agent.vision.align import TEMPLATES
-from agent.vision.geometry import Face
-from agent.vision.imageio import to_bgr
+from facelite.errors import ConfigError, ImageError
+from facelite.vision.align import TEMPLATES
+from facelite.vision.geometry import Face
+from facelite.vision.imageio import to_bgr
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.errors import FaceliteError
+from facelite.errors import FaceliteError
 
 
 class FormatError(FaceliteError):

@@ -13,20 +13,20 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from converter.formats import FormatError
-from converter.recipe import GraphSource
+from facelite.converter.formats import FormatError
+from facelite.converter.recipe import GraphSource
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("frozen_pb", "tf1_checkpoint", "saved_model", "keras", "tfjs", "onnx", "tflite")
-# format -> module under converter.formats exposing load_graph(path, *, inputs, outputs, input_shape)
+# format -> module under facelite.converter.formats exposing load_graph(path, *, inputs, outputs, input_shape)
 LOADERS = {
-    "frozen_pb": "converter.formats.frozen_pb",
-    "tf1_checkpoint": "converter.formats.tf1_checkpoint",
-    "saved_model": "converter.formats.saved_model",
-    "keras": "converter.formats.keras_model",
-    "tfjs": "converter.formats.tfjs",
-    "onnx": "converter.formats.onnx",
+    "frozen_pb": "facelite.converter.formats.frozen_pb",
+    "tf1_checkpoint": "facelite.converter.formats.tf1_checkpoint",
+    "saved_model": "facelite.converter.formats.saved_model",
+    "keras": "facelite.converter.formats.keras_model",
+    "tfjs": "facelite.converter.formats.tfjs",
+    "onnx": "facelite.converter.formats.onnx",
 }
 EXPECTED = (
     "a frozen GraphDef .pb, a TF1 checkpoint (.meta), a SavedModel folder (saved_model.pb), "
@@ -202,7 +202,7 @@ def load_any(path: str | Path, **kw: Any) -> GraphSource:
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "tflite":
-        from agent.model.runtime import TFLiteModel
+        from facelite.model.runtime import TFLiteModel
 
         model = TFLiteModel(path, runtime="ai-edge-litert")
         shape = [int(s) for s in model._interp.get_input_details()[0]["shape_signature"]]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from converter.formats.graphdef import graph_source, read_graph_def
-from converter.recipe import GraphSource
+from facelite.converter.formats.graphdef import graph_source, read_graph_def
+from facelite.converter.recipe import GraphSource
 
 
 def load_graph(

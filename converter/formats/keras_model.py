@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from converter.formats import FormatError
-from converter.formats.saved_model import batch_one_converter, pinned_shape, tensor_key
-from converter.recipe import GraphSource
+from facelite.converter.formats import FormatError
+from facelite.converter.formats.saved_model import batch_one_converter, pinned_shape, tensor_key
+from facelite.converter.recipe import GraphSource
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.model.manifest import sha256_file
-from converter.formats import FormatError
-from converter.recipe import GraphSource
+from facelite.converter.formats import FormatError
+from facelite.converter.recipe import GraphSource
+from facelite.model.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def sample_npy(images: Sequence[np.ndarray] | None) -> np.ndarray:
 
 
 def _cache_root() -> Path:
-    from converter.sources import cache_dir
+    from facelite.converter.sources import cache_dir
 
     return cache_dir() / "onnx2tf"
 
@@ -135,7 +135,7 @@ def convert_to_saved_model(
     path: Path, *, sample_images: Sequence[np.ndarray] | None = None, cache: Path | None = None
 ) -> OnnxConversion:
     """Run onnx2tf on a copy of ``path`` (cached by its sha256) and describe the SavedModel it wrote."""
-    from converter.formats.detect import check_onnx
+    from facelite.converter.formats.detect import check_onnx
 
     path = Path(path)
     where = str(path)
@@ -208,7 +208,7 @@ def load_graph(
 
     ``outputs`` may use the ONNX output names; ``input_shape`` is in the converted NHWC layout.
     """
-    from converter.formats import saved_model
+    from facelite.converter.formats import saved_model
 
     conv = convert_to_saved_model(path, sample_images=sample_images, cache=cache)
     out_keys = [conv.signature_output(o) for o in outputs] if outputs else None

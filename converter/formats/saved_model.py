@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.formats import FormatError
-from converter.recipe import GraphSource
+from facelite.converter.formats import FormatError
+from facelite.converter.recipe import GraphSource
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converter.formats import FormatError
-from converter.formats.graphdef import (
+from facelite.converter.formats import FormatError
+from facelite.converter.formats.graphdef import (
     TRAINING_SWITCHES,
     graph_source,
     inference_graph,
     pin_training_switches,
 )
-from converter.recipe import GraphSource
+from facelite.converter.recipe import GraphSource
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ converter turns into one native PRELU op.
 
 Order of work in ``load_graph``: parse JSON -> fill Consts from the shards -> ``graph_fixes`` (a
 model's own repairs, seeing the graph as tfjs shipped it, fused ops included) -> split fused ops ->
-check every op is known to TensorFlow -> import with batch 1 (converter.formats.graphdef).
+check every op is known to TensorFlow -> import with batch 1 (facelite.converter.formats.graphdef).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.formats import FormatError
-from converter.recipe import GraphSource
+from facelite.converter.formats import FormatError
+from facelite.converter.recipe import GraphSource
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ def load_graph(
     returns the repaired one. Inputs default to the float placeholders, outputs to the converter's
     recorded signature, else to the nodes nothing consumes.
     """
-    from converter.formats.graphdef import graph_source
+    from facelite.converter.formats.graphdef import graph_source
 
     path = Path(path)
     data = _read_model_json(path)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.formats import FormatError
+from facelite.converter.formats import FormatError
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class FloatTFLiteGraph:
 
 
 class RebuiltNetwork:
-    """agent.model.runtime.Network over the rebuilt ops, run eagerly by TensorFlow (the proof it equals its source).
+    """facelite.model.runtime.Network over the rebuilt ops, run eagerly by TensorFlow (the proof it equals its source).
 
     Eager, not through the traced function: TF 2.21's oneDNN graph rewrites crash (SIGSEGV) executing the
     traced BlazeFace graph on x86; eager kernels run the same ops without those rewrites.

@@ -17,12 +17,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agent.model.manifest import Alignment, Preprocessing, Source
-from agent.vision.align import TEMPLATES
-from agent.vision.embed import preprocess
-from converter.formats import FormatError
-from converter.formats.detect import detect_format, load_any
-from converter.recipe import GraphSource
+from facelite.converter.formats import FormatError
+from facelite.converter.formats.detect import detect_format, load_any
+from facelite.converter.recipe import GraphSource
+from facelite.model.manifest import Alignment, Preprocessing, Source
+from facelite.vision.align import TEMPLATES
+from facelite.vision.embed import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 def source_sha256(path: Path) -> str:
     """sha256 of a file, or of a folder's files (relative paths and contents, in sorted order)."""
-    from agent.model.manifest import sha256_file
+    from facelite.model.manifest import sha256_file
 
     path = Path(path)
     if path.is_file():
@@ -137,9 +137,9 @@ class UserRecipe:
 
 
 def _sample_photos(args: Any, limit: int = 20) -> list[np.ndarray]:
-    from agent.errors import FaceliteError
-    from agent.tools.dataset import data_dir
-    from agent.vision.imageio import list_images, read_image
+    from facelite.errors import FaceliteError
+    from facelite.tools.dataset import data_dir
+    from facelite.vision.imageio import list_images, read_image
 
     folder = getattr(args, "calibration", None)
     if folder is None:

@@ -36,12 +36,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agent.model.manifest import Alignment, Manifest, Preprocessing, Source
-from agent.model.runtime import Network, TFLiteModel
-from agent.vision.detect.blazeface import GRAPH, RETRY_GRAPH, BlazeFaceDetector, prepare_input
-from converter.formats.tflite_float import make_converter_factory
-from converter.recipe import GraphSource
-from converter.sources import CATALOGUE, source_files
+from facelite.converter.formats.tflite_float import make_converter_factory
+from facelite.converter.recipe import GraphSource
+from facelite.converter.sources import CATALOGUE, source_files
+from facelite.model.manifest import Alignment, Manifest, Preprocessing, Source
+from facelite.model.runtime import Network, TFLiteModel
+from facelite.vision.detect.blazeface import GRAPH, RETRY_GRAPH, BlazeFaceDetector, prepare_input
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ _PER_RANGE: dict[str, dict[str, Any]] = {
 }
 # The full-range model's second look at frames without faces: the short-range model with the frame shrunk
 # to 1/2.5 of its input: of 1.5, 2, 2.5 and 3 it found the most LFW tight crops, loose and tight
-# (converter.bench.detect_eval).
+# (facelite.tools.bench.detect_eval).
 RETRY_RANGE: Range = "short"
 RETRY_ZOOM_OUT = 2.5
 # Integer variants carry the retry graph as shipped (float): its int8 form gives raw outputs that
@@ -140,7 +140,7 @@ def _rebuilt_converter(path: Path) -> Any:
 
 @dataclass
 class BlazeFaceRecipe:
-    """converter.recipe.Recipe for BlazeFace; ``range`` picks the full- or short-range model."""
+    """facelite.converter.recipe.Recipe for BlazeFace; ``range`` picks the full- or short-range model."""
 
     range: Range = "full"
     name: str = field(init=False)

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from agent.model.manifest import Alignment, Preprocessing, Source
-from agent.vision.embed import preprocess
-from converter.formats import frozen_pb
-from converter.recipe import GraphSource
-from converter.sources import CATALOGUE, source_files
+from facelite.converter.formats import frozen_pb
+from facelite.converter.recipe import GraphSource
+from facelite.converter.sources import CATALOGUE, source_files
+from facelite.model.manifest import Alignment, Preprocessing, Source
+from facelite.vision.embed import preprocess
 
 
 @dataclass

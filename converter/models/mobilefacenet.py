@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ImageError
-from agent.model.manifest import Alignment, Preprocessing, Source
-from agent.vision.embed import preprocess
-from converter.formats import FormatError
-from converter.formats.tfjs import GraphDef, load_graph
-from converter.recipe import GraphSource
-from converter.sources import CATALOGUE, source_files
+from facelite.converter.formats import FormatError
+from facelite.converter.formats.tfjs import GraphDef, load_graph
+from facelite.converter.recipe import GraphSource
+from facelite.converter.sources import CATALOGUE, source_files
+from facelite.errors import ImageError
+from facelite.model.manifest import Alignment, Preprocessing, Source
+from facelite.vision.embed import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def fix_graph(graph_def: GraphDef, *, fold_prelu: bool = True, equalize: bool = 
 
 @dataclass
 class MobileFaceNetRecipe:
-    """converter.recipe.Recipe for MobileFaceNet; the switches exist to measure what each rewrite buys."""
+    """facelite.converter.recipe.Recipe for MobileFaceNet; the switches exist to measure what each rewrite buys."""
 
     fold_prelu: bool = True  # native PRELU (faster in fp32) instead of the tfjs decomposition
     equalize: bool = True  # cross-layer equalization (needed for full-int8 accuracy)

@@ -26,10 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ImageError
-from agent.model.manifest import Alignment, Manifest, Preprocessing, Source
-from agent.model.runtime import Network
-from agent.vision.detect.mtcnn import (
+from facelite.converter.formats import FormatError
+from facelite.converter.recipe import GraphSource
+from facelite.converter.sources import CATALOGUE, source_files
+from facelite.errors import ImageError
+from facelite.model.manifest import Alignment, Manifest, Preprocessing, Source
+from facelite.model.runtime import Network
+from facelite.vision.detect.mtcnn import (
     DEFAULT_NMS,
     DEFAULT_SCALE_FACTOR,
     DEFAULT_THRESHOLDS,
@@ -40,9 +43,6 @@ from agent.vision.detect.mtcnn import (
     MTCNNDetector,
     crop_and_resize,
 )
-from converter.formats import FormatError
-from converter.recipe import GraphSource
-from converter.sources import CATALOGUE, source_files
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def build_network(name: str) -> Any:
 
 def read_weights(path: Path) -> list[np.ndarray]:
     """The package's weight file: a joblib pickle (lz4) of the arrays set_weights takes.
-    Only ever called on the sha256-pinned file from converter.sources."""
+    Only ever called on the sha256-pinned file from facelite.converter.sources."""
     import joblib
 
     try:

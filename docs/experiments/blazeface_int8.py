@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.model.runtime import TFLiteModel
-from agent.vision.detect import create_detector
-from agent.vision.imageio import list_images, read_image
-from converter.bench.detect_eval import parse_wider_gt
-from converter.build import detector_agreement
-from converter.formats.tflite_float import FloatTFLiteGraph, RebuiltNetwork
-from converter.models.blazeface import BlazeFaceRecipe
-from converter.runtimes import check_legacy, run_litert
-from converter.variants import get_variant
+from facelite.converter.build import detector_agreement
+from facelite.converter.formats.tflite_float import FloatTFLiteGraph, RebuiltNetwork
+from facelite.converter.models.blazeface import BlazeFaceRecipe
+from facelite.converter.runtimes import check_legacy, run_litert
+from facelite.converter.variants import get_variant
+from facelite.model.runtime import TFLiteModel
+from facelite.tools.bench.detect_eval import parse_wider_gt
+from facelite.vision.detect import create_detector
+from facelite.vision.imageio import list_images, read_image
 
 
 def photos(faces: Path) -> list[np.ndarray]:
@@ -65,7 +65,10 @@ def main() -> None:
         print(f"{g.name}: {len(images)} photos, max abs diff {worst_abs:.2e}, relative to the output {worst_rel:.2e}")
     src = recipe.detector({g.name: g.reference for g in graphs})
     src_faces = [src.detect(i) for i in images]
-    print("detector through the rebuild:", detector_agreement(src_faces, [recipe.detector(dict(rebuilt)).detect(i) for i in images]))
+    print(
+        "detector through the rebuild:",
+        detector_agreement(src_faces, [recipe.detector(dict(rebuilt)).detect(i) for i in images]),
+    )
 
     print("## 2. retry graph in int8: tflite-runtime 2.14 vs ai-edge-litert")
     retry = int8_file(recipe, "retry", images, args.work / "retry_int8.tflite")
@@ -77,7 +80,9 @@ def main() -> None:
             float(e[j].ravel() @ o[j].ravel() / np.linalg.norm(e[j]) / np.linalg.norm(o[j]))
             for e, o in zip(expected, legacy.outputs)
         )
-        print(f"output {j} {expected[0][j].shape}: min cosine {cos:.4f}, max |litert| {np.abs(expected[0][j]).max():.1f}")
+        print(
+            f"output {j} {expected[0][j].shape}: min cosine {cos:.4f}, max |litert| {np.abs(expected[0][j]).max():.1f}"
+        )
 
     print("## 3. int8 artifact vs the source on WIDER (not calibrated on)")
     wider = data / "wider"
@@ -96,7 +101,10 @@ def main() -> None:
     for label in ("<8", "8-16", "16-32", ">=32"):
         rows = bins.get(label, [])
         lost = sorted(round(s, 2) for k, s in rows if not k)
-        print(f"side {label} px in the 192 px input: {sum(k for k, _ in rows)}/{len(rows)} kept; source scores of lost: {lost}")
+        print(
+            f"side {label} px in the 192 px input: {sum(k for k, _ in rows)}/{len(rows)} kept; "
+            f"source scores of lost: {lost}"
+        )
 
     print("## 4. calibration with WIDER (even photos), checked on the odd photos")
     odd = w_images[1::2]

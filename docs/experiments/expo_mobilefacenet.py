@@ -32,15 +32,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.model.manifest import Manifest, sha256_file
-from agent.model.runtime import TFLiteModel
-from agent.tools.lfw import CALIBRATION_FOLDS, LfwView2, lfw_dir, read_view2
-from agent.tools.lfw_eval import PhotoVectors, photo_groups, pipeline_vectors, ten_fold
-from agent.vision.align import align_face
-from agent.vision.detect import create_detector
-from agent.vision.embed import Embedder, l2_normalize
-from agent.vision.geometry import Face
-from converter.sources import source_files
+from facelite.converter.sources import source_files
+from facelite.model.manifest import Manifest, sha256_file
+from facelite.model.runtime import TFLiteModel
+from facelite.tools.lfw import CALIBRATION_FOLDS, LfwView2, lfw_dir, read_view2
+from facelite.tools.lfw_eval import PhotoVectors, photo_groups, pipeline_vectors, ten_fold
+from facelite.vision.align import align_face
+from facelite.vision.detect import create_detector
+from facelite.vision.embed import Embedder, l2_normalize
+from facelite.vision.geometry import Face
 
 log = logging.getLogger("expo-mobilefacenet")
 SIZE = 112

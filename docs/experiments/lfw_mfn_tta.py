@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository
-from agent.model.manifest import Manifest
-from agent.tools.embedset import detect_photos
-from agent.tools.lfw import read_view2
-from agent.tools.lfw_eval import PhotoVectors, photo_groups, ten_fold
-from agent.vision.detect import create_detector
-from agent.vision.embed import Embedder
-from agent.vision.imageio import read_image
+from facelite.model.manifest import Manifest
+from facelite.tools.embedset import detect_photos
+from facelite.tools.lfw import read_view2
+from facelite.tools.lfw_eval import PhotoVectors, photo_groups, ten_fold
+from facelite.vision.detect import create_detector
+from facelite.vision.embed import Embedder
+from facelite.vision.imageio import read_image
 
 REPO = Path(__file__).resolve().parents[2]
 M = Path(os.environ.get("FACELITE_MODELS_DIR", REPO / "build/models"))

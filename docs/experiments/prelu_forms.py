@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.vision.detect.blazeface import BlazeFaceDetector
-from converter.bench import arm
-from converter.faceset import build_faceset
-from converter.formats.tfjs import load_graph
-from converter.models import mobilefacenet as mfn
-from converter.sources import source_files
-from converter.variants import get_variant
+from facelite.converter.faceset import build_faceset
+from facelite.converter.formats.tfjs import load_graph
+from facelite.converter.models import mobilefacenet as mfn
+from facelite.converter.sources import source_files
+from facelite.converter.variants import get_variant
+from facelite.tools.bench import arm
+from facelite.vision.detect.blazeface import BlazeFaceDetector
 
 log = logging.getLogger("prelu-forms")
 FORMS = ("native", "decomposed", "relu_minus", "affine", "max", "split", "split2", "split_concat", "relu_bound")
@@ -247,7 +247,7 @@ def known_keys_only(model_dir: Path, out: Path) -> Path:
     import dataclasses
     import shutil
 
-    from agent.model.manifest import Manifest
+    from facelite.model.manifest import Manifest
 
     shutil.copytree(model_dir, out)
     data = json.loads((out / "manifest.json").read_text())

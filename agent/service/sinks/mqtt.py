@@ -45,13 +45,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from agent.errors import ConfigError
-from agent.service.config import MqttConfig
-from agent.service.events import OFFLINE_PAYLOAD as OFFLINE
-from agent.service.events import ONLINE_PAYLOAD as ONLINE
-from agent.service.events import Topics
-from agent.service.messages import Message
-from agent.service.spool import Spool
+from facelite.errors import ConfigError
+from facelite.service.config import MqttConfig
+from facelite.service.events import OFFLINE_PAYLOAD as OFFLINE
+from facelite.service.events import ONLINE_PAYLOAD as ONLINE
+from facelite.service.events import Topics
+from facelite.service.messages import Message
+from facelite.service.spool import Spool
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from agent.service.messages import Message
-from agent.service.sinks.mqtt import SinkStats
+from facelite.service.messages import Message
+from facelite.service.sinks.mqtt import SinkStats
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
-from agent.service.config import CameraConfig
-from agent.service.sources.base import ReconnectingSource, SourceEnded, SourceLost
-from agent.service.sources.camera import CameraSource
-from agent.service.sources.folder import FolderSource
-from agent.service.sources.stream import STREAM_SCHEMES, StreamSource, redact_url
-from agent.service.sources.video import VideoFileSource
-from agent.vision.frames import Frame, FrameSource, SourceState, SourceStatus
+from facelite.errors import ConfigError
+from facelite.service.config import CameraConfig
+from facelite.service.sources.base import ReconnectingSource, SourceEnded, SourceLost
+from facelite.service.sources.camera import CameraSource
+from facelite.service.sources.folder import FolderSource
+from facelite.service.sources.stream import STREAM_SCHEMES, StreamSource, redact_url
+from facelite.service.sources.video import VideoFileSource
+from facelite.vision.frames import Frame, FrameSource, SourceState, SourceStatus
 
 __all__ = [
     "CameraSource",

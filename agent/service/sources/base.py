@@ -20,8 +20,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from agent.service.config import Backoff
-from agent.vision.frames import Frame, SourceState, SourceStatus
+from facelite.service.config import Backoff
+from facelite.vision.frames import Frame, SourceState, SourceStatus
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import cv2
 
-from agent.service.sources.video import CaptureSource
+from facelite.service.sources.video import CaptureSource
 
 
 class CameraSource(CaptureSource):

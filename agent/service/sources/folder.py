@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ImageError
-from agent.service.sources.base import ReconnectingSource, SourceLost
-from agent.vision.imageio import IMAGE_SUFFIXES, read_image
+from facelite.errors import ImageError
+from facelite.service.sources.base import ReconnectingSource, SourceLost
+from facelite.vision.imageio import IMAGE_SUFFIXES, read_image
 
 
 class FolderSource(ReconnectingSource):

@@ -11,7 +11,7 @@ from typing import Any
 
 import cv2
 
-from agent.service.sources.video import CaptureSource
+from facelite.service.sources.video import CaptureSource
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 

@@ -9,9 +9,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.errors import ImageError
-from agent.service.sources.base import ReconnectingSource, SourceEnded, SourceLost
-from agent.vision.imageio import to_bgr
+from facelite.errors import ImageError
+from facelite.service.sources.base import ReconnectingSource, SourceEnded, SourceLost
+from facelite.vision.imageio import to_bgr
 
 log = logging.getLogger(__name__)
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.model.manifest import Manifest
-from agent.vision.detect.base import Detector, load_detector_graphs
+from facelite.model.manifest import Manifest
+from facelite.vision.detect.base import Detector, load_detector_graphs
 
 __all__ = ["Detector", "create_detector", "load_detector_graphs"]
 
 if TYPE_CHECKING:
-    from agent.vision.detect.blazeface import BlazeFaceDetector
-    from agent.vision.detect.mtcnn import MTCNNDetector
+    from facelite.vision.detect.blazeface import BlazeFaceDetector
+    from facelite.vision.detect.mtcnn import MTCNNDetector
 
 
 def create_detector(
@@ -25,16 +25,16 @@ def create_detector(
     score_threshold: float | None = None,
 ) -> Detector:
     """Load the detector described by ``model_dir/manifest.json``."""
-    from agent.errors import ModelError
+    from facelite.errors import ModelError
 
     manifest = Manifest.load(model_dir)
     if manifest.kind != "detector":
         raise ModelError(f"{manifest.name} is a {manifest.kind}, not a detector", str(model_dir))
     cls: type[MTCNNDetector] | type[BlazeFaceDetector]
     if manifest.detector_type == "mtcnn":
-        from agent.vision.detect.mtcnn import MTCNNDetector as cls
+        from facelite.vision.detect.mtcnn import MTCNNDetector as cls
     elif manifest.detector_type == "blazeface":
-        from agent.vision.detect.blazeface import BlazeFaceDetector as cls
+        from facelite.vision.detect.blazeface import BlazeFaceDetector as cls
     else:
         raise ModelError(f"unknown detector_type {manifest.detector_type!r}", str(model_dir))
     return cls.from_model_dir(

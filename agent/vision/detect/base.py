@@ -7,10 +7,10 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.errors import ModelError
-from agent.model.manifest import Manifest
-from agent.model.runtime import Network, load_graphs
-from agent.vision.geometry import Face
+from facelite.errors import ModelError
+from facelite.model.manifest import Manifest
+from facelite.model.runtime import Network, load_graphs
+from facelite.vision.geometry import Face
 
 
 class Detector(Protocol):

@@ -21,12 +21,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.errors import ImageError, ModelError
-from agent.model.manifest import Manifest, Preprocessing
-from agent.model.runtime import Network
-from agent.vision.detect.base import load_detector_graphs
-from agent.vision.geometry import BBox, Face
-from agent.vision.imageio import to_bgr
+from facelite.errors import ImageError, ModelError
+from facelite.model.manifest import Manifest, Preprocessing
+from facelite.model.runtime import Network
+from facelite.vision.detect.base import load_detector_graphs
+from facelite.vision.geometry import BBox, Face
+from facelite.vision.imageio import to_bgr
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ RETRY_GRAPH = "retry"
 # input (9 of 500 LFW tight crops found). So when a frame gives no face it is looked at once more, shrunk
 # inside the input. The artifact's own retry (manifest extra.retry + graph "retry": the short-range model,
 # trained for near faces, at 1/2.5) finds 499 of 500; an artifact without one retries its own model at a
-# third of the input, 493 of 500 (x2: 463, x2.5: 485), and fewer as crops get tighter (converter.bench.
+# third of the input, 493 of 500 (x2: 463, x2.5: 485), and fewer as crops get tighter (facelite.tools.bench.
 # detect_eval). Only frames without a face pay the second inference.
 LARGE_FACE_ZOOM_OUT = 3.0
 

@@ -7,7 +7,7 @@ image), and boxes, landmarks and NMS use the package's arithmetic. Any other res
 feed the networks inputs they were not trained on. The package's numpy helpers are ported, not imported:
 they need TensorFlow, and the agent never loads TensorFlow.
 
-Two deliberate differences from the package: NMS is the greedy one (agent.vision.geometry.nms; the package
+Two deliberate differences from the package: NMS is the greedy one (facelite.vision.geometry.nms; the package
 suppresses a box even when the box that overlaps it was itself suppressed, so it keeps a subset of
 ours), and R-Net / O-Net run all candidates of a frame as one batch when the converter says the graph
 allows it (``manifest.extra["batched_graphs"]``), else one crop at a time.
@@ -25,12 +25,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.errors import ImageError, ModelError
-from agent.model.manifest import Manifest, Preprocessing
-from agent.model.runtime import Network
-from agent.vision.detect.base import load_detector_graphs
-from agent.vision.geometry import BBox, Face, nms
-from agent.vision.imageio import to_bgr
+from facelite.errors import ImageError, ModelError
+from facelite.model.manifest import Manifest, Preprocessing
+from facelite.model.runtime import Network
+from facelite.vision.detect.base import load_detector_graphs
+from facelite.vision.geometry import BBox, Face, nms
+from facelite.vision.imageio import to_bgr
 
 log = logging.getLogger(__name__)
 

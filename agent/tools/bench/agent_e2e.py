@@ -1,13 +1,13 @@
 """Section 4 (agent end to end) and the single-core speed figures of sections 5 and 6.
 
 Runs in a worker pinned to one core (``taskset -c 0``) with one interpreter thread. The agent is the
-real ``agent.service.app.Agent`` with the real MqttSink and spool, reading a real MJPG video of composed
+real ``facelite.service.app.Agent`` with the real MqttSink and spool, reading a real MJPG video of composed
 frames; the orchestrator runs mosquitto and the subscriber that reads ``latency_ms`` from the events.
 The float baseline is the same Agent with the recipe's TF models wired in (``float_models``), so
 its peak RSS carries TensorFlow, as a device running the sources would.
 
 Peak RSS (VmHWM) is read after the streams and before any other figure, so it is the agent's own. The
-device side also runs the service itself (``python -m agent --config``, as systemd starts it) over the
+device side also runs the service itself (``python -m facelite --config``, as systemd starts it) over the
 one-face stream in a process of its own: its peak RSS is the figure held against the 120 MB target.
 """
 
@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from converter.bench.common import Latency, first_line, proc_status_mb, time_runs
-from converter.bench.frames import CropSet, load_crops, load_frames
-from converter.bench.models import SourceJob, SourceResult
-from converter.bench.pipelines import (
+from facelite.tools.bench.common import Latency, first_line, proc_status_mb, time_runs
+from facelite.tools.bench.frames import CropSet, load_crops, load_frames
+from facelite.tools.bench.models import SourceJob, SourceResult
+from facelite.tools.bench.pipelines import (
     AGENT_MIN_FACE,
     AGENT_SCORE_THRESHOLD,
     FrameSpeed,
@@ -138,18 +138,18 @@ class E2EResult:
     cpus: list[int]
     speed: SpeedResult | None
     source: SourceResult | None
-    service_rss_mb: float = 0.0  # `python -m agent` in its own process (device side only)
+    service_rss_mb: float = 0.0  # `python -m facelite` in its own process (device side only)
     service_error: str = ""
 
 
 def _models(job: E2EJob, config: Any) -> Any:
-    """The device path (agent.service.app.load_models: sha256-verified artifacts, the config's detector settings), or
+    """The device path (facelite.service.app.load_models: sha256-verified artifacts, the config's detector settings), or
     for the baseline the same detector and embedder classes wired to the recipes' TF float networks."""
-    from agent.service.app import Models, load_models
+    from facelite.service.app import Models, load_models
 
     if not job.float_models:
         return load_models(config)
-    from converter.bench.models import load_source, set_tf_threads
+    from facelite.tools.bench.models import load_source, set_tf_threads
 
     set_tf_threads(1)
     sources: dict[str, Any] = {}
@@ -184,8 +184,8 @@ def _enroll(gallery: Any, embedder: Any, crops: CropSet) -> None:
 def _pipeline_pass(config: Any, models: Any, gallery: Any) -> tuple[float, float, dict[str, float]]:
     """Pipeline.process alone over the same video, on the frames with a face in view:
     (fps, faces detected per frame, stage ms)."""
-    from agent.recognition.pipeline import Pipeline
-    from agent.service.app import make_gate, make_matcher, make_tracker, open_sources
+    from facelite.recognition.pipeline import Pipeline
+    from facelite.service.app import make_gate, make_matcher, make_tracker, open_sources
 
     pipeline = Pipeline(
         models.detector, models.embedder, gallery, make_matcher(config, models, gallery.index.size)[0],
@@ -209,10 +209,10 @@ def _pipeline_pass(config: Any, models: Any, gallery: Any) -> tuple[float, float
 
 
 def run_stream(stream: StreamJob, models: Any) -> StreamResult:
-    from agent.service.app import Agent, open_gallery, open_sources
-    from agent.service.config import load_config
-    from agent.service.sinks.mqtt import MqttSink
-    from agent.service.spool import Spool
+    from facelite.service.app import Agent, open_gallery, open_sources
+    from facelite.service.config import load_config
+    from facelite.service.sinks.mqtt import MqttSink
+    from facelite.service.spool import Spool
 
     config = load_config(stream.config)
     gallery = open_gallery(config, models.embedder)
@@ -247,7 +247,7 @@ def run_stream(stream: StreamJob, models: Any) -> StreamResult:
 
 
 def run_e2e(job: E2EJob) -> E2EResult:
-    from agent.service.config import load_config
+    from facelite.service.config import load_config
 
     models = _models(job, load_config(job.streams[0].config))
     results = []
@@ -257,7 +257,7 @@ def run_e2e(job: E2EJob) -> E2EResult:
         for stale in (gallery_path, Path(str(gallery_path) + "-wal"), Path(str(gallery_path) + "-shm")):
             stale.unlink(missing_ok=True)
         try:
-            from agent.service.app import open_gallery
+            from facelite.service.app import open_gallery
 
             with open_gallery(config, models.embedder) as gallery:
                 _enroll(gallery, models.embedder, job.enroll)
@@ -281,7 +281,7 @@ def run_e2e(job: E2EJob) -> E2EResult:
     speed = run_speed(job.speed, job.models_dir) if job.speed else None
     source = None
     if job.source_after is not None:
-        from converter.bench.models import run_source
+        from facelite.tools.bench.models import run_source
 
         source = run_source(job.source_after)
     return E2EResult(
@@ -299,7 +299,7 @@ def run_e2e(job: E2EJob) -> E2EResult:
 
 
 def service_rss_mb(config: Path, timeout_s: float = 300.0) -> float:
-    """Peak RSS (ru_maxrss of the exited child) of ``python -m agent --config``, the stream's config under its
+    """Peak RSS (ru_maxrss of the exited child) of ``python -m facelite --config``, the stream's config under its
     own device id and spool, so its events are not counted as the stream's. The child inherits the
     worker's single-core affinity."""
     import re
@@ -311,12 +311,12 @@ def service_rss_mb(config: Path, timeout_s: float = 300.0) -> float:
     text = text.replace('-spool.sqlite"', '-service-spool.sqlite"')
     own = config.with_name(config.stem + "-service.toml")
     own.write_text(text)
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     env = dict(os.environ, PYTHONPATH=str(repo))
     errors = own.with_suffix(".stderr")
     with open(errors, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--config", str(own)], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "facelite", "--config", str(own)], cwd=repo, env=env, stdout=subprocess.DEVNULL,
             stderr=err,
         )  # fmt: skip
         # wait4 has no timeout and is the only way to the child's own rusage: a timer kills a hung agent.
@@ -380,8 +380,8 @@ def random_templates(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def gallery_timing(templates: int, job: SpeedJob, dim: int = 192) -> GalleryTiming:
-    from agent.recognition.gallery import Enrollment, Gallery
-    from agent.recognition.matching import Matcher
+    from facelite.recognition.gallery import Enrollment, Gallery
+    from facelite.recognition.matching import Matcher
 
     path = job.gallery_dir / f"gallery_{templates}.sqlite"
     job.gallery_dir.mkdir(parents=True, exist_ok=True)
@@ -419,11 +419,11 @@ def import_rss_mb(python: Path) -> float:
     import subprocess
 
     code = (
-        "import ai_edge_litert.interpreter, agent.service.app, agent.cli, agent.service.sinks.mqtt, "
-        "agent.service.config\n"
+        "import ai_edge_litert.interpreter, facelite.service.app, facelite.cli, facelite.service.sinks.mqtt, "
+        "facelite.service.config\n"
         "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
     )
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     env = dict(os.environ, PYTHONPATH=str(repo))
     cmd = ["taskset", "-c", "0", str(python), "-c", code]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=repo)
@@ -475,8 +475,8 @@ class EventLog:
 
 
 def recording_subscriber(broker: Any, topics: list[str]) -> Any:
-    """agent.tools.localbroker.Subscriber that also stamps each message with the wall time it arrived."""
-    from agent.tools.localbroker import Subscriber
+    """facelite.tools.localbroker.Subscriber that also stamps each message with the wall time it arrived."""
+    from facelite.tools.localbroker import Subscriber
 
     class RecordingSubscriber(Subscriber):
         def __init__(self) -> None:

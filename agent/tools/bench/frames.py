@@ -17,14 +17,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.errors import ImageError
-from agent.tools.dataset import people_tree
-from agent.tools.demo import plan
-from agent.vision.align import align_face
-from agent.vision.detect import Detector
-from agent.vision.geometry import BBox
-from agent.vision.imageio import read_image
-from converter.bench.common import BenchError
+from facelite.errors import ImageError
+from facelite.tools.bench.common import BenchError
+from facelite.tools.dataset import people_tree
+from facelite.tools.demo import plan
+from facelite.vision.align import align_face
+from facelite.vision.detect import Detector
+from facelite.vision.geometry import BBox
+from facelite.vision.imageio import read_image
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,16 @@
 """`make eval-strangers`: how well the agent's recurring-stranger clustering keeps people apart, on LFW.
 
 Every photo of an LFW person is one unknown visit; all visits are played in a random order (fixed seed) through
-``agent.recognition.strangers.nearest_cluster``, the rule the agent's store applies to each new visit, at the similarity
-``agent.recognition.unknowns.cluster_threshold`` reads off the embedder's calibration curve for a per-comparison
-false-accept
-rate. The pipeline is the pi one (blazeface/fp32 + mobilefacenet/fp32), detections and embeddings cached by
-``agent.tools.embedset``. A device holds at most ``strangers.max_visits`` visits (500) at once, so the people are dealt
-into groups of at most that many visits (at most ``--per-person`` of each person: a stranger seen ten times in a
+``facelite.recognition.strangers.nearest_cluster``, the rule the agent's store applies to each new visit, at the
+similarity ``facelite.recognition.unknowns.cluster_threshold`` reads off the embedder's calibration curve for a
+per-comparison false-accept rate. The pipeline is the pi one (blazeface/fp32 + mobilefacenet/fp32), detections and
+embeddings cached by
+``facelite.tools.embedset``. A device holds at most ``strangers.max_visits`` visits (500) at once, so the people are
+dealt into groups of at most that many visits (at most ``--per-person`` of each person: a stranger seen ten times in a
 week), each group played as one device's memory: a visit is compared with every earlier visit of its group.
 
-1. The rate is chosen on LFW View 2 folds 1-5 (the calibration people, ``agent.tools.lfw.CALIBRATION_FOLDS``): among the
-   swept rates, the loosest whose merged share of announced clusters meets the target there.
+1. The rate is chosen on LFW View 2 folds 1-5 (the calibration people, ``facelite.tools.lfw.CALIBRATION_FOLDS``):
+   among the swept rates, the loosest whose merged share of announced clusters meets the target there.
 2. The report's figures are on folds 6-10 (other people, ``EVALUATION_FOLDS``) at that rate:
    - purity: the share of visits that belong to their cluster's majority person;
    - merged clusters: clusters holding two or more people (each is announced: it has >= 2 visits), as a share of
@@ -37,19 +37,19 @@ from typing import Any
 
 import numpy as np
 
-from agent.logsetup import add_logging_flags
-from agent.recognition.strangers import nearest_cluster
-from agent.recognition.unknowns import cluster_threshold
-from agent.service.config import StrangersConfig
-from agent.tools.embedset import detect_photos, embed_detected
-from agent.tools.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
-from agent.vision.detect import create_detector
-from agent.vision.embed import Embedder
-from converter.bench.common import Rate, report_main
+from facelite.logsetup import add_logging_flags
+from facelite.recognition.strangers import nearest_cluster
+from facelite.recognition.unknowns import cluster_threshold
+from facelite.service.config import StrangersConfig
+from facelite.tools.bench.common import Rate, report_main
+from facelite.tools.embedset import detect_photos, embed_detected
+from facelite.tools.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
+from facelite.vision.detect import create_detector
+from facelite.vision.embed import Embedder
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SWEEP = (1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
 TARGET_MERGED = 0.01  # merged clusters <= 1% of announced clusters
 
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     det, emb = detector.manifest, embedder.manifest
     report = {
         "pipeline": f"{det.name}/{det.variant} + {emb.name}/{emb.variant}",
-        "rule": "agent.recognition.strangers.nearest_cluster: join the cluster of the most similar earlier visit "
+        "rule": "facelite.recognition.strangers.nearest_cluster: join the cluster of the most similar earlier visit "
         "at >= threshold",
         "stream": f"every photo with a face is one visit (at most {args.per_person} per person), in a random order "
         f"(seed below); people dealt into groups of at most {args.window} visits (the agent's strangers.max_visits), "
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluation_people": "LFW View 2 folds 6-10 (never used to calibrate or to choose the rate)",
         "passed": passed,
         "seed": args.seed,
-        "command": "python -m converter.bench.strangers " + " ".join(sys.argv[1:]),
+        "command": "python -m facelite.tools.bench.strangers " + " ".join(sys.argv[1:]),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -279,7 +279,7 @@ def markdown(report: dict[str, Any], sweep: list[Outcome], final: Outcome) -> st
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m converter.bench.strangers", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m facelite.tools.bench.strangers", description=__doc__.split("\n")[0])
     ap.add_argument("--models", type=Path, default=REPO / "build" / "models")
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared")
     ap.add_argument("--out", type=Path, default=REPO / "build" / "strangers")

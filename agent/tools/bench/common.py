@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from agent.errors import FaceliteError
-from agent.logsetup import level_of, setup_logging
-from agent.model.metrics import Latency, latency_summary, wilson_interval
+from facelite.errors import FaceliteError
+from facelite.logsetup import level_of, setup_logging
+from facelite.model.metrics import Latency, latency_summary, wilson_interval
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import FaceliteError
-from agent.logsetup import add_logging_flags
-from agent.model.manifest import Calibration, Manifest
-from agent.model.metrics import calibration_curve
-from agent.service.config import tomllib
-from agent.tools.embedset import pair_scores
-from agent.tools.lfw import LfwView2, lfw_dir, read_view2
-from agent.tools.lfw_eval import (
+from facelite.errors import FaceliteError
+from facelite.logsetup import add_logging_flags
+from facelite.model.manifest import Calibration, Manifest
+from facelite.model.metrics import calibration_curve
+from facelite.service.config import tomllib
+from facelite.tools.bench.common import report_main
+from facelite.tools.embedset import pair_scores
+from facelite.tools.lfw import LfwView2, lfw_dir, read_view2
+from facelite.tools.lfw_eval import (
     Groups,
     PhotoVectors,
     PipelineResult,
@@ -39,13 +40,12 @@ from agent.tools.lfw_eval import (
     pipeline_vectors,
     subset,
 )
-from agent.vision.detect import create_detector
-from agent.vision.embed import Embedder
-from converter.bench.common import report_main
+from facelite.vision.detect import create_detector
+from facelite.vision.embed import Embedder
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # Published LFW accuracies of the same networks (their authors' alignment, original LFW images).
 PUBLISHED = {"facenet": 0.9963, "mobilefacenet": 0.9955, "dlib": 0.9938}
 PI_TARGET = 0.990
@@ -64,7 +64,7 @@ class DlibEmbedder:
     def __init__(self) -> None:
         import face_recognition
 
-        from converter.bench.peers import FaceRecEmbedder
+        from facelite.tools.bench.peers import FaceRecEmbedder
 
         self.inner = FaceRecEmbedder(face_recognition, "dlib", cache=False)
         self.manifest = self.inner.manifest
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 def _dlib(groups: Groups, view2: LfwView2, cache: Path, args: argparse.Namespace) -> PipelineResult:
     import face_recognition
 
-    from converter.bench.peers import FaceRecDetector
+    from facelite.tools.bench.peers import FaceRecDetector
 
     detector = FaceRecDetector(face_recognition, "hog")
     embedder = DlibEmbedder()
@@ -379,7 +379,7 @@ def _ints(value: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m converter.bench.lfw", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m facelite.tools.bench.lfw", description=__doc__)
     ap.add_argument("--models", type=Path, default=Path("build/models"))
     ap.add_argument("--data-dir", type=Path, required=True, help="data folder with faces/lfw")
     ap.add_argument("--out", type=Path, default=Path("build/eval-lfw"))

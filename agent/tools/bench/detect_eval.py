@@ -9,7 +9,7 @@
    false positives per photo, at the agent's default detection settings and at its smallest min_face.
 3. What the retry costs BlazeFace per 640x480 frame, with and without a face in it.
 
-    python -m converter.bench.detect_eval --out build/detect_eval
+    python -m facelite.tools.bench.detect_eval --out build/detect_eval
 
 writes report.md, report.json and recall_by_size.png there, and exits 1 when the agent's default detector
 finds fewer than TARGET of the tight crops. Bench code: the agent never imports it.
@@ -37,12 +37,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.logsetup import add_logging_flags, level_of, setup_logging
-from agent.service.config import DetectionConfig
-from agent.tools.dataset import data_dir as resolve_data_dir
-from agent.vision.geometry import Face
-from agent.vision.imageio import read_image
-from converter.bench.boxmatch import IOU_THRESHOLD, SIZE_BINS, score_photo, size_bin
+from facelite.logsetup import add_logging_flags, level_of, setup_logging
+from facelite.service.config import DetectionConfig
+from facelite.tools.bench.boxmatch import IOU_THRESHOLD, SIZE_BINS, score_photo, size_bin
+from facelite.tools.dataset import data_dir as resolve_data_dir
+from facelite.vision.geometry import Face
+from facelite.vision.imageio import read_image
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Setting:
 
 
 def agent_settings() -> tuple[Setting, Setting]:
-    """The agent's defaults and its smallest allowed min_face, read from agent.service.config so they stay in step."""
+    """The agent's defaults and its smallest allowed min_face, read from facelite.service.config (kept in step)."""
     fields = {f.name: f for f in dataclasses.fields(DetectionConfig)}
     min_default, score_default = fields["min_face"].default, fields["score_threshold"].default
     assert min_default is not dataclasses.MISSING and score_default is not dataclasses.MISSING
@@ -173,8 +173,8 @@ def detector_options(models_dir: Path, yunet_onnx: Path, blazeface_variant: str 
     """Every way of running a detector the report compares; the first is the agent's default detector as
     built (its retry included), the second the same without the retry (the frame-cost baseline).
     ``blazeface_variant``: measure that BlazeFace variant instead of the recommended one (int8 vs fp32)."""
-    from agent.vision.detect.blazeface import LARGE_FACE_ZOOM_OUT, BlazeFaceDetector
-    from converter.models.blazeface import RETRY_ZOOM_OUT
+    from facelite.converter.models.blazeface import RETRY_ZOOM_OUT
+    from facelite.vision.detect.blazeface import LARGE_FACE_ZOOM_OUT, BlazeFaceDetector
 
     bf_variant = blazeface_variant or _recommended_variant(models_dir, "blazeface")
 
@@ -198,8 +198,8 @@ def detector_options(models_dir: Path, yunet_onnx: Path, blazeface_variant: str 
 
     def short(s: Setting) -> DetectFn:
         # The short-range model on its own, as a candidate default detector.
-        from agent.model.runtime import TFLiteModel
-        from converter.models.blazeface import BlazeFaceRecipe
+        from facelite.converter.models.blazeface import BlazeFaceRecipe
+        from facelite.model.runtime import TFLiteModel
 
         recipe = BlazeFaceRecipe("short")
         det = BlazeFaceDetector(
@@ -212,7 +212,7 @@ def detector_options(models_dir: Path, yunet_onnx: Path, blazeface_variant: str 
         return det.detect
 
     def mtcnn(s: Setting) -> DetectFn:
-        from agent.vision.detect.mtcnn import PNET_CELL, MTCNNDetector
+        from facelite.vision.detect.mtcnn import PNET_CELL, MTCNNDetector
 
         # MTCNN refuses min_face below its 12 px P-Net cell, which the agent config allows (floor 8).
         return MTCNNDetector.from_model_dir(
@@ -222,7 +222,7 @@ def detector_options(models_dir: Path, yunet_onnx: Path, blazeface_variant: str 
         ).detect
 
     def yunet(s: Setting) -> DetectFn:
-        from converter.bench.peers import YUNET_SCORE, YuNetDetector
+        from facelite.tools.bench.peers import YUNET_SCORE, YuNetDetector
 
         inner = YuNetDetector(yunet_onnx, score=YUNET_SCORE if s.score_threshold is None else s.score_threshold)
 
@@ -571,7 +571,7 @@ def paired_p50_ms(a: Callable[[], object], b: Callable[[], object], runs: int) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m converter.bench.detect_eval", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m facelite.tools.bench.detect_eval", description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default=None, help="data directory holding faces/ (default $FACELITE_DATA_DIR)")
     ap.add_argument(
         "--models",
@@ -592,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--skip-sensitivity", action="store_true", help="only the --crop-side crops")
     add_logging_flags(ap)
     args = ap.parse_args(argv)
-    args.command = ["python -m converter.bench.detect_eval", *(sys.argv[1:] if argv is None else argv)]
+    args.command = ["python -m facelite.tools.bench.detect_eval", *(sys.argv[1:] if argv is None else argv)]
     setup_logging(level_of(args))
     args.out.mkdir(parents=True, exist_ok=True)
     report = run(args)

@@ -1,6 +1,6 @@
 """`make eval-corrections`: what one "that was not Ada" correction does on LFW look-alikes.
 
-The people are those of LFW View 2 folds 6-10 (``agent.tools.lfw.EVALUATION_FOLDS``, never used for calibration),
+The people are those of LFW View 2 folds 6-10 (``facelite.tools.lfw.EVALUATION_FOLDS``, never used for calibration),
 through the pi pipeline (blazeface/fp32 + mobilefacenet/fp32 by default). For every person with at least two
 photos with a face, the first half of their photos (at least one, at most ``--enroll``) are their templates and
 the rest are held out as their own probes.
@@ -9,8 +9,8 @@ the rest are held out as their own probes.
    of Lee to Ada's templates; the highest-scoring pairs (one per unordered pair) whose best photo would be
    announced as Ada in a gallery of ``--gallery`` people are the look-alikes measured.
 2. For each pair: a gallery of Ada and ``--gallery - 1`` other people (drawn with a fixed seed, neither Ada nor
-   Lee), the real ``agent.recognition.gallery`` matcher at the threshold
-   ``agent.recognition.openset.resolve_threshold`` gives for its
+   Lee), the real ``facelite.recognition.gallery`` matcher at the threshold
+   ``facelite.recognition.openset.resolve_threshold`` gives for its
    template count at ``--stranger-accept-rate``. The correction rejects Lee's photo that scores highest against
    Ada (the false accept a user would see and reject) with ``Gallery.add_negative``; Lee's **other** photos are
    the probes, before and after it. Ada's held-out photos measure what the correction costs her.
@@ -34,19 +34,19 @@ from typing import Any
 
 import numpy as np
 
-from agent.logsetup import add_logging_flags
-from agent.recognition.gallery import Gallery
-from agent.recognition.matching import Matcher
-from agent.recognition.openset import resolve_threshold
-from agent.tools.embedset import detect_photos, embed_detected
-from agent.tools.lfw import EVALUATION_FOLDS, lfw_dir, read_view2
-from agent.vision.detect import create_detector
-from agent.vision.embed import Embedder
-from converter.bench.common import Rate, report_main
+from facelite.logsetup import add_logging_flags
+from facelite.recognition.gallery import Gallery
+from facelite.recognition.matching import Matcher
+from facelite.recognition.openset import resolve_threshold
+from facelite.tools.bench.common import Rate, report_main
+from facelite.tools.embedset import detect_photos, embed_detected
+from facelite.tools.lfw import EVALUATION_FOLDS, lfw_dir, read_view2
+from facelite.vision.detect import create_detector
+from facelite.vision.embed import Embedder
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)
@@ -305,7 +305,7 @@ def summarize(
         "strict_person_true_accepts_after": asdict(Rate.of(sum(r.true_accepts_after_strict for r in results), own)),
         "pairs_fixed": sum(r.false_accepts_before > 0 and r.false_accepts_after == 0 for r in results),
         "pairs_with_false_accepts_before": sum(r.false_accepts_before > 0 for r in results),
-        "command": "python -m converter.bench.corrections " + " ".join(sys.argv[1:]),
+        "command": "python -m facelite.tools.bench.corrections " + " ".join(sys.argv[1:]),
         "results": [asdict(r) for r in results],
     }
 
@@ -372,7 +372,7 @@ def markdown(rep: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m converter.bench.corrections", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m facelite.tools.bench.corrections", description=__doc__.split("\n")[0])
     ap.add_argument("--models", type=Path, default=REPO / "build" / "models")
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared")
     ap.add_argument("--out", type=Path, default=REPO / "build" / "corrections")

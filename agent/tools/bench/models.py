@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.bench.common import BenchError, Latency, first_line, read_json, time_runs, write_json
-from converter.bench.frames import CropSet, load_crops, load_frames, size_key
+from facelite.tools.bench.common import BenchError, Latency, first_line, read_json, time_runs, write_json
+from facelite.tools.bench.frames import CropSet, load_crops, load_frames, size_key
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def discover(models_dir: Path) -> tuple[list[Artifact], dict[str, str]]:
     Returns the artifacts and {model: recommended variant}; the recommendation is the model's own report
     (written by the build after its gates), falling back to index.json.
     """
-    from agent.model.manifest import Manifest
+    from facelite.model.manifest import Manifest
 
     index_path = models_dir / "index.json"
     try:
@@ -186,7 +186,7 @@ def _bench_graphs(models: dict[str, Any], inputs: dict[str, list[np.ndarray]], r
 
 
 def run_runtime(job: RuntimeJob) -> RuntimeResult:
-    from agent.model.runtime import TFLiteModel
+    from facelite.model.runtime import TFLiteModel
 
     by_graph = {(i.model, i.graph): i for i in job.inputs}
     rows: list[ModelRun] = []
@@ -228,7 +228,7 @@ def set_tf_threads(threads: int) -> str:
 
 
 def source_size(name: str) -> int:
-    from converter.sources import source_files
+    from facelite.converter.sources import source_files
 
     return sum(p.stat().st_size for p in source_files(name))
 
@@ -268,7 +268,7 @@ def make_inputs(recipe: Any, graphs: Sequence[Any], job: SourceJob) -> list[Grap
 
 def load_source(name: str) -> tuple[Any, list[Any], float]:
     """A fresh recipe and its float graphs; returns (recipe, graphs, seconds spent loading)."""
-    from converter.api import load_recipe
+    from facelite.converter.api import load_recipe
 
     t0 = time.perf_counter()
     recipe = load_recipe(name)
@@ -298,7 +298,7 @@ def run_source(job: SourceJob, keep: dict[str, Any] | None = None) -> SourceResu
             refs = {g.name: g.reference for g in graphs}
             for g in graphs:
                 if g.tflite_file is not None:  # a .tflite source (BlazeFace): run it at this row's thread count
-                    from agent.model.runtime import TFLiteModel
+                    from facelite.model.runtime import TFLiteModel
 
                     refs[g.name] = TFLiteModel(g.tflite_file, num_threads=job.threads)
             for g, ref in refs.items():

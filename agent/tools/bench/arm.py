@@ -1,6 +1,6 @@
 """`make bench-arm`: guest instructions per inference on emulated ARM cores, for every built model variant.
 
-    python -m converter.bench.arm --models build/models --out build/bench-arm [--report-only] [--no-targets]
+    python -m facelite.tools.bench.arm --models build/models --out build/bench-arm [--report-only] [--no-targets]
 
 Method (issue 11): qemu-aarch64 (Debian's qemu-user 7.2) runs the device's own interpreter (bookworm arm64
 python3.11, the rootfs of `make test-arm64`) with one runtime's aarch64 wheels on its path, and a TCG plugin counts
@@ -42,16 +42,16 @@ from typing import Any
 
 import tomllib
 
-from agent.errors import FaceliteError
-from agent.logsetup import add_logging_flags, level_of, setup_logging
-from converter.bench.common import BenchError, to_jsonable
-from deploy.variants import BY_CPU_FILE, fewest_instructions, pick_variant, write_by_cpu
+from facelite.deploy.variants import BY_CPU_FILE, fewest_instructions, pick_variant, write_by_cpu
+from facelite.errors import FaceliteError
+from facelite.logsetup import add_logging_flags, level_of, setup_logging
+from facelite.tools.bench.common import BenchError, to_jsonable
 
 log = logging.getLogger("bench-arm")
 
-REPO = Path(__file__).resolve().parents[2]
-SETUP = REPO / "converter" / "bench" / "arm_setup.sh"
-GUEST = REPO / "converter" / "bench" / "arm_guest.py"
+REPO = Path(__file__).resolve().parents[3]
+SETUP = Path(__file__).resolve().parent / "arm_setup.sh"
+GUEST = Path(__file__).resolve().parent / "arm_guest.py"
 CPUS = ("cortex-a53", "cortex-a72", "cortex-a76")
 CPU_BOARDS = {"cortex-a53": "Pi Zero 2 / low-end Android", "cortex-a72": "Pi 4", "cortex-a76": "Pi 5 / mid-range"}
 RUNTIMES = ("ai-edge-litert", "tflite-runtime")
@@ -159,7 +159,7 @@ class Job:
 
 def pyramid_shapes(height: int, width: int, min_face: float, scale_factor: float) -> list[list[int]]:
     """P-Net input shapes of one frame, level by level, as the agent's MTCNN builds them."""
-    from agent.vision.detect.mtcnn import pyramid_scales
+    from facelite.vision.detect.mtcnn import pyramid_scales
 
     return [[1, int(height * s), int(width * s), 3] for s in pyramid_scales(height, width, min_face, scale_factor)]
 
@@ -500,7 +500,7 @@ def deployed_per_cpu(
     runtime: str,
 ) -> dict[str, tuple[str, str]]:
     """``{cpu: (detector variant, embedder variant)}`` as `make deploy` picks them for a profile with that CPU:
-    pinned, else the fewest instructions measured (deploy.variants), else the profile's current choice."""
+    pinned, else the fewest instructions measured (facelite.deploy.variants), else the profile's current choice."""
     out = {}
     for cpu in cpus:
         chosen = []
@@ -894,14 +894,14 @@ def setup(out: Path, cpus: Sequence[str]) -> Env:
 
 
 def pinned_variants(profile: str) -> dict[str, str | None]:
-    from deploy.profile import load_profile
+    from facelite.deploy.profile import load_profile
 
     p = load_profile(profile)
     return {"detector": p.models.detector_variant, "embedder": p.models.embedder_variant}
 
 
 def record_by_cpu(facts: dict[str, Any], ms: Sequence[Measurement], models_dir: Path) -> list[Path]:
-    """Write ``<model>/by_cpu.json`` for every measured model: what `make deploy` reads (deploy.variants)."""
+    """Write ``<model>/by_cpu.json`` for every measured model: what `make deploy` reads (facelite.deploy.variants)."""
     written = []
     runtime = facts["profile_runtime"]
     for model in sorted({m.model for m in ms}):
@@ -914,7 +914,7 @@ def record_by_cpu(facts: dict[str, Any], ms: Sequence[Measurement], models_dir: 
 
 def deployed_models(profile: str, models_dir: Path) -> tuple[tuple[str, str], tuple[str, str], str]:
     """(detector, variant), (embedder, variant), runtime of a device profile; variants as `make deploy` picks them."""
-    from deploy.profile import load_profile
+    from facelite.deploy.profile import load_profile
 
     p = load_profile(profile)
     index = json.loads((models_dir / "index.json").read_text())["models"]
@@ -937,7 +937,7 @@ def deployed_models(profile: str, models_dir: Path) -> tuple[tuple[str, str], tu
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m converter.bench.arm", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m facelite.tools.bench.arm", description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", type=Path, default=Path(os.environ.get("FACELITE_MODELS_DIR", REPO / "build/models")))
     ap.add_argument("--out", type=Path, default=REPO / "build" / "bench-arm")
     ap.add_argument("--cpus", nargs="+", default=list(CPUS), choices=CPUS)

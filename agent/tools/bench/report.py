@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converter.bench.agent_e2e import E2EResult, EventLog, StreamResult
-from converter.bench.common import Latency, latency_of, write_json
-from converter.bench.frames import Prepared
-from converter.bench.models import Artifact, ModelRun, RuntimeResult
-from converter.bench.peers import HOG, PeersResult
-from converter.bench.pipelines import Accuracy, FrameSpeed, PipelineAccuracy, PipelineSpec
-from converter.bench.worker import HostResult
+from facelite.tools.bench.agent_e2e import E2EResult, EventLog, StreamResult
+from facelite.tools.bench.common import Latency, latency_of, write_json
+from facelite.tools.bench.frames import Prepared
+from facelite.tools.bench.models import Artifact, ModelRun, RuntimeResult
+from facelite.tools.bench.peers import HOG, PeersResult
+from facelite.tools.bench.pipelines import Accuracy, FrameSpeed, PipelineAccuracy, PipelineSpec
+from facelite.tools.bench.worker import HostResult
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +457,7 @@ def build_report(env: Environment, plan: Any, artifacts: Sequence[Artifact], pre
             )
         )
         device = c.e2e_device
-        name = "agent service (python -m agent) peak RSS"
+        name = "agent service (python -m facelite) peak RSS"
         if device.service_rss_mb > 0:
             targets.append(Target.check("rss", name, device.service_rss_mb, "<=", RSS_TARGET_MB, "MB"))
         else:  # a target that could not be measured is not met
@@ -475,7 +475,7 @@ def build_report(env: Environment, plan: Any, artifacts: Sequence[Artifact], pre
     }
     env = dataclasses.replace(env, versions=versions)
     notes = [
-        "Accuracy is `facelite eval` (agent.tools.evaluate) on every photo pair of the people folder; "
+        "Accuracy is `facelite eval` (facelite.tools.evaluate) on every photo pair of the people folder; "
         "detector min_face 20.",
         "Speed figures run like the agent's default config: one interpreter thread, pinned to CPU 0, min_face 40, "
         "score threshold 0.7. Per-frame = detect + align + embed every face (no tracker reuse).",
@@ -500,7 +500,7 @@ def build_report(env: Environment, plan: Any, artifacts: Sequence[Artifact], pre
         {
             "imports only (python, numpy, cv2, ai-edge-litert, agent modules)": c.import_rss_mb,
             "bench worker running the agent in-process, peak (VmHWM)": one.measured.rss_peak_mb if one else 0.0,
-            "agent service (python -m agent, one-face stream), peak (ru_maxrss)": c.e2e_device.service_rss_mb,
+            "agent service (python -m facelite, one-face stream), peak (ru_maxrss)": c.e2e_device.service_rss_mb,
         },
         targets,
         [],
@@ -510,7 +510,7 @@ def build_report(env: Environment, plan: Any, artifacts: Sequence[Artifact], pre
 
 # -- writing ----------------------------------------------------------------------------------------------------------
 def write_outputs(report: Report, out: Path) -> list[Path]:
-    from converter.bench.charts import draw_all
+    from facelite.tools.bench.charts import draw_all
 
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -677,7 +677,7 @@ def markdown(r: Report) -> str:
     L += [
         "",
         "Agent RSS: " + "; ".join(f"{k}: {v:.0f} MB" for k, v in r.agent_rss_mb.items()) + ". "
-        f"Shared libraries as after boot (converter/bench/pagecache.py): {r.environment.page_cache}.",
+        f"Shared libraries as after boot (agent/tools/bench/pagecache.py): {r.environment.page_cache}.",
         "",
         "Gallery matching (one probe against every template, ms p50 / p95):",
         "",

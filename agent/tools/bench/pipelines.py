@@ -1,6 +1,6 @@
 """Section 3: accuracy of our full device pipelines beside the same pipelines on the float TF sources.
 
-Accuracy is exactly what ``facelite eval`` computes (agent.tools.evaluate.evaluate on a folder-per-person tree:
+Accuracy is exactly what ``facelite eval`` computes (facelite.tools.evaluate.evaluate on a folder-per-person tree:
 every pair, AUC, TAR@FAR, open-set identification at the manifest threshold). Detections are cached per
 detector, so embedder variants compared "on the same images" also see the same faces: the quantisation
 loss of an int8 embedder is then the embedder's alone.
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.vision.geometry import Face
-from converter.bench.common import BenchError, Latency, first_line, latency_of
+from facelite.tools.bench.common import BenchError, Latency, first_line, latency_of
+from facelite.vision.geometry import Face
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ AGENT_SCORE_THRESHOLD = 0.7
 
 @dataclass(frozen=True)
 class Accuracy:
-    """The figures of one agent.tools.evaluate.EvalResult."""
+    """The figures of one facelite.tools.evaluate.EvalResult."""
 
     photos: int
     faces_found: int
@@ -151,7 +151,7 @@ def load_detector(
     """The agent's detector on a built variant, or (``source``) wired to the recipe's float networks.
     ``score_threshold`` None keeps the model's own default (what `facelite eval` does)."""
     if variant != SOURCE:
-        from agent.vision.detect import create_detector
+        from facelite.vision.detect import create_detector
 
         return create_detector(
             variant_dir(models_dir, model, variant),
@@ -171,8 +171,8 @@ def load_detector(
 def load_embedder(
     models_dir: Path, model: str, variant: str, *, threads: int = 1, sources: dict[str, Any] | None = None
 ) -> Any:
-    from agent.model.manifest import Manifest
-    from agent.vision.embed import Embedder
+    from facelite.model.manifest import Manifest
+    from facelite.vision.embed import Embedder
 
     if variant != SOURCE:
         return Embedder.from_model_dir(variant_dir(models_dir, model, variant), num_threads=threads)
@@ -182,7 +182,7 @@ def load_embedder(
 
 
 def run_accuracy(job: AccuracyJob, sources: dict[str, Any]) -> AccuracyResult:
-    from agent.tools.evaluate import evaluate
+    from facelite.tools.evaluate import evaluate
 
     detectors: dict[tuple[str, str], CachedDetector] = {}
     embedders: dict[tuple[str, str], Any] = {}

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # make bench-arm, step 1: everything the emulated runs need, each cached; prints KEY=VALUE lines on stdout.
 #
-#   converter/bench/arm_setup.sh LITERT_REQ... -- TFLITE_REQ...     (the requirements of the two aarch64 sites)
+#   agent/tools/bench/arm_setup.sh LITERT_REQ... -- TFLITE_REQ...     (the requirements of the two aarch64 sites)
 #
 #   1. qemu-aarch64 from Debian's qemu-user (the -static build cannot load plugins)
 #   2. the plugins, built against the plugin header of the installed qemu's own source package (apt-get source,
 #      needs a deb-src line for bookworm main, added if missing): qemu's tests/plugin/insn.c (libinsn.so, the
-#      reference count) and converter/bench/arm_mix.c (libfacelite_mix.so: the same count, by instruction class
+#      reference count) and agent/tools/bench/arm_mix.c (libfacelite_mix.so: the same count, by instruction class
 #      and at marks the guest asks for)
 #   3. the bookworm arm64 rootfs of `make test-arm64` (deploy/arm64_rootfs.sh) and one view of it per CPU model,
 #      each with that CPU's /proc/cpuinfo
@@ -67,8 +67,8 @@ mkdir -p "$plugins"
 cflags=(-shared -fPIC -O2 -Wall -I"$(dirname "$header")" $(pkg-config --cflags glib-2.0))
 insn_c="$(dirname "$(dirname "$(dirname "$header")")")/tests/plugin/insn.c"
 [ "$plugins/libinsn.so" -nt "$insn_c" ] || gcc "${cflags[@]}" -o "$plugins/libinsn.so" "$insn_c"
-[ "$plugins/libfacelite_mix.so" -nt "$REPO/converter/bench/arm_mix.c" ] \
-    || gcc "${cflags[@]}" -o "$plugins/libfacelite_mix.so" "$REPO/converter/bench/arm_mix.c"
+[ "$plugins/libfacelite_mix.so" -nt "$REPO/agent/tools/bench/arm_mix.c" ] \
+    || gcc "${cflags[@]}" -o "$plugins/libfacelite_mix.so" "$REPO/agent/tools/bench/arm_mix.c"
 step "plugins in $plugins" "$t"
 
 # 3. the rootfs (shared with make test-arm64) and a view per CPU

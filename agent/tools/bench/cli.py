@@ -1,4 +1,4 @@
-"""`make bench`: python -m converter.bench --models build/models --data-dir ../shared --out build/bench [--quick]
+"""`make bench`: python -m facelite.tools.bench --models build/models --data-dir ../shared --out build/bench [--quick]
 
 Prepares frames from the real photos, runs the workers (TensorFlow float sources and accuracy; both device
 runtimes; the agent end to end on one core against a real mosquitto; the peers), then writes
@@ -27,15 +27,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.errors import FaceliteError
-from agent.logsetup import add_logging_flags, level_of, setup_logging
-from converter.bench.common import BenchError, read_json, write_json
-from converter.bench.frames import Prepared, PrepOptions, size_key
-from converter.bench.pagecache import Eviction
+from facelite.errors import FaceliteError
+from facelite.logsetup import add_logging_flags, level_of, setup_logging
+from facelite.tools.bench.common import BenchError, read_json, write_json
+from facelite.tools.bench.frames import Prepared, PrepOptions, size_key
+from facelite.tools.bench.pagecache import Eviction
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 R = TypeVar("R")
 
 
@@ -96,7 +96,14 @@ class Workers:
         )
         write_json(job_path, job)
         result_path.unlink(missing_ok=True)
-        cmd = [str(python or sys.executable), "-m", "converter.bench.worker", task, str(job_path), str(result_path)]
+        cmd = [
+            str(python or sys.executable),
+            "-m",
+            "facelite.tools.bench.worker",
+            task,
+            str(job_path),
+            str(result_path),
+        ]
         if pin:
             taskset = shutil.which("taskset")
             if taskset is None:
@@ -130,7 +137,7 @@ class Workers:
 
 
 def make_plan(artifacts: Sequence[Any], recommended: dict[str, str]) -> Plan:
-    from converter.bench.pipelines import SOURCE, PipelineSpec
+    from facelite.tools.bench.pipelines import SOURCE, PipelineSpec
 
     built = {(a.model, a.variant) for a in artifacts}
     for name in ("blazeface", "mtcnn", "facenet", "mobilefacenet"):
@@ -181,7 +188,7 @@ def _agent_toml(
 
 
 def main(argv: list[str] | None = None, eviction: Eviction | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m converter.bench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m facelite.tools.bench", description=__doc__)
     ap.add_argument("--models", type=Path, default=Path("build/models"), help="converted artifacts (make convert)")
     ap.add_argument("--data-dir", type=Path, default=None, help="holds faces/ and models/ (or FACELITE_DATA_DIR)")
     ap.add_argument("--out", type=Path, default=Path("build/bench"))
@@ -205,11 +212,11 @@ def main(argv: list[str] | None = None, eviction: Eviction | None = None) -> int
 
 
 def run(args: argparse.Namespace, eviction: Eviction | None = None) -> int:
-    from agent.model.manifest import Manifest
-    from agent.tools.dataset import data_dir as resolve_data_dir
-    from agent.vision.detect import create_detector
-    from converter.bench.frames import prepare
-    from converter.bench.models import discover
+    from facelite.model.manifest import Manifest
+    from facelite.tools.bench.frames import prepare
+    from facelite.tools.bench.models import discover
+    from facelite.tools.dataset import data_dir as resolve_data_dir
+    from facelite.vision.detect import create_detector
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -244,7 +251,7 @@ def run(args: argparse.Namespace, eviction: Eviction | None = None) -> int:
     log.info("prepared %d photos, %d streams in %.0f s", prep.photos, len(prep.streams), time.perf_counter() - t0)
     results = collect(Context(settings, plan, list(artifacts), prep, data, models_dir, work, workers))
 
-    from converter.bench.report import Environment, build_report, write_outputs
+    from facelite.tools.bench.report import Environment, build_report, write_outputs
 
     env = Environment(
         started=started,
@@ -273,7 +280,7 @@ def run(args: argparse.Namespace, eviction: Eviction | None = None) -> int:
 
 def check(report_json: Path) -> int:
     """Print each target's verdict from a report.json; 1 if any target is missed or was not measured."""
-    from converter.bench.report import verdict
+    from facelite.tools.bench.report import verdict
 
     try:
         report = json.loads(report_json.read_text())
@@ -320,11 +327,11 @@ MODEL_NAMES = ["blazeface", "mtcnn", "facenet", "mobilefacenet"]
 
 def collect(ctx: Context) -> Any:
     """All workers, one after the other, so no figure shares the CPUs with another bench step."""
-    from converter.bench.report import Collected
+    from facelite.tools.bench.report import Collected
 
     host, litert, tflite = _models_and_accuracy(ctx)
     e2e, events, peers = _agent_and_peers(ctx)
-    from converter.bench.agent_e2e import import_rss_mb
+    from facelite.tools.bench.agent_e2e import import_rss_mb
 
     return Collected(
         host, litert, tflite, e2e["device"], e2e["float"], events, peers, import_rss_mb(Path(sys.executable))
@@ -332,10 +339,10 @@ def collect(ctx: Context) -> Any:
 
 
 def _models_and_accuracy(ctx: Context) -> tuple[Any, Any, Any]:
-    from converter.bench.models import RuntimeJob, RuntimeResult, SourceJob, unavailable_runtime
-    from converter.bench.pipelines import AccuracyJob
-    from converter.bench.worker import HostJob, HostResult
-    from converter.runtimes import legacy_python
+    from facelite.converter.runtimes import legacy_python
+    from facelite.tools.bench.models import RuntimeJob, RuntimeResult, SourceJob, unavailable_runtime
+    from facelite.tools.bench.pipelines import AccuracyJob
+    from facelite.tools.bench.worker import HostJob, HostResult
 
     settings, plan, prep, workers = ctx.settings, ctx.plan, ctx.prep, ctx.workers
     source_job = SourceJob(
@@ -369,10 +376,10 @@ def _models_and_accuracy(ctx: Context) -> tuple[Any, Any, Any]:
 
 
 def _agent_and_peers(ctx: Context) -> tuple[dict[str, Any], Any, Any]:
-    from agent.tools.localbroker import MosquittoBroker
-    from converter.bench.agent_e2e import E2EJob, E2EResult, EventLog, SpeedJob, StreamJob, recording_subscriber
-    from converter.bench.models import SourceJob
-    from converter.bench.peers import PeersJob, PeersResult
+    from facelite.tools.bench.agent_e2e import E2EJob, E2EResult, EventLog, SpeedJob, StreamJob, recording_subscriber
+    from facelite.tools.bench.models import SourceJob
+    from facelite.tools.bench.peers import PeersJob, PeersResult
+    from facelite.tools.localbroker import MosquittoBroker
 
     settings, plan, prep, workers, work, models_dir = (
         ctx.settings, ctx.plan, ctx.prep, ctx.workers, ctx.work, ctx.models_dir,
@@ -458,7 +465,7 @@ def _agent_and_peers(ctx: Context) -> tuple[dict[str, Any], Any, Any]:
 
 
 def size_key_of(models_dir: Path, spec: Any) -> str:
-    from agent.model.manifest import Manifest
+    from facelite.model.manifest import Manifest
 
     m = Manifest.load(models_dir / spec.embedder / spec.embedder_variant)
     assert m.alignment is not None

@@ -1,4 +1,4 @@
-"""One bench step in its own process: ``python -m converter.bench.worker TASK JOB.json RESULT.json``.
+"""One bench step in its own process: ``python -m facelite.tools.bench.worker TASK JOB.json RESULT.json``.
 
 Each task reads a typed job and writes a typed result, so the orchestrator can place it in the right
 interpreter (.venv or .venv-legacy) and on the right CPUs (``taskset -c 0`` for single-core figures).
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import FaceliteError
-from converter.bench.common import read_json, write_json
-from converter.bench.models import SourceJob, SourceResult
-from converter.bench.pipelines import AccuracyJob, AccuracyResult
+from facelite.errors import FaceliteError
+from facelite.tools.bench.common import read_json, write_json
+from facelite.tools.bench.models import SourceJob, SourceResult
+from facelite.tools.bench.pipelines import AccuracyJob, AccuracyResult
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ class HostResult:
 
 
 def _host() -> tuple[type, Callable[[Any], Any]]:
-    from converter.bench.models import run_source
-    from converter.bench.pipelines import run_accuracy
+    from facelite.tools.bench.models import run_source
+    from facelite.tools.bench.pipelines import run_accuracy
 
     def run(job: HostJob) -> HostResult:
         keep: dict[str, Any] = {}
@@ -51,19 +51,19 @@ def _host() -> tuple[type, Callable[[Any], Any]]:
 
 
 def _runtime() -> tuple[type, Callable[[Any], Any]]:
-    from converter.bench.models import RuntimeJob, run_runtime
+    from facelite.tools.bench.models import RuntimeJob, run_runtime
 
     return RuntimeJob, run_runtime
 
 
 def _e2e() -> tuple[type, Callable[[Any], Any]]:
-    from converter.bench.agent_e2e import E2EJob, run_e2e
+    from facelite.tools.bench.agent_e2e import E2EJob, run_e2e
 
     return E2EJob, run_e2e
 
 
 def _peers() -> tuple[type, Callable[[Any], Any]]:
-    from converter.bench.peers import PeersJob, run_peers
+    from facelite.tools.bench.peers import PeersJob, run_peers
 
     return PeersJob, run_peers
 
@@ -77,7 +77,7 @@ TASKS: dict[str, Callable[[], tuple[type, Callable[[Any], Any]]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m converter.bench.worker", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m facelite.tools.bench.worker", description=__doc__)
     ap.add_argument("task", choices=sorted(TASKS))
     ap.add_argument("job", type=Path)
     ap.add_argument("result", type=Path)

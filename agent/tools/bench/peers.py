@@ -1,7 +1,7 @@
 """Section 2: peers on the same photos and frames: the ``face_recognition`` library (dlib HOG or CNN detector +
 dlib ResNet encodings) and OpenCV YuNet as a detector in front of our embedder.
 
-Accuracy is computed by agent.tools.evaluate on the peers' embeddings, like ``facelite eval`` does for ours.
+Accuracy is computed by facelite.tools.evaluate on the peers' embeddings, like ``facelite eval`` does for ours.
 Our thresholds come from the converter's calibration on these photos at FAR 1e-3; a peer has no manifest,
 so its threshold is calibrated the same way (all different-person pairs of the same photos), then the same
 evaluate() runs with it: equal footing, not a tuned advantage. Runs pinned to one core, like ours.
@@ -20,11 +20,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.vision.geometry import BBox, Face
-from converter.bench.agent_e2e import ScalingPoint, random_templates
-from converter.bench.common import Latency, first_line, time_runs
-from converter.bench.frames import load_frames
-from converter.bench.pipelines import (
+from facelite.tools.bench.agent_e2e import ScalingPoint, random_templates
+from facelite.tools.bench.common import Latency, first_line, time_runs
+from facelite.tools.bench.frames import load_frames
+from facelite.tools.bench.pipelines import (
     AGENT_MIN_FACE,
     AGENT_SCORE_THRESHOLD,
     EVAL_MIN_FACE,
@@ -36,6 +35,7 @@ from converter.bench.pipelines import (
     load_detector,
     load_embedder,
 )
+from facelite.vision.geometry import BBox, Face
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,15 @@ class PeersResult:
 
 @dataclass(frozen=True)
 class PeerManifest:
-    """What agent.tools.evaluate reads of an embedder's manifest."""
+    """What facelite.tools.evaluate reads of an embedder's manifest."""
 
     name: str
     variant: str
     embedding_size: int
     thresholds: dict[str, float]
-    calibration: dict[str, Any] = field(default_factory=dict)  # none: agent.recognition.openset uses thresholds["1e-3"]
+    calibration: dict[str, Any] = field(
+        default_factory=dict
+    )  # none: facelite.recognition.openset uses thresholds["1e-3"]
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ class FaceRecDetector:
 
 class FaceRecEmbedder:
     """face_recognition.face_encodings (dlib 5-point chip + ResNet, 128-d) for a given box, L2-normalised
-    so agent.tools.evaluate's cosine scores apply. Cached per (image, box): the calibration pass and the
+    so facelite.tools.evaluate's cosine scores apply. Cached per (image, box): the calibration pass and the
     evaluation pass embed each face once."""
 
     def __init__(self, fr: Any, name: str, *, cache: bool = True) -> None:
@@ -201,10 +203,10 @@ def _version(dist: str) -> str:
 
 
 def calibrated_evaluate(detector: Any, embedder: FaceRecEmbedder, people_dir: Path) -> Accuracy:
-    """Thresholds at FAR 1e-2/1e-3 from the different-person pairs of these photos, then agent.tools.evaluate."""
-    from agent.model.metrics import threshold_at_far
-    from agent.tools.dataset import all_pairs, people_tree
-    from agent.tools.evaluate import embed_tree, evaluate
+    """Thresholds at FAR 1e-2/1e-3 from the different-person pairs of these photos, then facelite.tools.evaluate."""
+    from facelite.model.metrics import threshold_at_far
+    from facelite.tools.dataset import all_pairs, people_tree
+    from facelite.tools.evaluate import embed_tree, evaluate
 
     t0 = time.perf_counter()
     tree = people_tree(people_dir)
@@ -296,7 +298,7 @@ def _photo_pixels(people_dir: Path) -> int:
     """Pixels of every photo, from the file headers (Pillow, a face_recognition dependency)."""
     from PIL import Image
 
-    from agent.tools.dataset import people_tree
+    from facelite.tools.dataset import people_tree
 
     total = 0
     for photos in people_tree(people_dir).values():
@@ -307,7 +309,7 @@ def _photo_pixels(people_dir: Path) -> int:
 
 
 def _yunet(job: PeersJob, one: list[np.ndarray], ours_speed: FrameSpeed) -> PeerResult:
-    from agent.tools.evaluate import evaluate
+    from facelite.tools.evaluate import evaluate
 
     versions = {"opencv-python-headless": cv2.__version__}
     if not job.yunet_onnx.is_file():
