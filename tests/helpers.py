@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,30 @@ class Reaper:
         self._popens.clear()
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def facelite_cli(*args: str, timeout: float = 180, module: str = "facelite.cli") -> subprocess.CompletedProcess[str]:
+    """`facelite ARGS` as a user runs it (a subprocess of the installed package), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout
+    )
+
+
+def run_agent_to_end(config: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m facelite --config CONFIG` on sources that end (files, folders): exit 0 and no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "facelite", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
 def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
     """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -122,9 +147,8 @@ def enroll_by_cli(people: Mapping[str, Sequence[Path]], detector: Path, embedder
     """Enrol each person with `facelite enroll` as a subprocess, exactly as a user would; fail on any refusal."""
     from facelite.tools.demo import enroll_command
 
-    repo = Path(__file__).resolve().parents[1]
     for name, photos in people.items():
         proc = subprocess.run(
-            enroll_command(name, list(photos), detector, embedder, gallery), capture_output=True, text=True, cwd=repo
+            enroll_command(name, list(photos), detector, embedder, gallery), capture_output=True, text=True, cwd=REPO
         )
         assert proc.returncode == 0, f"enrolling {name}: {proc.stderr}"

@@ -14,24 +14,15 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from helpers import facelite_cli as cli
+from helpers import run_agent_to_end
 
 from facelite.tools.demo import pick
 from facelite.vision.imageio import list_images
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "facelite.cli", *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=180
-    )
 
 
 def folder_of(path: Path, photo: Path, copies: int = 6) -> Path:
@@ -57,16 +48,7 @@ def write_config(work: Path, models_dir: Path, source: Path, keep_s: int = 25920
 
 
 def run_agent(config: Path) -> list[dict[str, object]]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "facelite", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=ENV,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+    proc = run_agent_to_end(config, timeout=180)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return [m["payload"] for m in lines if str(m["topic"]).endswith("/events")]  # type: ignore[misc]
 

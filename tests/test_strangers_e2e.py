@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,24 +19,18 @@ import cv2
 import numpy as np
 import pytest
 from broker import MosquittoBroker, Subscriber
+from helpers import facelite_cli as cli
+from helpers import run_agent_to_end as run_agent
 from helpers import wait_until
 from test_gallery_mqtt import retained_now
 
 from facelite.tools.demo import pick
 from facelite.vision.imageio import list_images, read_image
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 DEVICE = "str"
 BASE = f"facelite/{DEVICE}"
 STRANGER = "Aaron_Peirsol"  # an LFW person, never enrolled here
 FPS = 5
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "facelite.cli", *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=180
-    )
 
 
 def video(path: Path, photo: Path, visits: int) -> Path:
@@ -69,19 +62,6 @@ def write_config(work: Path, models_dir: Path, port: int, source: Path) -> Path:
         "[strangers]\nenabled = true\n"
     )
     return path
-
-
-def run_agent(config: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "facelite", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=ENV,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
 
 
 def unknowns(retained: dict[str, bytes]) -> dict[str, bytes]:

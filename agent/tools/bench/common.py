@@ -6,6 +6,7 @@ Kept free of TensorFlow and of anything numpy 2 only: the tflite-runtime worker 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from facelite.errors import FaceliteError
-from facelite.logsetup import level_of, setup_logging
+from facelite.logsetup import add_logging_flags, level_of, setup_logging
 from facelite.model.metrics import Latency, latency_summary, wilson_interval
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,21 @@ def report_main(run: Callable[[Any], int], args: Any) -> int:
     except FaceliteError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
+
+
+def lfw_report_parser(prog: str, doc: str, repo: Path, out: str) -> argparse.ArgumentParser:
+    """The arguments every LFW report shares (corrections, strangers): where the models, photos, cache and report
+    are, the pipeline measured (the pi one by default) and the seed of its random choices."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    ap.add_argument("--models", type=Path, default=repo / "build" / "models")
+    ap.add_argument("--data-dir", type=Path, default=repo.parent / "shared")
+    ap.add_argument("--out", type=Path, default=repo / "build" / out)
+    ap.add_argument("--cache", type=Path, default=repo / "build" / "cache" / "lfw", help="detections and embeddings")
+    ap.add_argument("--detector", default="blazeface/fp32")
+    ap.add_argument("--embedder", default="mobilefacenet/fp32")
+    ap.add_argument("--seed", type=int, default=20261203)
+    add_logging_flags(ap)
+    return ap
 
 
 @dataclass(frozen=True)

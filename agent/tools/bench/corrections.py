@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from facelite.logsetup import add_logging_flags
 from facelite.recognition.gallery import Gallery
 from facelite.recognition.matching import Matcher
 from facelite.recognition.openset import resolve_threshold
-from facelite.tools.bench.common import Rate, report_main
+from facelite.tools.bench.common import Rate, lfw_report_parser, report_main
 from facelite.tools.embedset import detect_photos, embed_detected
 from facelite.tools.lfw import EVALUATION_FOLDS, lfw_dir, read_view2
 from facelite.vision.detect import create_detector
@@ -372,19 +371,11 @@ def markdown(rep: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m facelite.tools.bench.corrections", description=__doc__.split("\n")[0])
-    ap.add_argument("--models", type=Path, default=REPO / "build" / "models")
-    ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared")
-    ap.add_argument("--out", type=Path, default=REPO / "build" / "corrections")
-    ap.add_argument("--cache", type=Path, default=REPO / "build" / "cache" / "lfw", help="detections and embeddings")
-    ap.add_argument("--detector", default="blazeface/fp32")
-    ap.add_argument("--embedder", default="mobilefacenet/fp32")
+    ap = lfw_report_parser("python -m facelite.tools.bench.corrections", __doc__ or "", REPO, "corrections")
     ap.add_argument("--gallery", type=int, default=10, help="people enrolled per gallery")
     ap.add_argument("--enroll", type=int, default=5, help="at most this many photos enrolled per person")
     ap.add_argument("--pairs", type=int, default=40, help="look-alike pairs measured")
     ap.add_argument("--stranger-accept-rate", type=float, default=1e-3)
-    ap.add_argument("--seed", type=int, default=20261203)
-    add_logging_flags(ap)
     return ap.parse_args(argv)
 
 

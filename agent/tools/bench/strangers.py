@@ -37,11 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from facelite.logsetup import add_logging_flags
 from facelite.recognition.strangers import nearest_cluster
 from facelite.recognition.unknowns import cluster_threshold
 from facelite.service.config import StrangersConfig
-from facelite.tools.bench.common import Rate, report_main
+from facelite.tools.bench.common import Rate, lfw_report_parser, report_main
 from facelite.tools.embedset import detect_photos, embed_detected
 from facelite.tools.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
 from facelite.vision.detect import create_detector
@@ -279,18 +278,10 @@ def markdown(report: dict[str, Any], sweep: list[Outcome], final: Outcome) -> st
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m facelite.tools.bench.strangers", description=__doc__.split("\n")[0])
-    ap.add_argument("--models", type=Path, default=REPO / "build" / "models")
-    ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared")
-    ap.add_argument("--out", type=Path, default=REPO / "build" / "strangers")
-    ap.add_argument("--cache", type=Path, default=REPO / "build" / "cache" / "lfw", help="detections and embeddings")
-    ap.add_argument("--detector", default="blazeface/fp32")
-    ap.add_argument("--embedder", default="mobilefacenet/fp32")
+    ap = lfw_report_parser("python -m facelite.tools.bench.strangers", __doc__ or "", REPO, "strangers")
     ap.add_argument("--far", type=float, default=None, help="use this rate instead of choosing on folds 1-5")
     ap.add_argument("--window", type=int, default=StrangersConfig().max_visits, help="visits one memory holds")
     ap.add_argument("--per-person", type=int, default=10, help="at most this many visits of one person")
-    ap.add_argument("--seed", type=int, default=20261203)
-    add_logging_flags(ap)
     return ap.parse_args(argv)
 
 
