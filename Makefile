@@ -78,7 +78,8 @@ convert: setup data
 # Agent-side tests that import no TensorFlow, run again under tflite-runtime 2.14 (numpy<2).
 DEVICE_TESTS := tests/test_recognition.py tests/test_manifest.py tests/test_imageio.py tests/test_gallery.py tests/test_track.py \
 	tests/test_events.py tests/test_spool.py tests/test_config.py tests/test_quality.py tests/test_sources.py \
-	tests/test_mqtt_sink.py tests/test_openset.py tests/test_metrics.py tests/test_commands.py tests/test_strangers.py
+	tests/test_mqtt_sink.py tests/test_openset.py tests/test_metrics.py tests/test_commands.py tests/test_strangers.py \
+	tests/test_onet_landmarks.py
 
 test: setup setup-onnx data convert
 	$(MAKE) --no-print-directory lint

@@ -37,6 +37,7 @@ from facelite.recognition.track import Tracker, TrackEvent
 from facelite.service.config import DetectionConfig, QualityConfig, TrackingConfig
 from facelite.service.sources import Frame
 from facelite.vision.detect import Detector, create_detector
+from facelite.vision.detect.onet_landmarks import OnetLandmarks
 from facelite.vision.embed import Embedder
 from facelite.vision.geometry import BBox, Face
 from facelite.vision.imageio import read_image
@@ -125,6 +126,21 @@ class RecognizerOptions:
     num_threads: int = 1
     min_votes: int = 3  # VIDEO/LIVE_STREAM: agreeing recognitions before a track's identity is decided
     key: bytes | None = None  # gallery encryption key (16/24/32 bytes)
+    # An MTCNN artifact folder whose O-Net places the five landmarks on the detector's faces (the agent's
+    # [models] landmarks). With ``models``: "mtcnn" uses that folder's recommended MTCNN.
+    landmarks: str | Path | None = None
+
+    def landmarks_dir(self) -> Path | None:
+        """The MTCNN folder whose O-Net places the landmarks, or None for the detector's own."""
+        if self.landmarks is None:
+            return None
+        if self.models is not None and str(self.landmarks) == "mtcnn":
+            index = json.loads((Path(self.models) / "index.json").read_text())["models"]
+            entry = index.get("mtcnn") or {}
+            if not entry.get("recommended_variant"):
+                raise ValueError(f"{self.models} holds no converted mtcnn: run `make convert` or drop landmarks=")
+            return Path(self.models) / "mtcnn" / str(entry["recommended_variant"])
+        return Path(self.landmarks)
 
     def artifact_dirs(self) -> tuple[Path, Path]:
         """The detector and embedder folders these options name."""
@@ -220,6 +236,9 @@ class FaceRecognizer:
             min_face=options.min_face,
             score_threshold=DetectionConfig().score_threshold,
         )
+        landmarks_dir = options.landmarks_dir()
+        if landmarks_dir is not None:
+            detector = OnetLandmarks.from_model_dirs(detector, landmarks_dir, num_threads=options.num_threads)
         embedder = Embedder.from_model_dir(emb_dir, num_threads=options.num_threads)
         temp_dir = None
         if options.gallery is None:
@@ -243,7 +262,7 @@ class FaceRecognizer:
         o = self._options
         return resolve_threshold(
             self._embedder.manifest,
-            detector=self._detector.manifest.name,
+            detector=self._detector.pipeline,
             stranger_accept_rate=o.stranger_accept_rate,
             templates=templates,
             fixed=o.threshold,

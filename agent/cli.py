@@ -114,7 +114,7 @@ def run_agent(config: Any) -> int:
     if config.strangers.enabled and state_dir.is_dir():
         from facelite.service.app import open_strangers
 
-        strangers = open_strangers(config, models.embedder.manifest, models.detector.manifest.name)
+        strangers = open_strangers(config, models.embedder.manifest, models.detector.pipeline)
     agent = Agent(
         config,
         models,
@@ -414,7 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--enroll-k", type=int, default=None, help="photos enrolled per person (default: half)")
     p.add_argument("--out", type=Path, default=Path("build/eval"))
     p.add_argument("--models", type=Path, help="evaluate every built embedder variant in this `make convert` folder")
-    p.add_argument("--detector-model", default="blazeface", help="with --models: the detector (recommended variant)")
+    p.add_argument(
+        "--detector-model",
+        default="blazeface",
+        help="with --models: the detector (recommended variant); blazeface+onet: with MTCNN's O-Net landmarks",
+    )
     model_flags(p)
     args = ap.parse_args(argv)
     _setup_logging(level_of(args))

@@ -12,15 +12,20 @@ from facelite.errors import FaceliteError
 def _eval_pipelines(args: argparse.Namespace) -> list[tuple[Any, Any]]:
     """(detector, embedder) pairs to evaluate: every built embedder variant (with --models), or one pipeline."""
     from facelite.vision.detect import create_detector
+    from facelite.vision.detect.onet_landmarks import OnetLandmarks
     from facelite.vision.embed import Embedder
     from facelite.wiring import models_from_args
 
     if args.models:
         index = json.loads((args.models / "index.json").read_text())["models"]
-        det_name = args.detector_model
-        if det_name not in index:
-            raise FaceliteError(f"no built detector {det_name!r}", str(args.models), "run `make convert`")
+        det_name, onet, _ = args.detector_model.partition("+onet")
+        for name in [det_name, "mtcnn"] if onet else [det_name]:
+            if name not in index:
+                raise FaceliteError(f"no built detector {name!r}", str(args.models), "run `make convert`")
         detector = create_detector(args.models / det_name / index[det_name]["recommended_variant"])
+        if onet:
+            mtcnn_dir = args.models / "mtcnn" / index["mtcnn"]["recommended_variant"]
+            detector = OnetLandmarks.from_model_dirs(detector, mtcnn_dir)
         return [
             (detector, Embedder.from_model_dir(args.models / name / variant))
             for name, entry in index.items()
@@ -41,6 +46,7 @@ def eval_lfw(args: argparse.Namespace) -> int:
 
     from facelite.tools.lfw import LfwView2, read_view2
     from facelite.tools.lfw_eval import evaluate_pipeline, photo_groups, pipeline_vectors
+    from facelite.vision.detect import detection_key, pipeline_label
 
     view2 = read_view2(args.data)
     folds = args.folds or list(range(1, view2.folds + 1))
@@ -48,14 +54,14 @@ def eval_lfw(args: argparse.Namespace) -> int:
     groups = photo_groups(view2, folds)
     results = []
     for detector, embedder in _eval_pipelines(args):
-        det, emb = detector.manifest, embedder.manifest
-        name = f"{det.name}/{det.variant} + {emb.name}/{emb.variant}"
-        cal = emb.calibration.get(det.name)
+        emb = embedder.manifest
+        name = f"{pipeline_label(detector)} + {emb.name}/{emb.variant}"
+        cal = emb.calibration.get(detector.pipeline)
         if cal is None:
             raise FaceliteError(
-                f"{emb.name}/{emb.variant} has no calibration through {det.name}", fix="re-run `make convert`"
+                f"{emb.name}/{emb.variant} has no calibration through {detector.pipeline}", fix="re-run `make convert`"
             )
-        pv = pipeline_vectors(detector, det.sha256, embedder, groups, args.out / "cache")
+        pv = pipeline_vectors(detector, detection_key(detector), embedder, groups, args.out / "cache")
         r = evaluate_pipeline(name, pv, groups, view2, cal, cal.people, stranger_accept_rate=args.stranger_accept_rate)
         results.append(r)
         tf = r.ten_fold

@@ -139,7 +139,7 @@ def _threshold_line(args: argparse.Namespace, detector: Any, embedder: Any, temp
         rate, fixed = matching.stranger_accept_rate, matching.threshold
     o = resolve_threshold(
         embedder.manifest,
-        detector=detector.manifest.name,
+        detector=detector.pipeline,
         stranger_accept_rate=rate,
         templates=templates,
         fixed=fixed,

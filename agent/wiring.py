@@ -44,7 +44,7 @@ def hygiene_from_args(args: argparse.Namespace, detector: Any, embedder: Any) ->
         limit, matching = config.gallery.max_templates_per_person, config.matching
     return enrolment_hygiene(
         embedder.manifest,
-        detector=detector.manifest.name,
+        detector=detector.pipeline,
         max_templates=limit,
         stranger_accept_rate=matching.stranger_accept_rate,
         fixed=matching.threshold,
@@ -57,4 +57,4 @@ def strangers_from_args(args: argparse.Namespace, detector: Any, embedder: Any) 
         raise GalleryError(
             "recurring strangers need --config", "facelite", "the agent's state folder keeps the strangers' faces"
         )
-    return open_strangers(load_config(Path(args.config)), embedder.manifest, detector.manifest.name)
+    return open_strangers(load_config(Path(args.config)), embedder.manifest, detector.pipeline)

@@ -1,7 +1,8 @@
 """Open-set calibration of every built embedder variant on people it is never evaluated on.
 
 For each installed embedder variant and each built detector (its recommended variant: what a device
-runs), the photos of LFW View 2 folds 1-5 (agent/tools/lfw.py) go through that detector, the agent's aligner
+runs; and BlazeFace with MTCNN's O-Net placing the landmarks, agent/vision/detect/onet_landmarks.py), the
+photos of LFW View 2 folds 1-5 (agent/tools/lfw.py) go through that detector, the agent's aligner
 and the variant; every different-person comparison among them (about 7 million) gives the curve of
 threshold versus per-comparison false-accept rate, with the true-accept rate of the same-person
 comparisons at each point. The curve goes into the variant's manifest (``calibration.<detector>``), and
@@ -22,7 +23,8 @@ from facelite.model.manifest import Calibration, Manifest
 from facelite.model.metrics import CurvePoint, calibration_curve, threshold_at_far
 from facelite.tools.embedset import detect_photos, embed_detected, pair_scores
 from facelite.tools.lfw import CALIBRATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
-from facelite.vision.detect import create_detector
+from facelite.vision.detect import Detector, create_detector, detection_key
+from facelite.vision.detect.onet_landmarks import OnetLandmarks
 from facelite.vision.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,33 @@ def recommended_detectors(models: Path) -> dict[str, Path]:
 
 
 @dataclass(frozen=True)
+class CalibrationPath:
+    """One way from a photo to landmarks that a device can run, as calibrated."""
+
+    detector: Detector  # its ``pipeline`` is the manifest's calibration key
+    label: str  # e.g. "blazeface/fp32 + mtcnn/fp32 onet"
+
+    @property
+    def key(self) -> str:
+        return detection_key(self.detector)
+
+
+def calibration_pipelines(detectors: dict[str, Path]) -> list[CalibrationPath]:
+    """Each built detector (its recommended variant), and BlazeFace with O-Net landmarks when both are built."""
+    paths = []
+    for det_dir in detectors.values():
+        m = Manifest.load(det_dir)
+        paths.append(CalibrationPath(create_detector(det_dir, min_face=20), f"{m.name}/{m.variant}"))
+    if "blazeface" in detectors and "mtcnn" in detectors:
+        base = paths[list(detectors).index("blazeface")].detector
+        refined = OnetLandmarks.from_model_dirs(base, detectors["mtcnn"])
+        m = refined.onet_manifest
+        label = f"{base.manifest.name}/{base.manifest.variant} + {m.name}/{m.variant} onet"
+        paths.append(CalibrationPath(refined, label))
+    return paths
+
+
+@dataclass(frozen=True)
 class CalibrationRow:
     embedder: str
     detector: str
@@ -95,19 +124,18 @@ def calibrate(models: Path, data_dir: Path, cache: Path) -> list[CalibrationRow]
         raise FaceliteError("no detector artifact to calibrate through", str(models), "build blazeface or mtcnn first")
     rows: list[CalibrationRow] = []
     embedders = installed_variants(models, "embedder")
-    for det_name, det_dir in detectors.items():
-        det_manifest = Manifest.load(det_dir)
-        detector = create_detector(det_dir, min_face=20)
-        detected = detect_photos(detector, det_manifest.sha256, cal.photos, cache)
+    for path in calibration_pipelines(detectors):
+        detected = detect_photos(path.detector, path.key, cal.photos, cache)
         n_found = int(detected.found.sum())
+        det_name = path.detector.pipeline
         for emb_dir in embedders:
             t0 = time.perf_counter()
             embedder = Embedder.from_model_dir(emb_dir)
-            vectors = embed_detected(embedder, detected, det_manifest.sha256, cache)
+            vectors = embed_detected(embedder, detected, path.key, cache)
             same, diff = pair_scores(vectors, cal.people)
             curve = calibration_curve(same, diff)
             calibration = Calibration(
-                detector=f"{det_manifest.name}/{det_manifest.variant}",
+                detector=path.label,
                 people=cal.description,
                 photos=len(cal.photos),
                 faces=n_found,

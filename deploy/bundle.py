@@ -76,7 +76,7 @@ Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 @dataclass(frozen=True)
 class ModelChoice:
-    role: str  # detector | embedder
+    role: str  # detector | embedder | landmarks (an MTCNN whose O-Net places the landmarks)
     name: str
     variant: str
     source_dir: Path
@@ -265,10 +265,14 @@ def choose_models(profile: DeviceProfile, models_dir: Path) -> tuple[ModelChoice
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"index.json cannot be read: {exc}", str(index_path), "re-run `make convert`") from None
     out = []
-    for role, name, pinned in (
+    roles: list[tuple[str, str, str | None]] = [
         ("detector", profile.models.detector, profile.models.detector_variant),
         ("embedder", profile.models.embedder, profile.models.embedder_variant),
-    ):
+    ]
+    if profile.models.landmarks:
+        roles.append(("landmarks", profile.models.landmarks, profile.models.landmarks_variant))
+    for role, name, pinned in roles:
+        kind = "detector" if role == "landmarks" else role
         where = f"{index_path} (profile {profile.name}: models.{role})"
         entry = index.get(name)
         if not isinstance(entry, dict):
@@ -277,8 +281,8 @@ def choose_models(profile: DeviceProfile, models_dir: Path) -> tuple[ModelChoice
                 where,
                 f"run `make convert` for {name} or change models.{role}",
             )
-        if entry.get("kind") != role:
-            raise BundleError(f"model {name!r} is a {entry.get('kind')}, not a {role}", where)
+        if entry.get("kind") != kind:
+            raise BundleError(f"model {name!r} is a {entry.get('kind')}, not a {kind}", where)
         choice = pick_variant(
             models_dir, name, entry, pinned=pinned, cpu=profile.platform.cpu, runtime=profile.platform.runtime
         )
@@ -294,8 +298,10 @@ def choose_models(profile: DeviceProfile, models_dir: Path) -> tuple[ModelChoice
             manifest.verify_files(folder)
         except FaceliteError as exc:
             raise BundleError(f"model {name}/{variant} is not deployable: {exc.one_line()}") from None
-        if manifest.kind != role:
-            raise BundleError(f"{folder} holds a {manifest.kind}, not a {role}")
+        if manifest.kind != kind:
+            raise BundleError(f"{folder} holds a {manifest.kind}, not a {kind}")
+        if role == "landmarks" and manifest.detector_type != "mtcnn":
+            raise BundleError(f"model {name!r} has no O-Net to place landmarks (it is {manifest.detector_type})", where)
         out.append(ModelChoice(role, name, variant, folder))
     return tuple(out)
 
@@ -312,7 +318,6 @@ def _copy_model(choice: ModelChoice, root: Path) -> None:
 # -- agent config --------------------------------------------------------------------------------------------------
 def agent_config(profile: DeviceProfile, models: Sequence[ModelChoice]) -> dict[str, Any]:
     """The agent config this device runs; model paths point into the release via @RELEASE@."""
-    by_role = {m.role: m for m in models}
     mqtt: dict[str, Any] = {
         "host": profile.mqtt.host,
         "port": profile.mqtt.port,
@@ -330,8 +335,7 @@ def agent_config(profile: DeviceProfile, models: Sequence[ModelChoice]) -> dict[
         "log_level": profile.agent.log_level,
         "cameras": [{"name": profile.agent.camera_name, "source": profile.agent.camera}],
         "models": {
-            "detector": f"{RELEASE_PLACEHOLDER}/{by_role['detector'].bundle_dir}",
-            "embedder": f"{RELEASE_PLACEHOLDER}/{by_role['embedder'].bundle_dir}",
+            **{m.role: f"{RELEASE_PLACEHOLDER}/{m.bundle_dir}" for m in models},  # detector, embedder, landmarks
             "runtime": profile.platform.runtime,
             "num_threads": profile.agent.num_threads,
         },

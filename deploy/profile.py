@@ -119,6 +119,12 @@ class ModelsSection(_Strict):
     embedder: str = Field(description="Model name in build/models/index.json.")
     detector_variant: str | None = Field(None, description="Default: the recommended variant in index.json.")
     embedder_variant: str | None = Field(None, description="Default: the recommended variant in index.json.")
+    landmarks: str | None = Field(
+        None,
+        description="An MTCNN model in index.json whose O-Net places the five landmarks on the detector's faces "
+        "(agent [models] landmarks). Default: the detector's own landmarks.",
+    )
+    landmarks_variant: str | None = Field(None, description="Default: the recommended variant in index.json.")
 
 
 class AgentSection(_Strict):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,23 @@ def test_image_mode_knows_the_person_and_not_a_stranger(image_recognizer: FaceRe
     assert x2 > x1 and y2 > y1 and face.landmarks and 0 < face.score <= 1
     stranger = image_recognizer.recognize(read_image(photos(faces_dir, "deepface_id01")[0])).faces[0]
     assert (stranger.person, stranger.decision) == (None, "unknown")
+
+
+def test_onet_landmarks_option_places_five_points_and_knows_the_person(
+    models_dir: Path, faces_dir: Path, tmp_path: Path
+) -> None:
+    options = RecognizerOptions(models=models_dir, landmarks="mtcnn")
+    with FaceRecognizer.create_from_options(options) as r:
+        r.enroll(PERSON, photos(faces_dir)[:-1])
+        (face,) = r.recognize(read_image(photos(faces_dir)[-1])).faces
+        assert set(face.landmarks) == {"left_eye", "right_eye", "nose", "mouth_left", "mouth_right"}
+        assert (face.person, face.decision) == (PERSON, "known")
+    # A models folder without MTCNN is refused before anything loads, naming the fix.
+    index = json.loads((models_dir / "index.json").read_text())
+    del index["models"]["mtcnn"]
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"holds no converted mtcnn: run `make convert` or drop landmarks="):
+        RecognizerOptions(models=tmp_path, landmarks="mtcnn").landmarks_dir()
 
 
 def test_misuse_fails_early_naming_the_fix(

@@ -11,18 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from facelite.deploy.bundle import choose_models
-from facelite.deploy.profile import load_profile
+from facelite.deploy.bundle import RELEASE_PLACEHOLDER, BundleError, agent_config, check_config, choose_models
+from facelite.deploy.profile import load_profile, render_toml
 from facelite.deploy.variants import BY_CPU_FILE, fewest_instructions, pick_variant, write_by_cpu
 
 
 @pytest.fixture()
 def models(models_dir: Path, tmp_path: Path) -> Path:
-    """A copy of the converted blazeface and mobilefacenet (every built variant) with their index entries."""
+    """A copy of the converted blazeface, mtcnn and mobilefacenet (every built variant) with their index entries."""
     index = json.loads((models_dir / "index.json").read_text())
-    for name in ("blazeface", "mobilefacenet"):
+    names = ("blazeface", "mtcnn", "mobilefacenet")
+    for name in names:
         shutil.copytree(models_dir / name, tmp_path / name, ignore=shutil.ignore_patterns(BY_CPU_FILE))
-    kept = {"models": {k: v for k, v in index["models"].items() if k in ("blazeface", "mobilefacenet")}}
+    kept = {"models": {k: v for k, v in index["models"].items() if k in names}}
     (tmp_path / "index.json").write_text(json.dumps(kept))
     return tmp_path
 
@@ -107,3 +108,18 @@ def test_profiles_name_their_cpu() -> None:
     assert load_profile("pi").platform.cpu == "cortex-a72"
     assert load_profile("pi5").platform.cpu == "cortex-a76"
     assert load_profile("local-test").platform.cpu is None
+
+
+def test_a_profile_with_onet_landmarks_ships_mtcnn_and_configures_the_agent(models: Path, tmp_path: Path) -> None:
+    profile = load_profile("pi", overrides=["models.landmarks=mtcnn"])
+    chosen = {c.role: c for c in choose_models(profile, models)}
+    assert chosen["landmarks"].name == "mtcnn"
+    assert chosen["landmarks"].variant in entry(models, "mtcnn")["variants"]
+    config = agent_config(profile, list(chosen.values()))
+    assert config["models"]["landmarks"] == f"{RELEASE_PLACEHOLDER}/{chosen['landmarks'].bundle_dir}"
+    check_config(render_toml(config), profile, tmp_path)  # the agent's own strict loader takes it
+    without = agent_config(load_profile("local-test"), [c for r, c in chosen.items() if r != "landmarks"])
+    assert "landmarks" not in without["models"]
+    # Landmarks from a model with no O-Net are refused before anything is bundled.
+    with pytest.raises(BundleError, match="has no O-Net"):
+        choose_models(load_profile("pi", overrides=["models.landmarks=blazeface"]), models)

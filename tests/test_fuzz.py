@@ -916,7 +916,13 @@ BASE: dict[str, Any] = {
             "realtime": False,
         }
     ],
-    "models": {"detector": "models/d", "embedder": "models/e", "runtime": "auto", "num_threads": 2},
+    "models": {
+        "detector": "models/d",
+        "embedder": "models/e",
+        "landmarks": "models/l",
+        "runtime": "auto",
+        "num_threads": 2,
+    },
     "detection": {"min_face": 40, "score_threshold": 0.7},
     "quality": {"min_size": 60, "min_sharpness": 0.0, "max_yaw": 45.0, "max_pitch": 30.0},
     "matching": {"stranger_accept_rate": 1e-3, "threshold": 0.5, "ambiguous_margin": 0.05},

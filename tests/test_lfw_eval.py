@@ -13,7 +13,15 @@ from facelite.model.metrics import calibration_curve, per_comparison_far
 from facelite.recognition.openset import curve_threshold
 from facelite.tools.embedset import pair_scores
 from facelite.tools.lfw import LfwPair, LfwView2, read_view2
-from facelite.tools.lfw_eval import PhotoVectors, calibration_check, open_set, ten_fold
+from facelite.tools.lfw_eval import (
+    OpenSetResult,
+    PhotoVectors,
+    PipelineResult,
+    TenFold,
+    calibration_check,
+    open_set,
+    ten_fold,
+)
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -137,3 +145,31 @@ def test_view2_parser_refuses_bad_files(tmp_path: Path) -> None:
     (tmp_path / "pairs.txt").write_text("1\t1\nA\tone\t2\nA\t1\tB\t2\n")
     with pytest.raises(FaceliteError, match="not a whole number"):
         read_view2(tmp_path)
+
+
+def _result(name: str, ms: float, selection_tar: float) -> PipelineResult:
+    tf = TenFold([0.98], 0.98, 0.0, (0.98, 0.98), 0.99, 0.96, 0, 600, 0)
+    sel = OpenSetResult(100, 3, 0.6, 1e-3, 1e-3, 1000, 1, 1e-3, (0.0, 0.01), 100, int(100 * selection_tar),
+                        selection_tar, (0.0, 1.0), 0, selection_tar, (0.0, 1.0), 0)  # fmt: skip
+    det, _, emb = name.partition(" + ")
+    return PipelineResult(name, det, emb, ms, 10, 10, tf, "manifest", [], [], sel)
+
+
+def test_the_default_is_the_best_selection_tar_within_time_and_memory() -> None:
+    import argparse
+
+    from facelite.tools.bench.lfw import SPEED_BUDGET_MS, build_report
+
+    results = [
+        _result("blazeface/fp32 + mobilefacenet/fp32", 5.0, 0.90),
+        _result("blazeface/fp32+onet + mobilefacenet/fp32", 5.6, 0.93),  # better, but a third model
+        _result("mtcnn/fp32 + mobilefacenet/fp32", SPEED_BUDGET_MS + 1, 0.95),  # better, but too slow
+        _result("blazeface/fp32 + facenet/int8", 8.0, 0.85),
+    ]
+    args = argparse.Namespace(draws=3, gallery_sizes=[10])
+    report = build_report(results, results[0].name, [1, 2], args)
+    assert report["chosen_default"] == "blazeface/fp32 + mobilefacenet/fp32"
+    assert "memory" in report["selection_rule"]
+    # The same figures under a two-model pipeline's name are chosen: the memory rule is what decides.
+    results[1] = _result("yunet/fp32 + mobilefacenet/fp32", 5.6, 0.93)
+    assert build_report(results, results[0].name, [1, 2], args)["chosen_default"] == results[1].name

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -190,14 +190,25 @@ def _range(dtype: Any) -> tuple[int, int]:
 
 
 def load_graphs(
-    manifest: Any, directory: str | Path, *, num_threads: int = 1, runtime: str = "auto", verify: bool = True
+    manifest: Any,
+    directory: str | Path,
+    *,
+    num_threads: int = 1,
+    runtime: str = "auto",
+    verify: bool = True,
+    only: Collection[str] | None = None,
 ) -> dict[str, TFLiteModel]:
-    """Load every graph of an artifact after checking files against its manifest."""
+    """Load every graph of an artifact (or those named in ``only``) after checking files against its manifest."""
     directory = Path(directory)
     if verify:
         manifest.verify_files(directory)
+    unknown = sorted(set(only or ()) - set(manifest.graphs))
+    if unknown:
+        raise ModelError(f"{manifest.name} has no graph {unknown}; it has {sorted(manifest.graphs)}", str(directory))
     models = {}
     for gname in manifest.graphs:
+        if only is not None and gname not in only:
+            continue
         model = TFLiteModel(manifest.graph_path(directory, gname), num_threads=num_threads, runtime=runtime)
         spec = manifest.graphs[gname].inputs[0]
         actual = model.input_shape()

@@ -52,6 +52,7 @@ from facelite.service.roster import RecordFile, Roster, Sync
 from facelite.service.sd_notify import Notifier
 from facelite.service.sources import Frame, FrameSource, open_camera
 from facelite.vision.detect import Detector, create_detector
+from facelite.vision.detect.onet_landmarks import OnetLandmarks
 from facelite.vision.embed import Embedder
 from facelite.vision.quality import QualityGate
 
@@ -107,6 +108,8 @@ def load_models(config: AgentConfig) -> Models:
         min_face=config.detection.min_face,
         score_threshold=config.detection.score_threshold,
     )
+    if m.landmarks is not None:
+        detector = OnetLandmarks.from_model_dirs(detector, m.landmarks, runtime=m.runtime, num_threads=m.num_threads)
     embedder = Embedder.from_model_dir(m.embedder, runtime=m.runtime, num_threads=m.num_threads)
     return Models(detector, embedder)
 
@@ -119,7 +122,7 @@ def open_set_threshold(config: AgentConfig, models: Models, templates: int) -> O
     """The threshold that holds ``matching.stranger_accept_rate`` per visit for a gallery of ``templates``."""
     return resolve_threshold(
         models.embedder.manifest,
-        detector=models.detector.manifest.name,
+        detector=models.detector.pipeline,
         stranger_accept_rate=config.matching.stranger_accept_rate,
         templates=templates,
         fixed=config.matching.threshold,
@@ -130,7 +133,7 @@ def enrolment_hygiene(config: AgentConfig, models: Models) -> Hygiene:
     """Template hygiene for enrolling commands, as the CLI applies it (agent/recognition/openset.py)."""
     return openset_hygiene(
         models.embedder.manifest,
-        detector=models.detector.manifest.name,
+        detector=models.detector.pipeline,
         max_templates=config.gallery.max_templates_per_person,
         stranger_accept_rate=config.matching.stranger_accept_rate,
         fixed=config.matching.threshold,

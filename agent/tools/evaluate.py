@@ -213,7 +213,7 @@ def evaluate(
     def matcher_for(templates: int) -> Matcher:
         resolved = resolve_threshold(
             embedder.manifest,
-            detector=getattr(det_m, "name", ""),
+            detector=getattr(detector, "pipeline", getattr(det_m, "name", "")),
             stranger_accept_rate=stranger_accept_rate,
             templates=templates,
         )

@@ -40,7 +40,7 @@ from facelite.recognition.openset import resolve_threshold
 from facelite.tools.bench.common import Rate, lfw_report_parser, report_main
 from facelite.tools.embedset import detect_photos, embed_detected
 from facelite.tools.lfw import EVALUATION_FOLDS, lfw_dir, read_view2
-from facelite.vision.detect import create_detector
+from facelite.vision.detect import create_detector, detection_key
 from facelite.vision.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,8 @@ def run(args: argparse.Namespace) -> int:
     emb_dir = args.models / args.embedder
     detector = create_detector(det_dir)
     embedder = Embedder.from_model_dir(emb_dir)
-    detected = detect_photos(detector, detector.manifest.sha256, photos, args.cache)
-    vectors = embed_detected(embedder, detected, detector.manifest.sha256, args.cache)
+    detected = detect_photos(detector, detection_key(detector), photos, args.cache)
+    vectors = embed_detected(embedder, detected, detection_key(detector), args.cache)
     people = people_of(names, vectors, args.enroll)
     log.info("%d photos, %d people with >= 2 faces found", len(photos), len(people))
     typical = args.gallery * int(np.median([len(p.enrolled) for p in people]))

@@ -116,6 +116,8 @@ class CachedDetector:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.manifest = inner.manifest
+        # Peers (dlib, YuNet) have no manifest: their name is their pipeline.
+        self.pipeline = getattr(inner, "pipeline", None) or getattr(inner.manifest, "name", "")
         self._faces: dict[str, list[Face]] = {}
 
     def detect(self, image: np.ndarray) -> list[Face]:

@@ -43,7 +43,7 @@ from facelite.service.config import StrangersConfig
 from facelite.tools.bench.common import Rate, lfw_report_parser, report_main
 from facelite.tools.embedset import detect_photos, embed_detected
 from facelite.tools.lfw import CALIBRATION_FOLDS, EVALUATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
-from facelite.vision.detect import create_detector
+from facelite.vision.detect import create_detector, detection_key
 from facelite.vision.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,8 @@ def stream(args: argparse.Namespace, folds: tuple[int, ...], detector: Any, embe
     tree = view2.photos(folds, exclude=SHARED_WITH_SAMPLE_PHOTOS) if folds == CALIBRATION_FOLDS else view2.photos(folds)
     names = [n for n, ps in tree.items() for _ in ps]
     photos = [p for ps in tree.values() for p in ps]
-    detected = detect_photos(detector, detector.manifest.sha256, photos, args.cache)
-    vectors = embed_detected(embedder, detected, detector.manifest.sha256, args.cache)
+    detected = detect_photos(detector, detection_key(detector), photos, args.cache)
+    vectors = embed_detected(embedder, detected, detection_key(detector), args.cache)
     ok = ~np.isnan(vectors[:, 0])
     _, codes = np.unique(np.asarray(names), return_inverse=True)
     order = np.random.default_rng(args.seed).permutation(int(ok.sum()))

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from facelite.model.manifest import Manifest
-from facelite.vision.detect.base import Detector, load_detector_graphs
+from facelite.vision.detect.base import Detector, detection_key, load_detector_graphs, pipeline_label
 
-__all__ = ["Detector", "create_detector", "load_detector_graphs"]
+__all__ = ["Detector", "create_detector", "detection_key", "load_detector_graphs", "pipeline_label"]
 
 if TYPE_CHECKING:
     from facelite.vision.detect.blazeface import BlazeFaceDetector

@@ -357,6 +357,7 @@ class BlazeFaceDetector:
         if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
             raise ModelError(f"score_threshold must be within 0..1, got {score_threshold}", where)
         self.manifest = manifest
+        self.pipeline = manifest.name
         self.config = BlazeFaceConfig.from_extra(manifest.extra, where)
         self.anchors = ssd_anchors(self.config.anchors)
         if len(self.anchors) != self.config.decoder.num_boxes:

@@ -287,6 +287,7 @@ class MTCNNDetector:
         )
         self.settings.check(where)
         self.manifest = manifest
+        self.pipeline = manifest.name
         self.networks = networks
         self.preprocessing = manifest.preprocessing
         self.min_face = int(min_face)
