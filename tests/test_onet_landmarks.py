@@ -221,3 +221,10 @@ def test_crops_from_the_face_region_equal_crop_and_resize_of_the_whole_normalise
     assert ours.shape == full.shape == (6, 48, 48, 3)
     np.testing.assert_allclose(ours, full, atol=1e-4)
     assert not ours[5].any()
+
+
+def test_a_one_pixel_high_frame_gives_a_blank_crop_not_an_error() -> None:
+    from facelite.vision.detect.onet_landmarks import onet_crops
+
+    crops = onet_crops(np.full((1, 40, 3), 200, np.uint8), np.array([[0.0, 0.0, 10.0, 10.0]]), Preprocessing())
+    assert crops.shape == (1, 48, 48, 3) and not crops.any()

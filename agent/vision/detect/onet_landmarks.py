@@ -65,9 +65,10 @@ def onet_outputs(net: Network, crops: np.ndarray, where: str) -> tuple[np.ndarra
 
 def _span(lo: float, hi: float, n: int) -> tuple[int, int] | None:
     """First and last pixel (at least two) that crop_and_resize's samples between ``lo`` and ``hi`` touch in
-    an axis of ``n`` pixels; None when every sample falls outside it."""
+    an axis of ``n`` pixels; None when every sample falls outside it, or when the axis is a single pixel (no
+    detector finds a face in a one-pixel-high frame; the crop is left blank rather than divided by zero)."""
     a, b = lo * (n - 1) / n, hi * (n - 1) / n
-    if max(a, b) < 0 or min(a, b) > n - 1:
+    if n < 2 or max(a, b) < 0 or min(a, b) > n - 1:
         return None
     first = int(np.clip(np.floor(min(a, b)), 0, n - 1))
     last = int(np.clip(np.ceil(max(a, b)), 0, n - 1))
