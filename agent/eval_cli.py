@@ -11,21 +11,25 @@ from facelite.errors import FaceliteError
 
 def _eval_pipelines(args: argparse.Namespace) -> list[tuple[Any, Any]]:
     """(detector, embedder) pairs to evaluate: every built embedder variant (with --models), or one pipeline."""
-    from facelite.vision.detect import create_detector
-    from facelite.vision.detect.onet_landmarks import OnetLandmarks
+    from facelite.vision.detect import create_detector, device_pipelines
     from facelite.vision.embed import Embedder
     from facelite.wiring import models_from_args
 
     if args.models:
         index = json.loads((args.models / "index.json").read_text())["models"]
-        det_name, onet, _ = args.detector_model.partition("+onet")
-        for name in [det_name, "mtcnn"] if onet else [det_name]:
-            if name not in index:
-                raise FaceliteError(f"no built detector {name!r}", str(args.models), "run `make convert`")
-        detector = create_detector(args.models / det_name / index[det_name]["recommended_variant"])
-        if onet:
-            mtcnn_dir = args.models / "mtcnn" / index["mtcnn"]["recommended_variant"]
-            detector = OnetLandmarks.from_model_dirs(detector, mtcnn_dir)
+        built = {
+            name: args.models / name / entry["recommended_variant"]
+            for name, entry in index.items()
+            if entry["kind"] == "detector"
+        }
+        pipelines = {d.pipeline: d for d in device_pipelines(built)}
+        if args.detector_model not in pipelines:
+            raise FaceliteError(
+                f"no built detector pipeline {args.detector_model!r}",
+                str(args.models),
+                f"built: {', '.join(pipelines) or 'none'}; run `make convert` (blazeface+onet needs mtcnn too)",
+            )
+        detector = pipelines[args.detector_model]
         return [
             (detector, Embedder.from_model_dir(args.models / name / variant))
             for name, entry in index.items()

@@ -23,7 +23,7 @@ from facelite.model.manifest import Calibration, Manifest
 from facelite.model.metrics import CurvePoint, calibration_curve, threshold_at_far
 from facelite.tools.embedset import detect_photos, embed_detected, pair_scores
 from facelite.tools.lfw import CALIBRATION_FOLDS, SHARED_WITH_SAMPLE_PHOTOS, lfw_dir, read_view2
-from facelite.vision.detect import Detector, create_detector, detection_key
+from facelite.vision.detect import Detector, detection_key, device_pipelines
 from facelite.vision.detect.onet_landmarks import OnetLandmarks
 from facelite.vision.embed import Embedder
 
@@ -85,17 +85,14 @@ class CalibrationPath:
 
 
 def calibration_pipelines(detectors: dict[str, Path]) -> list[CalibrationPath]:
-    """Each built detector (its recommended variant), and BlazeFace with O-Net landmarks when both are built."""
+    """Every pipeline a device can run from the built detectors (``device_pipelines``), labelled by model."""
     paths = []
-    for det_dir in detectors.values():
-        m = Manifest.load(det_dir)
-        paths.append(CalibrationPath(create_detector(det_dir, min_face=20), f"{m.name}/{m.variant}"))
-    if "blazeface" in detectors and "mtcnn" in detectors:
-        base = paths[list(detectors).index("blazeface")].detector
-        refined = OnetLandmarks.from_model_dirs(base, detectors["mtcnn"])
-        m = refined.onet_manifest
-        label = f"{base.manifest.name}/{base.manifest.variant} + {m.name}/{m.variant} onet"
-        paths.append(CalibrationPath(refined, label))
+    for detector in device_pipelines(detectors, min_face=20):
+        m = detector.manifest
+        label = f"{m.name}/{m.variant}"
+        if isinstance(detector, OnetLandmarks):
+            label += f" + {detector.onet_manifest.name}/{detector.onet_manifest.variant} onet"
+        paths.append(CalibrationPath(detector, label))
     return paths
 
 

@@ -228,3 +228,37 @@ def test_a_one_pixel_high_frame_gives_a_blank_crop_not_an_error() -> None:
 
     crops = onet_crops(np.full((1, 40, 3), 200, np.uint8), np.array([[0.0, 0.0, 10.0, 10.0]]), Preprocessing())
     assert crops.shape == (1, 48, 48, 3) and not crops.any()
+
+
+@pytest.mark.slow
+def test_device_pipelines_are_each_detector_then_blazeface_with_onet_when_mtcnn_is_built(models_dir: Path) -> None:
+    from facelite.vision.detect import device_pipelines
+
+    both = {"blazeface": models_dir / "blazeface" / "fp32", "mtcnn": models_dir / "mtcnn" / "fp32"}
+    pipelines = device_pipelines(both)
+    assert [p.pipeline for p in pipelines] == ["blazeface", "mtcnn", "blazeface+onet"]
+    refined = pipelines[2]
+    assert isinstance(refined, OnetLandmarks) and refined.base is pipelines[0]
+    assert refined.onet_manifest.name == "mtcnn"
+    assert [p.pipeline for p in device_pipelines({"blazeface": both["blazeface"]})] == ["blazeface"]
+    assert [p.pipeline for p in device_pipelines({"mtcnn": both["mtcnn"]})] == ["mtcnn"]
+
+
+@pytest.mark.slow
+def test_eval_refuses_a_pipeline_the_models_folder_cannot_make_and_names_the_ones_it_can(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import shutil
+
+    from facelite.cli import main
+
+    only = tmp_path / "models"
+    only.mkdir()
+    shutil.copytree(models_dir / "blazeface", only / "blazeface")
+    index = json.loads((models_dir / "index.json").read_text())
+    index["models"] = {k: v for k, v in index["models"].items() if k == "blazeface"}
+    (only / "index.json").write_text(json.dumps(index))
+    assert main(["eval", str(tmp_path), "--models", str(only), "--detector-model", "blazeface+onet"]) != 0
+    err = capsys.readouterr().err
+    assert "no built detector pipeline 'blazeface+onet'" in err and "built: blazeface;" in err

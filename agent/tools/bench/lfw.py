@@ -40,7 +40,7 @@ from facelite.tools.lfw_eval import (
     pipeline_vectors,
     subset,
 )
-from facelite.vision.detect import create_detector, detection_key, pipeline_label
+from facelite.vision.detect import detection_key, device_pipelines, pipeline_label
 from facelite.vision.detect.onet_landmarks import OnetLandmarks
 from facelite.vision.embed import Embedder
 
@@ -115,18 +115,15 @@ def onet_ms(refined: OnetLandmarks, runs: int = 50) -> float:
 
 
 def _pipelines(models: Path, index: dict[str, Any], detectors: list[str]) -> list[tuple[Any, float]]:
-    """(detector, ms per frame of one face) for every built detector's recommended variant, and
-    BlazeFace with O-Net landmarks when MTCNN is built too."""
+    """(detector, ms per frame of one face) for every pipeline the built detectors' recommended variants make
+    (``device_pipelines``); O-Net's passes are timed here, as its manifest's latency is the whole cascade's."""
+    dirs = {name: models / name / index[name]["recommended_variant"] for name in detectors}
     out = []
-    for det_name in detectors:
-        det_dir = models / det_name / index[det_name]["recommended_variant"]
-        detector = create_detector(det_dir, min_face=20)
-        out.append((detector, detector.manifest.latency_ms.get("p50", 0.0)))
-    if "blazeface" in detectors and "mtcnn" in detectors:
-        base, base_ms = out[detectors.index("blazeface")]
-        mtcnn_dir = models / "mtcnn" / index["mtcnn"]["recommended_variant"]
-        refined = OnetLandmarks.from_model_dirs(base, mtcnn_dir)
-        out.append((refined, base_ms + refined.passes * onet_ms(refined)))
+    for detector in device_pipelines(dirs, min_face=20):
+        ms = detector.manifest.latency_ms.get("p50", 0.0)
+        if isinstance(detector, OnetLandmarks):
+            ms += detector.passes * onet_ms(detector)
+        out.append((detector, ms))
     return out
 
 
