@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,21 @@ def test_the_deployed_pipeline_per_cpu_takes_the_variant_with_fewest_instruction
     pipes = arm.pipelines(ms, ("blazeface", "fp32"), ("mobilefacenet", "fp32"), cpus[1:], ["ai-edge-litert"], per_cpu)
     a76 = next(p for p in pipes if (p.name, p.cpu) == ("deployed", "cortex-a76"))
     assert (a76.embedder, a76.per_frame, a76.baseline) == ("mobilefacenet/int8", 90e6, 147e6)
+
+
+def test_arm_setup_finds_the_repository_and_every_file_it_reads_from_it() -> None:
+    """arm_setup.sh locates the repository from its own path: moving it (as the namespace move did) must not
+    leave it compiling or running files from a folder that does not exist."""
+    script = REPO / "agent" / "tools" / "bench" / "arm_setup.sh"
+    text = script.read_text()
+    (repo_line,) = [line for line in text.splitlines() if line.startswith("REPO=")]
+    found = subprocess.run(
+        ["bash", "-c", f'set -- ; {repo_line.split("#")[0]}; echo "$REPO"', str(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(found) == REPO
+    read = set(re.findall(r'"\$REPO/([^"$]+\.(?:c|sh))"', text))
+    assert {"agent/tools/bench/arm_mix.c", "deploy/arm64_rootfs.sh"} <= read
+    assert all((REPO / path).is_file() for path in read), read

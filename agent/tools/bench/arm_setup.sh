@@ -16,7 +16,7 @@
 # PY (host python with pip), CPUS. Needs root the first time (apt-get, debootstrap).
 set -euo pipefail
 
-REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+REPO="$(cd "$(dirname "$0")/../../.." && pwd)"  # agent/tools/bench -> the repository
 CACHE="${CACHE:-${FACELITE_CACHE:-$HOME/.cache/facelite}}"
 ROOTFS="${ROOTFS:-$REPO/build/arm64-rootfs}"
 OUT="${OUT:-$REPO/build/bench-arm}"
