@@ -371,17 +371,19 @@ class ModelBuild:
         return representative
 
     def _convert(self, vname: str, graph: GraphSource, images: Sequence[np.ndarray], out: Path) -> float:
-        variant = get_variant(vname)
+        built_as = "fp32" if vname in graph.float_variants else vname
+        variant = get_variant(built_as)
         t0 = time.perf_counter()
-        if graph.tflite_file is not None and (vname == "fp32" or graph.float_only):
+        if built_as != vname:
+            how = "copied as shipped" if graph.tflite_file is not None else "converted as fp32"
+            log.info("%s %s: %s stays float (%s)", self.prefix, vname, graph.name, how)
+        if graph.tflite_file is not None and built_as == "fp32":
             # The shipped file is the fp32 variant; other variants come from make_converter, which refuses
             # when the recipe has no float graph to re-quantise.
-            if vname != "fp32":
-                log.info("%s %s: %s stays float (copied as shipped)", self.prefix, vname, graph.name)
             shutil.copyfile(graph.tflite_file, out)
         else:
             converter = graph.make_converter()
-            variant.configure(converter, self._calibration(vname, graph.name, images))
+            variant.configure(converter, self._calibration(built_as, graph.name, images))
             try:
                 data = converter.convert()
             except Exception as exc:
@@ -542,6 +544,8 @@ class ModelBuild:
             for g in graphs:
                 paths[g.name] = tmp / graph_file_name(self.recipe, g.name)
                 result.convert_seconds += self._convert(vname, g, images, paths[g.name])
+            if kept := [g.name for g in graphs if vname in g.float_variants]:
+                result.flags.append(f"mixed precision: {', '.join(kept)} kept float (its {vname} form fails the gates)")
             nets = {name: TFLiteModel(p, runtime="ai-edge-litert") for name, p in paths.items()}
             det = self.recipe.detector(dict(nets))  # a dict[str, Network] view (dict is invariant)
             got = [det.detect(img) for img in images]

@@ -33,9 +33,10 @@ class GraphSource:
     # Sources that already are .tflite (BlazeFace): copied as the fp32 variant; other variants come from
     # make_converter (a float graph rebuilt from the file) or are refused by it.
     tflite_file: Path | None = None
-    # Copied as shipped into every variant (needs tflite_file): a helper graph whose integer form fails the
-    # gates, so an integer artifact carries it in float (BlazeFace's short-range retry; see its recipe).
-    float_only: bool = False
+    # Variants that carry this graph in float, as the fp32 variant has it (the shipped file when the source is
+    # .tflite, else the fp32 conversion): a graph whose integer form fails the gates, so a mixed-precision
+    # artifact keeps it float (BlazeFace's short-range retry, MTCNN's P-Net; see their recipes).
+    float_variants: frozenset[str] = frozenset()
 
 
 class Recipe(Protocol):

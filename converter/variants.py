@@ -73,6 +73,10 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+# Full-integer variants (calibrated on real data): the ones a graph may opt out of with float_variants.
+INTEGER_VARIANTS = frozenset(v.name for v in VARIANTS.values() if v.calibrated)
+
+
 def get_variant(name: str) -> Variant:
     if name not in VARIANTS:
         raise VariantError(f"unknown variant {name!r}", fix=f"choose from {', '.join(VARIANTS)}")

@@ -145,7 +145,8 @@ def test_recipe_exposes_the_shipped_file_and_its_float_rebuild() -> None:
     assert [g.tflite_file for g in graphs] == [recipe.tflite_file(), BlazeFaceRecipe("short").tflite_file()]
     assert [g.name for g in BlazeFaceRecipe("short").graphs()] == ["model"]
     # Integer variants quantise the full-range model and carry the retry graph as shipped.
-    assert [g.float_only for g in graphs] == [False, True]
+    assert [bool(g.float_variants) for g in graphs] == [False, True]
+    assert {"int8", "fp16"} <= graphs[1].float_variants and "fp32" not in graphs[1].float_variants
     for graph in graphs:
         assert graph.tflite_file is not None and graph.tflite_file.is_file()
         assert graph.input_shape == list(TFLiteModel(graph.tflite_file).input_shape())

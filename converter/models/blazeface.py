@@ -39,6 +39,7 @@ import numpy as np
 from facelite.converter.formats.tflite_float import make_converter_factory
 from facelite.converter.recipe import GraphSource
 from facelite.converter.sources import CATALOGUE, source_files
+from facelite.converter.variants import VARIANTS
 from facelite.model.manifest import Alignment, Manifest, Preprocessing, Source
 from facelite.model.runtime import Network, TFLiteModel
 from facelite.vision.detect.blazeface import GRAPH, RETRY_GRAPH, BlazeFaceDetector, prepare_input
@@ -75,6 +76,7 @@ RETRY_ZOOM_OUT = 2.5
 # tflite-runtime 2.14 and ai-edge-litert do not agree on (cosine 0.75-0.85, gate 0.99; docs/experiments/
 # blazeface_int8.md), and it runs only on frames where the full-range model found nothing.
 RETRY_FLOAT_ONLY = True
+EVERY_VARIANT_BUT_FP32 = frozenset(VARIANTS) - {"fp32"}
 
 
 def blazeface_extra(range_: Range) -> dict[str, Any]:
@@ -183,7 +185,7 @@ class BlazeFaceRecipe:
                     reference=TFLiteModel(path),
                     input_shape=[1, size, size, 3],
                     tflite_file=path,
-                    float_only=name == RETRY_GRAPH and RETRY_FLOAT_ONLY,
+                    float_variants=EVERY_VARIANT_BUT_FP32 if name == RETRY_GRAPH and RETRY_FLOAT_ONLY else frozenset(),
                 )
             )
         return out

@@ -13,6 +13,11 @@ only), the real weights are loaded by layer, and each network becomes one GraphS
 Like the package, the networks see RGB normalised as (x - 127.5) / 128 in NHWC, and flatten
 after a (W, H) permute: the weights come from Caffe, whose fully-connected layers read the feature map
 column-major. Keeping the Permute keeps the weights as shipped.
+
+int8 (`--variants fp32,fp16,int8`, not in the default set; docs/experiments/mtcnn_int8.md) is mixed
+precision: R-Net and O-Net full integer, P-Net kept float (PNET_FLOAT_IN). Fully integer, P-Net's
+probability map loses the source's borderline faces (recall 0.948 of the source's faces on the converter's
+photos, gate 0.95; 0.913 on WIDER photos it was not calibrated on); kept float, 0.965 and 0.942.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 from facelite.converter.formats import FormatError
 from facelite.converter.recipe import GraphSource
 from facelite.converter.sources import CATALOGUE, source_files
+from facelite.converter.variants import INTEGER_VARIANTS
 from facelite.errors import ImageError
 from facelite.model.manifest import Alignment, Manifest, Preprocessing, Source
 from facelite.model.runtime import Network
@@ -51,6 +57,9 @@ INPUT_SHAPES: dict[str, list[int]] = {
     "rnet": [1, RNET_SIZE, RNET_SIZE, 3],
     "onet": [1, ONET_SIZE, ONET_SIZE, 3],
 }
+# Integer variants carry P-Net in float: its integer form fails the recall gate, and every float-kept
+# layer set tried inside it (PReLU, softmax, the convolutions) recovered less (docs/experiments/mtcnn_int8.md).
+PNET_FLOAT_IN = INTEGER_VARIANTS
 # P-Net's starting shape before the agent resizes it per pyramid level: its smallest valid input.
 PNET_DEFAULT_SHAPE = (1, 12, 12, 3)
 # Layers holding weights, in the order the package's set_weights lists them.
@@ -278,6 +287,7 @@ class MTCNNRecipe:
                 make_converter=_converter_factory(models[g], INPUT_SHAPES[g]),
                 reference=references[g],
                 input_shape=list(INPUT_SHAPES[g]),
+                float_variants=PNET_FLOAT_IN if g == "pnet" else frozenset(),
             )
             for g in GRAPHS
         ]
