@@ -234,6 +234,11 @@ def test_plan_reads_the_index_and_manifests_leniently(tmp_path: Path) -> None:
     assert [s.graph for s in mtcnn.steps] == ["pnet"] * 8 + ["rnet", "onet"]
     assert mtcnn.steps[-1].shape == [1, 48, 48, 3] and mtcnn.x86_ms == 43.0 and "8 levels" in mtcnn.unit
     assert jobs[2].x86_ms is None and jobs[1].sha256 != jobs[2].sha256
+    # BlazeFace's short-range retry runs only on frames without a face: a frame with one costs the main graph.
+    retry = {"model": graph("b.tflite", [1, 192, 192, 3]), "retry": graph("s.tflite", [1, 128, 128, 3])}
+    blazeface = {"kind": "detector", "detector_type": "blazeface", "graphs": retry}
+    steps, unit = arm.job_steps(blazeface, tmp_path, arm.FRAME_HW, arm.MIN_FACE)
+    assert [s.graph for s in steps] == ["model"] and "retry graph runs only on frames without" in unit
     assert [j.label for j in arm.plan_jobs(tmp_path, ["mobilefacenet/int8"])] == ["mobilefacenet/int8"]
     with pytest.raises(BenchError, match="no model variants"):
         arm.plan_jobs(tmp_path, ["blazeface"])
@@ -320,3 +325,32 @@ def test_arm_setup_finds_the_repository_and_every_file_it_reads_from_it() -> Non
     read = set(re.findall(r'"\$REPO/([^"$]+\.(?:c|sh))"', text))
     assert {"agent/tools/bench/arm_mix.c", "deploy/arm64_rootfs.sh"} <= read
     assert all((REPO / path).is_file() for path in read), read
+
+
+def test_a_profile_with_onet_landmarks_counts_its_passes_per_face_in_the_pipeline() -> None:
+    from dataclasses import replace
+
+    cpus = ["cortex-a72", "cortex-a76"]
+    ms = [
+        measurement("blazeface", "fp32", "cortex-a72", 60e6),
+        measurement("mobilefacenet", "fp32", "cortex-a72", 96e6),
+        replace(measurement("mtcnn", "fp32", "cortex-a72", 79e6), per_crop={"rnet": 1e6, "onet": 4e6}),
+        replace(measurement("mtcnn", "int8", "cortex-a72", 85e6), per_crop={"rnet": 0.5e6, "onet": 3e6}),
+    ]
+    lm = arm.landmarks_per_cpu(ms, ("mtcnn", "fp16"), None, cpus, "ai-edge-litert")
+    # fewest instructions per frame wins, as make deploy picks it; unmeasured cores keep the profile's choice
+    assert lm == {"cortex-a72": "fp32", "cortex-a76": "fp16"}
+    assert arm.landmarks_per_cpu(ms, ("mtcnn", "fp16"), "int8", cpus, "ai-edge-litert")["cortex-a72"] == "int8"
+    pipes = arm.pipelines(
+        ms, ("blazeface", "fp32"), ("mobilefacenet", "fp32"), cpus, ["ai-edge-litert"], None, ("mtcnn", "int8"), {}
+    )
+    a72 = {p.name: p for p in pipes if p.cpu == "cortex-a72"}
+    assert a72["all-fp32"].per_frame == 60e6 + 96e6 + arm.ONET_PASSES * 4e6
+    assert a72["deployed"].per_frame == 60e6 + 96e6 + arm.ONET_PASSES * 3e6
+    assert a72["deployed"].detector == f"blazeface/fp32 + mtcnn/int8 O-Net x{arm.ONET_PASSES}"
+    assert a72["deployed"].x86_ms is None  # O-Net alone has no x86 figure to add
+    # MTCNN not measured on a core: no pipeline figure there, rather than one without O-Net
+    a76 = next(p for p in pipes if (p.name, p.cpu) == ("deployed", "cortex-a76"))
+    assert a76.per_frame is None
+    plain = arm.pipelines(ms, ("blazeface", "fp32"), ("mobilefacenet", "fp32"), cpus[:1], ["ai-edge-litert"])
+    assert next(p for p in plain if p.name == "deployed").per_frame == 156e6

@@ -46,6 +46,8 @@ from facelite.deploy.variants import BY_CPU_FILE, fewest_instructions, pick_vari
 from facelite.errors import FaceliteError
 from facelite.logsetup import add_logging_flags, level_of, setup_logging
 from facelite.tools.bench.common import BenchError, to_jsonable
+from facelite.vision.detect.blazeface import RETRY_GRAPH
+from facelite.vision.detect.onet_landmarks import DEFAULT_PASSES
 
 log = logging.getLogger("bench-arm")
 
@@ -58,6 +60,8 @@ RUNTIMES = ("ai-edge-litert", "tflite-runtime")
 FRAME_HW = (480, 640)
 MIN_FACE = 40  # the agent's default detection.min_face (agent/service/config.py)
 TARGET_CPUS = ("cortex-a72", "cortex-a76")
+# O-Net passes per face when a profile places landmarks with MTCNN's O-Net (OnetLandmarks' default).
+ONET_PASSES = DEFAULT_PASSES
 PIPELINE_TARGET = 0.5  # deployed pi pipeline / all-fp32 pipeline, instructions per frame
 INT8_EMBEDDER = ("mobilefacenet", "int8", 0.6)  # int8 MobileFaceNet / its fp32
 MARK_STRIDE = 1000  # the guest's mark tag: pass * 1000 + step
@@ -193,9 +197,13 @@ def job_steps(
         return steps, unit
     steps = []
     for name, graph in graphs.items():
+        if manifest.get("detector_type") == "blazeface" and name == RETRY_GRAPH:
+            continue  # the second look runs only on frames where the full-range graph found no face
         shape = [1 if d < 0 else d for d in graph["inputs"][0]["shape"]]
         steps.append(Step(name, str(directory / graph["file"]), shape))
     unit = "frame (one inference)" if manifest["kind"] == "detector" else "inference (one face)"
+    if len(steps) < len(graphs):
+        unit = "frame with a face (one inference; the retry graph runs only on frames without one)"
     return steps, unit
 
 
@@ -503,12 +511,26 @@ def deployed_per_cpu(
     pinned, else the fewest instructions measured (facelite.deploy.variants), else the profile's current choice."""
     out = {}
     for cpu in cpus:
-        chosen = []
-        for role, (model, current) in (("detector", detector), ("embedder", embedder)):
-            counts = counts_by_cpu(ms, model, runtime).get(cpu)
-            chosen.append(pinned.get(role) or (fewest_instructions(counts) if counts else current))
+        chosen = [
+            _deployed_variant(ms, m, pinned.get(role), cpu, runtime)
+            for role, m in (("detector", detector), ("embedder", embedder))
+        ]
         out[cpu] = (chosen[0], chosen[1])
     return out
+
+
+def landmarks_per_cpu(
+    ms: Sequence[Measurement], landmarks: tuple[str, str], pinned: str | None, cpus: Sequence[str], runtime: str
+) -> dict[str, str]:
+    """``{cpu: variant}`` of the profile's landmarks model (MTCNN, for its O-Net), chosen as for the detector."""
+    return {cpu: _deployed_variant(ms, landmarks, pinned, cpu, runtime) for cpu in cpus}
+
+
+def _deployed_variant(
+    ms: Sequence[Measurement], model: tuple[str, str], pinned: str | None, cpu: str, runtime: str
+) -> str:
+    counts = counts_by_cpu(ms, model[0], runtime).get(cpu)
+    return pinned or (fewest_instructions(counts) if counts else model[1])
 
 
 def pipelines(
@@ -518,20 +540,32 @@ def pipelines(
     cpus: Sequence[str],
     runtimes: Sequence[str],
     deployed: dict[str, tuple[str, str]] | None = None,
+    landmarks: tuple[str, str] | None = None,
+    landmarks_deployed: dict[str, str] | None = None,
 ) -> list[Pipeline]:
     """The pi pipeline per frame (detector + one face embedded) as deployed and all-fp32, on every CPU/runtime.
 
-    ``deployed`` gives the variants per CPU (``deployed_per_cpu``); without it, ``detector``/``embedder``'s own."""
+    ``deployed`` gives the variants per CPU (``deployed_per_cpu``); without it, ``detector``/``embedder``'s own.
+    With ``landmarks`` (the profile's models.landmarks), the face also costs O-Net's passes on one crop each
+    (OnetLandmarks.passes, the agent's default), counted from that MTCNN variant's per-crop O-Net figure."""
     rows = []
     for runtime in runtimes:
         for cpu in cpus:
             figures = {}
             dv0, ev0 = (deployed or {}).get(cpu, (detector[1], embedder[1]))
-            for name, (dv, ev) in (("all-fp32", ("fp32", "fp32")), ("deployed", (dv0, ev0))):
+            lv0 = (landmarks_deployed or {}).get(cpu, landmarks[1]) if landmarks else None
+            for name, (dv, ev, lv) in (("all-fp32", ("fp32", "fp32", "fp32")), ("deployed", (dv0, ev0, lv0))):
                 d, e = find(ms, detector[0], dv, cpu, runtime), find(ms, embedder[0], ev, cpu, runtime)
                 per_frame = d.per_invoke + e.per_invoke if d and e else None
                 x86 = d.x86_ms + e.x86_ms if d and e and d.x86_ms and e.x86_ms else None
-                figures[name] = (f"{detector[0]}/{dv}", f"{embedder[0]}/{ev}", per_frame, x86)
+                det = f"{detector[0]}/{dv}"
+                if landmarks:
+                    lm = find(ms, landmarks[0], str(lv), cpu, runtime)
+                    crop = lm.per_crop.get("onet") if lm else None
+                    per_frame = per_frame + ONET_PASSES * crop if per_frame is not None and crop else None
+                    x86 = None  # the converter times O-Net only inside the whole cascade
+                    det += f" + {landmarks[0]}/{lv} O-Net x{ONET_PASSES}"
+                figures[name] = (det, f"{embedder[0]}/{ev}", per_frame, x86)
             base = figures["all-fp32"][2]
             for name, (det, emb, per_frame, x86) in figures.items():
                 rows.append(Pipeline(name, det, emb, cpu, runtime, per_frame, base, ratio(per_frame, base), x86))
@@ -897,7 +931,11 @@ def pinned_variants(profile: str) -> dict[str, str | None]:
     from facelite.deploy.profile import load_profile
 
     p = load_profile(profile)
-    return {"detector": p.models.detector_variant, "embedder": p.models.embedder_variant}
+    return {
+        "detector": p.models.detector_variant,
+        "embedder": p.models.embedder_variant,
+        "landmarks": p.models.landmarks_variant,
+    }
 
 
 def record_by_cpu(facts: dict[str, Any], ms: Sequence[Measurement], models_dir: Path) -> list[Path]:
@@ -912,8 +950,11 @@ def record_by_cpu(facts: dict[str, Any], ms: Sequence[Measurement], models_dir: 
     return written
 
 
-def deployed_models(profile: str, models_dir: Path) -> tuple[tuple[str, str], tuple[str, str], str]:
-    """(detector, variant), (embedder, variant), runtime of a device profile; variants as `make deploy` picks them."""
+def deployed_models(
+    profile: str, models_dir: Path
+) -> tuple[tuple[str, str], tuple[str, str], tuple[str, str] | None, str]:
+    """(detector, variant), (embedder, variant), (landmarks model, variant) or None, runtime of a device profile;
+    variants as `make deploy` picks them."""
     from facelite.deploy.profile import load_profile
 
     p = load_profile(profile)
@@ -932,6 +973,7 @@ def deployed_models(profile: str, models_dir: Path) -> tuple[tuple[str, str], tu
     return (
         pick(p.models.detector, p.models.detector_variant),
         pick(p.models.embedder, p.models.embedder_variant),
+        pick(p.models.landmarks, p.models.landmarks_variant) if p.models.landmarks else None,
         p.platform.runtime,
     )
 
@@ -1018,8 +1060,13 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
     """Everything qemu counts in one run: the report's facts (JSON-ready), before any verdict."""
     models = args.models.resolve()
     jobs = timed(f"planned the artifacts in {models}", plan_jobs, models, args.only)
-    detector, embedder, profile_runtime = deployed_models(args.profile, models)
-    log.info("%s: %s/%s + %s/%s in %s", args.profile, *detector, *embedder, profile_runtime)
+    detector, embedder, landmarks, profile_runtime = deployed_models(args.profile, models)
+    onet = f" + {'/'.join(landmarks)} O-Net" if landmarks else ""
+    log.info("%s: %s/%s%s + %s/%s in %s", args.profile, *detector, onet, *embedder, profile_runtime)
+    if landmarks and args.only and not {landmarks[0], "/".join(landmarks)} & set(args.only):
+        log.warning(
+            "%s places landmarks with %s, which --only leaves out: no pipeline figure", args.profile, landmarks[0]
+        )
     env = timed("setup (qemu, plugins, rootfs, aarch64 sites)", setup, args.out, args.cpus)
     probes = [timed(f"probed {cpu}", probe_cpu, env, cpu) for cpu in args.cpus]
     runs = [Run(j, cpu, rt, args.passes) for rt in args.runtimes for j in jobs for cpu in args.cpus]
@@ -1047,7 +1094,11 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
         "runtimes": args.runtimes,
         "profile": args.profile,
         "profile_runtime": profile_runtime,
-        "deployed": {"detector": list(detector), "embedder": list(embedder)},
+        "deployed": {
+            "detector": list(detector),
+            "embedder": list(embedder),
+            "landmarks": list(landmarks) if landmarks else None,
+        },
         "pinned": pinned_variants(args.profile),
         "jobs": [{"model": j.model, "variant": j.variant, "unit": j.unit, "x86_ms": j.x86_ms} for j in jobs],
         "cpu_probes": probes,
@@ -1066,15 +1117,25 @@ def judge(facts: dict[str, Any]) -> tuple[dict[str, Any], list[Measurement], lis
         return str(name), str(variant)
 
     detector, embedder = model_variant("detector"), model_variant("embedder")
+    # Reports written before landmarks were counted have no "landmarks" key: the profile had none then.
+    landmarks = model_variant("landmarks") if facts["deployed"].get("landmarks") else None
     pinned = facts.get("pinned") or {"detector": None, "embedder": None}
     per_cpu = deployed_per_cpu(ms, detector, embedder, pinned, facts["cpus"], facts["profile_runtime"])
-    pipes = pipelines(ms, detector, embedder, facts["cpus"], facts["runtimes"], per_cpu)
+    lm_cpu = (
+        landmarks_per_cpu(ms, landmarks, pinned.get("landmarks"), facts["cpus"], facts["profile_runtime"])
+        if landmarks
+        else {}
+    )
+    pipes = pipelines(ms, detector, embedder, facts["cpus"], facts["runtimes"], per_cpu, landmarks, lm_cpu)
     targets = verdicts(ms, pipes, facts["profile_runtime"])
     has_dot = {p["cpu"]: p["asimddp"] for p in facts["cpu_probes"]}
     report = {
         **facts,
         "pipelines": to_jsonable(pipes),
-        "deployed_per_cpu": {cpu: {"detector": d, "embedder": e} for cpu, (d, e) in per_cpu.items()},
+        "deployed_per_cpu": {
+            cpu: {"detector": d, "embedder": e} | ({"landmarks": lm_cpu[cpu]} if cpu in lm_cpu else {})
+            for cpu, (d, e) in per_cpu.items()
+        },
         "kernels": to_jsonable(kernel_rows(ms, has_dot)),
         "targets": to_jsonable(targets),
         "passed": all(v.passed for v in targets),
