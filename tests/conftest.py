@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import Reaper
@@ -24,6 +25,15 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def faces_dir(data_dir: Path) -> Path:
     return data_dir / "faces"
+
+
+@pytest.fixture(scope="session")
+def detector_photos(faces_dir: Path) -> list[Any]:
+    """What `facelite convert` calibrates and verifies detectors on: the people photos, then the scenes."""
+    from facelite.vision.imageio import list_images, read_image
+
+    people = [p for d in sorted((faces_dir / "people").iterdir()) if d.is_dir() for p in list_images(d)]
+    return [read_image(p) for p in [*people, *list_images(faces_dir / "scenes")]]
 
 
 @pytest.fixture(scope="session")

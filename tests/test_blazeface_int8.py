@@ -18,16 +18,14 @@ from facelite.model.manifest import Manifest, sha256_file
 from facelite.model.runtime import TFLiteModel
 from facelite.tools.bench.detect_eval import parse_wider_gt
 from facelite.vision.detect.blazeface import RETRY_GRAPH
-from facelite.vision.imageio import list_images, read_image
+from facelite.vision.imageio import read_image
 
 pytestmark = pytest.mark.slow  # TensorFlow rebuild and an int8 conversion (~40 s): not in make test-fast
 
 
 @pytest.fixture(scope="module")
-def photos(faces_dir: Path) -> list[np.ndarray]:
-    """What `facelite convert` calibrates and verifies detectors on: the people photos and the scenes."""
-    people = [p for d in sorted((faces_dir / "people").iterdir()) if d.is_dir() for p in list_images(d)]
-    return [read_image(p) for p in [*people, *list_images(faces_dir / "scenes")]]
+def photos(detector_photos: list[np.ndarray]) -> list[np.ndarray]:
+    return detector_photos
 
 
 @pytest.fixture(scope="module")

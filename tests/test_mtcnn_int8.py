@@ -21,10 +21,8 @@ pytestmark = pytest.mark.slow  # an int8 conversion of three graphs and a detect
 
 
 @pytest.fixture(scope="module")
-def photos(faces_dir: Path) -> list[np.ndarray]:
-    """What `facelite convert` calibrates and verifies detectors on: the people photos and the scenes."""
-    people = [p for d in sorted((faces_dir / "people").iterdir()) if d.is_dir() for p in list_images(d)]
-    return [read_image(p) for p in [*people, *list_images(faces_dir / "scenes")]]
+def photos(detector_photos: list[np.ndarray]) -> list[np.ndarray]:
+    return detector_photos
 
 
 @pytest.fixture(scope="module")
