@@ -126,13 +126,14 @@ def run_agent(config: Any) -> int:
         receive_commands=receive,
         strangers=strangers,
     )
-    agent.announce()
-    if config.mqtt is not None:
-        sink.start()
-
+    # Armed before the agent announces itself: a SIGTERM that follows "online" closely (a service manager stopping
+    # a fresh start) must stop and flush it, not kill it by the default action (exit -15, the spool unflushed).
     handler = _stop_on_signal(agent)
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    agent.announce()
+    if config.mqtt is not None:
+        sink.start()
     try:
         agent.run()
     finally:
