@@ -26,7 +26,13 @@ from facelite.converter import __version__
 from facelite.converter.faceset import FaceSet
 from facelite.converter.recipe import GraphSource, Recipe
 from facelite.converter.runtimes import RuntimeCheckError, check_legacy
-from facelite.converter.variants import MIN_CALIBRATION_IMAGES, VariantError, get_variant, validate_options
+from facelite.converter.variants import (
+    MIN_CALIBRATION_IMAGES,
+    VariantError,
+    get_variant,
+    quantize_keeping_float,
+    validate_options,
+)
 from facelite.errors import FaceliteError
 from facelite.model.manifest import GraphSpec, Manifest, Quantization, TensorSpec, sha256_file
 from facelite.model.metrics import latency_summary, verification_scores
@@ -383,9 +389,16 @@ class ModelBuild:
             shutil.copyfile(graph.tflite_file, out)
         else:
             converter = graph.make_converter()
-            variant.configure(converter, self._calibration(built_as, graph.name, images))
+            representative = self._calibration(built_as, graph.name, images)
+            variant.configure(converter, representative)
+            keep_float = graph.int8_float_ops if built_as == "int8" else frozenset()
+            if keep_float:
+                log.info("%s %s: %s keeps %s float", self.prefix, vname, graph.name, ", ".join(sorted(keep_float)))
             try:
-                data = converter.convert()
+                if keep_float and representative is not None:
+                    data = quantize_keeping_float(converter, representative, keep_float)
+                else:
+                    data = converter.convert()
             except Exception as exc:
                 msg = str(exc).strip().splitlines()
                 raise BuildError(
@@ -428,6 +441,8 @@ class ModelBuild:
         try:
             path = tmp / graph_file_name(self.recipe, graph.name)
             result.convert_seconds = self._convert(vname, graph, calib_crops, path)
+            if vname == "int8" and graph.int8_float_ops:
+                result.flags.append(f"mixed precision: {', '.join(sorted(graph.int8_float_ops))} kept float")
             model = TFLiteModel(path, runtime="ai-edge-litert")
             raw = [model.run(x)[0] for x in inputs]
             emb = np.stack([l2_normalize(r) for r in raw])

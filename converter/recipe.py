@@ -37,6 +37,10 @@ class GraphSource:
     # .tflite, else the fp32 conversion): a graph whose integer form fails the gates, so a mixed-precision
     # artifact keeps it float (BlazeFace's short-range retry, MTCNN's P-Net; see their recipes).
     float_variants: frozenset[str] = frozenset()
+    # Op types the int8 variant keeps float inside an integer graph (QUANTIZE/DEQUANTIZE around each): ops whose
+    # integer kernels are slower than float ones plus the conversions (MobileFaceNet's PReLU; see its recipe).
+    # uint8-io stays fully integer: its uint8 inputs and outputs need the plain converter.
+    int8_float_ops: frozenset[str] = frozenset()
 
 
 class Recipe(Protocol):

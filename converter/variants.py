@@ -73,6 +73,22 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+def quantize_keeping_float(
+    converter: Any, representative: Callable[[], Iterable[list[Any]]], float_ops: Iterable[str]
+) -> bytes:
+    """A converter set up by ``Variant.configure`` for int8, converted with ``float_ops`` left float: the TF
+    quantization debugger's denylist, the one converter API that quantizes a graph selectively."""
+    import tensorflow as tf
+
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter,
+        debug_dataset=representative,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=sorted(float_ops)),
+    )
+    return bytes(debugger.get_nondebug_quantized_model())
+
+
 # Full-integer variants (calibrated on real data): the ones a graph may opt out of with float_variants.
 INTEGER_VARIANTS = frozenset(v.name for v in VARIANTS.values() if v.calibrated)
 

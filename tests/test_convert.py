@@ -82,6 +82,28 @@ def test_int8_embedders_hold_the_gates(models_dir: Path, name: str) -> None:
     assert m.latency_ms["fp32_p50"] > 0
 
 
+def test_mobilefacenet_int8_runs_integer_convolutions_and_float_prelus(models_dir: Path) -> None:
+    """Mixed precision: no fast int8 PRELU kernel exists, so int8 keeps the 33 PReLUs float (prelu_forms.md)."""
+    import numpy as np
+
+    from facelite.model.runtime import TFLiteModel
+
+    report = json.loads((models_dir / "mobilefacenet" / "report.json").read_text())
+    int8 = next(v for v in report["variants"] if v["variant"] == "int8")
+    assert "mixed precision: PRELU kept float" in int8["flags"]
+    m = Manifest.load(models_dir / "mobilefacenet" / "int8")
+    interp = TFLiteModel(models_dir / "mobilefacenet" / "int8" / m.graphs["model"].file)._interp
+    dtype = {t["index"]: np.dtype(t["dtype"]) for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    prelus = [o for o in ops if o["op_name"] == "PRELU"]
+    convs = [o for o in ops if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert len(prelus) == 33 and len(convs) > 33
+    assert {dtype[o["inputs"][0]] for o in prelus} == {np.dtype(np.float32)}
+    assert {dtype[o["outputs"][0]] for o in prelus} == {np.dtype(np.float32)}
+    assert {dtype[o["inputs"][0]] for o in convs} == {np.dtype(np.int8)}
+    assert {dtype[o["inputs"][1]] for o in convs} == {np.dtype(np.int8)}  # the weights
+
+
 def test_recommended_variant_is_the_fastest_that_passes(models_dir: Path) -> None:
     for name in DEPLOYABLE:
         report = json.loads((models_dir / name / "report.json").read_text())

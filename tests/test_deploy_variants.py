@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from facelite.deploy.bundle import RELEASE_PLACEHOLDER, BundleError, agent_config, check_config, choose_models
-from facelite.deploy.profile import load_profile, render_toml
+from facelite.deploy.profile import DEVICES_DIR, load_profile, render_toml
 from facelite.deploy.variants import BY_CPU_FILE, fewest_instructions, pick_variant, write_by_cpu
 
 
@@ -60,7 +60,9 @@ def test_without_a_cpu_or_figures_deploy_keeps_make_converts_choice(
     assert "run `make bench-arm`" in missing.reason and "make bench-arm" in caplog.text
 
 
-def test_the_variant_with_fewest_instructions_on_the_cpu_wins_while_its_figures_hold(models: Path) -> None:
+def test_the_variant_with_fewest_instructions_on_the_cpu_wins_while_its_figures_hold(
+    models: Path, tmp_path: Path
+) -> None:
     e, other = entry(models, "mobilefacenet"), other_variant(models, "mobilefacenet")
     rec = e["recommended_variant"]
     counts = {"cortex-a72": {rec: 95e6, other: 222e6}, "cortex-a76": {rec: 97e6, other: 40e6}}
@@ -78,9 +80,18 @@ def test_the_variant_with_fewest_instructions_on_the_cpu_wins_while_its_figures_
     assert variant == rec and "measured in ai-edge-litert, not tflite-runtime" in reason
     assert pick("cortex-a53")[0] == rec and "no figures for cortex-a53" in pick("cortex-a53")[1]
 
-    # The real deploy path: the pi5 profile (cortex-a76) gets the measured variant, the pi profile (a72) the other.
-    chosen = {p: {c.name: c.variant for c in choose_models(load_profile(p), models)} for p in ("pi", "pi5")}
+    # The real deploy path: a profile on a cortex-a76 gets the measured variant, one on an a72 the other; the
+    # shipped pi and pi5 profiles pin their embedder (chosen on LFW calibration people), and the pin wins.
+    unpinned = tmp_path / "devices"
+    unpinned.mkdir()
+    for name in ("pi", "pi5"):
+        text = (DEVICES_DIR / f"{name}.toml").read_text()
+        assert 'embedder_variant = "fp32"' in text
+        (unpinned / f"{name}.toml").write_text(text.replace('embedder_variant = "fp32"\n', ""))
+    chosen = {p: {c.name: c.variant for c in choose_models(load_profile(p, unpinned), models)} for p in ("pi", "pi5")}
     assert chosen["pi5"]["mobilefacenet"] == other and chosen["pi"]["mobilefacenet"] == rec
+    shipped = {p: {c.name: c.variant for c in choose_models(load_profile(p), models)} for p in ("pi", "pi5")}
+    assert shipped["pi"]["mobilefacenet"] == shipped["pi5"]["mobilefacenet"] == "fp32"
 
     # Rebuilding the variant after the measurement makes the figures stale: back to make convert's choice.
     manifest = models / "mobilefacenet" / other / "manifest.json"

