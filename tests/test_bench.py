@@ -258,3 +258,28 @@ def test_page_cache_of_shared_libraries_is_dropped_and_other_files_are_left(tmp_
     assert (result.files, result.mb) == (2, 2.0)
     assert _cached_bytes(lib) == 0 and _cached_bytes(versioned) == 0
     assert _cached_bytes(other) > 0
+
+
+def test_the_agent_pipeline_measured_is_the_one_the_pi_profile_ships_not_the_x86_recommendation() -> None:
+    from types import SimpleNamespace
+
+    from facelite.tools.bench.cli import make_plan
+    from facelite.tools.bench.common import BenchError, profile_pipeline
+
+    rec = {"blazeface": "fp32", "mtcnn": "fp16", "facenet": "int8", "mobilefacenet": "int8"}
+    built = {
+        "blazeface": ["fp32"],
+        "mtcnn": ["fp32", "fp16"],
+        "facenet": ["fp32", "int8"],
+        "mobilefacenet": ["fp32", "int8"],
+    }
+    artifacts = [SimpleNamespace(model=m, variant=v) for m, vs in built.items() for v in vs]
+    # deploy/devices/pi.toml pins MobileFaceNet fp32 (chosen on LFW calibration people); the rest is recommended
+    assert profile_pipeline(rec) == {"blazeface": "fp32", "mobilefacenet": "fp32"}
+    plan = make_plan(artifacts, rec, profile_pipeline(rec))
+    assert (plan.device.detector_variant, plan.device.embedder_variant) == ("fp32", "fp32")
+    assert plan.main[1] == plan.device and plan.main[0].embedder_variant == "int8"
+    assert make_plan(artifacts, rec).device.embedder_variant == "int8"
+    missing = [a for a in artifacts if (a.model, a.variant) != ("mobilefacenet", "fp32")]
+    with pytest.raises(BenchError, match="not all built"):
+        make_plan(missing, rec, profile_pipeline(rec))

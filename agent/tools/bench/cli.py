@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from facelite.errors import FaceliteError
 from facelite.logsetup import add_logging_flags, level_of, setup_logging
-from facelite.tools.bench.common import BenchError, read_json, write_json
+from facelite.tools.bench.common import BenchError, profile_pipeline, read_json, write_json
 from facelite.tools.bench.frames import Prepared, PrepOptions, size_key
 from facelite.tools.bench.pagecache import Eviction
 
@@ -62,11 +62,11 @@ class Plan:
     """Which pipelines the run measures, chosen from the built artifacts and their recommendations."""
 
     recommended: dict[str, str]
-    main: list[Any]  # PipelineSpec: (MTCNN + FaceNet int8), (BlazeFace + MobileFaceNet recommended)
+    main: list[Any]  # PipelineSpec: (MTCNN + FaceNet int8), (BlazeFace + MobileFaceNet as the pi profile ships)
     floats: list[Any]  # the same pipelines on the float TF sources
     quant: list[tuple[Any, Any]]  # (device detector + embedder variant, same detector + float embedder)
     combos: list[Any]  # recommended detector x recommended embedder: candidates for "our best"
-    device: Any  # the agent's pipeline: BlazeFace + MobileFaceNet, recommended variants
+    device: Any  # the agent's pipeline: BlazeFace + MobileFaceNet as the pi profile ships them
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,8 @@ class Workers:
         return read_json(result_path, result_type)
 
 
-def make_plan(artifacts: Sequence[Any], recommended: dict[str, str]) -> Plan:
+def make_plan(artifacts: Sequence[Any], recommended: dict[str, str], device: dict[str, str] | None = None) -> Plan:
+    """``device``: the pi profile's {model: variant} (``profile_pipeline``); default the recommended variants."""
     from facelite.tools.bench.pipelines import SOURCE, PipelineSpec
 
     built = {(a.model, a.variant) for a in artifacts}
@@ -147,7 +148,10 @@ def make_plan(artifacts: Sequence[Any], recommended: dict[str, str]) -> Plan:
         raise BenchError("facenet int8 is not built", fix="run `make convert` (facenet int8 is a default variant)")
     rec = recommended
     mtcnn_facenet = PipelineSpec("mtcnn", rec["mtcnn"], "facenet", "int8")
-    device = PipelineSpec("blazeface", rec["blazeface"], "mobilefacenet", rec["mobilefacenet"])
+    dev = {**rec, **(device or {})}
+    if ("mobilefacenet", dev["mobilefacenet"]) not in built or ("blazeface", dev["blazeface"]) not in built:
+        raise BenchError(f"the pi profile's variants {dev} are not all built", fix="run `make convert`")
+    device_spec = PipelineSpec("blazeface", dev["blazeface"], "mobilefacenet", dev["mobilefacenet"])
     floats = [
         PipelineSpec("mtcnn", SOURCE, "facenet", SOURCE),
         PipelineSpec("blazeface", SOURCE, "mobilefacenet", SOURCE),
@@ -158,7 +162,7 @@ def make_plan(artifacts: Sequence[Any], recommended: dict[str, str]) -> Plan:
             if a.model == emb:
                 quant.append((PipelineSpec(det, rec[det], emb, a.variant), PipelineSpec(det, rec[det], emb, SOURCE)))
     combos = [PipelineSpec(d, rec[d], e, rec[e]) for d in ("blazeface", "mtcnn") for e in ("mobilefacenet", "facenet")]
-    return Plan(rec, [mtcnn_facenet, device], floats, quant, combos, device)
+    return Plan(rec, [mtcnn_facenet, device_spec], floats, quant, combos, device_spec)
 
 
 def _unique(specs: Sequence[Any]) -> list[Any]:
@@ -232,7 +236,7 @@ def run(args: argparse.Namespace, eviction: Eviction | None = None) -> int:
     shutil.rmtree(out / "logs", ignore_errors=True)
     work.mkdir(parents=True)
     artifacts, recommended = discover(models_dir)
-    plan = make_plan(artifacts, recommended)
+    plan = make_plan(artifacts, recommended, profile_pipeline(recommended))
     workers = Workers(out, settings.worker_timeout_s)
 
     # -- frames, streams and crops from the real photos ------------------------------------------------------------

@@ -172,3 +172,16 @@ class Rate:
     def md(self, digits: int = 3) -> str:
         lo, hi = self.ci95
         return f"{self.count}/{self.trials} = {self.rate:.{digits}f} (95% CI {lo:.{digits}f}-{hi:.{digits}f})"
+
+
+def profile_pipeline(recommended: dict[str, str], profile: str = "pi") -> dict[str, str]:
+    """``{model: variant}`` for a device profile's detector and embedder as `make deploy` ships them on a host
+    without per-CPU figures: the variant the profile pins (the pi profiles pin MobileFaceNet fp32 for its
+    accuracy), else make convert's recommendation. Benchmarks that speak of "the pi pipeline" measure this."""
+    from facelite.deploy.profile import load_profile
+
+    models = load_profile(profile).models
+    return {
+        models.detector: models.detector_variant or recommended[models.detector],
+        models.embedder: models.embedder_variant or recommended[models.embedder],
+    }

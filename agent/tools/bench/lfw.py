@@ -28,7 +28,7 @@ from facelite.logsetup import add_logging_flags
 from facelite.model.manifest import Calibration
 from facelite.model.metrics import calibration_curve
 from facelite.service.config import tomllib
-from facelite.tools.bench.common import report_main
+from facelite.tools.bench.common import profile_pipeline, report_main
 from facelite.tools.embedset import pair_scores
 from facelite.tools.lfw import LfwView2, lfw_dir, read_view2
 from facelite.tools.lfw_eval import (
@@ -99,8 +99,9 @@ def _pi_pipeline(models: Path) -> str:
     profile = tomllib.loads((REPO / "deploy" / "devices" / "pi.toml").read_text())["models"]
     index = _index(models)
     det, emb = profile["detector"], profile["embedder"]
+    variants = profile_pipeline({name: str(e["recommended_variant"]) for name, e in index.items()})
     onet = "+onet" if profile.get("landmarks") == "mtcnn" else ""
-    return f"{det}/{index[det]['recommended_variant']}{onet} + {emb}/{index[emb]['recommended_variant']}"
+    return f"{det}/{variants[det]}{onet} + {emb}/{variants[emb]}"
 
 
 def onet_ms(refined: OnetLandmarks, runs: int = 50) -> float:
