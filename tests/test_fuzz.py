@@ -535,10 +535,13 @@ def test_damaged_tflite_files_give_one_line_or_a_float_rebuild(tmp_path: Path) -
 def test_gallery_of_another_model_or_not_a_gallery_is_one_line(tmp_path: Path, kit: Kit, models_dir: Path) -> None:
     embedder = Embedder.from_model_dir(kit.embedder)
     dim = int(embedder.manifest.embedding_size or 0)
-    int8 = Embedder.from_model_dir(models_dir / "mobilefacenet" / "int8")
+    # The built MobileFaceNet variant the kit's gallery was not enrolled with (fp32 or int8, whichever is not picked).
+    (variant,) = {"fp32", "int8"} - {kit.embedder.name}
+    sibling = Embedder.from_model_dir(models_dir / "mobilefacenet" / variant)
+    assert sibling.sha256 != embedder.sha256
     facenet = Embedder.from_model_dir(pick(models_dir, "facenet"))
-    other_variant, other_model = tmp_path / "int8.sqlite", tmp_path / "facenet.sqlite"
-    for path, emb in ((other_variant, int8), (other_model, facenet)):
+    other_variant, other_model = tmp_path / f"{variant}.sqlite", tmp_path / "facenet.sqlite"
+    for path, emb in ((other_variant, sibling), (other_model, facenet)):
         size = int(emb.manifest.embedding_size or 0)
         with Gallery.open(path, embedder_sha256=emb.sha256, embedding_size=size) as g:
             g.enroll("Someone", [np.ones(size, np.float32)], ["x.jpg"])
