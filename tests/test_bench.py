@@ -275,11 +275,16 @@ def test_the_agent_pipeline_measured_is_the_one_the_pi_profile_ships_not_the_x86
     }
     artifacts = [SimpleNamespace(model=m, variant=v) for m, vs in built.items() for v in vs]
     # deploy/devices/pi.toml pins MobileFaceNet fp32 (chosen on LFW calibration people); the rest is recommended
-    assert profile_pipeline(rec) == {"blazeface": "fp32", "mobilefacenet": "fp32"}
+    pi = profile_pipeline(rec)
+    assert pi.variants == {"blazeface": "fp32", "mobilefacenet": "fp32"}
+    assert pi.label == "blazeface/fp32 + mobilefacenet/fp32"
     plan = make_plan(artifacts, rec, profile_pipeline(rec))
     assert (plan.device.detector_variant, plan.device.embedder_variant) == ("fp32", "fp32")
     assert plan.main[1] == plan.device and plan.main[0].embedder_variant == "int8"
     assert make_plan(artifacts, rec).device.embedder_variant == "int8"
     missing = [a for a in artifacts if (a.model, a.variant) != ("mobilefacenet", "fp32")]
-    with pytest.raises(BenchError, match="not all built"):
+    with pytest.raises(BenchError, match="not built: mobilefacenet/fp32: run"):
         make_plan(missing, rec, profile_pipeline(rec))
+    no_facenet_int8 = [a for a in artifacts if (a.model, a.variant) != ("facenet", "int8")]
+    with pytest.raises(BenchError, match="not built: facenet/int8: run"):
+        make_plan(no_facenet_int8, {**rec, "facenet": "int8"})

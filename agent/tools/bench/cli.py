@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from facelite.errors import FaceliteError
 from facelite.logsetup import add_logging_flags, level_of, setup_logging
-from facelite.tools.bench.common import BenchError, profile_pipeline, read_json, write_json
+from facelite.tools.bench.common import BenchError, ProfilePipeline, profile_pipeline, read_json, write_json
 from facelite.tools.bench.frames import Prepared, PrepOptions, size_key
 from facelite.tools.bench.pagecache import Eviction
 
@@ -136,21 +136,25 @@ class Workers:
         return read_json(result_path, result_type)
 
 
-def make_plan(artifacts: Sequence[Any], recommended: dict[str, str], device: dict[str, str] | None = None) -> Plan:
-    """``device``: the pi profile's {model: variant} (``profile_pipeline``); default the recommended variants."""
+def make_plan(artifacts: Sequence[Any], recommended: dict[str, str], device: ProfilePipeline | None = None) -> Plan:
+    """``device``: the pi profile's pipeline (``profile_pipeline``); default the recommended variants."""
     from facelite.tools.bench.pipelines import SOURCE, PipelineSpec
 
-    built = {(a.model, a.variant) for a in artifacts}
-    for name in ("blazeface", "mtcnn", "facenet", "mobilefacenet"):
-        if name not in recommended or (name, recommended[name]) not in built:
-            raise BenchError(f"no recommended {name} artifact is built", fix="run `make convert`")
-    if ("facenet", "int8") not in built:
-        raise BenchError("facenet int8 is not built", fix="run `make convert` (facenet int8 is a default variant)")
     rec = recommended
+    models = ("blazeface", "mtcnn", "facenet", "mobilefacenet")
+    missing_rec = [m for m in models if m not in rec]
+    if missing_rec:
+        raise BenchError(f"no recommended variant of {', '.join(missing_rec)} in index.json", fix="run `make convert`")
+    dev = {**rec, **(device.variants if device else {})}
+    # One check of every artifact the plan runs: the recommended ones, facenet int8 (the MTCNN pipeline's, a
+    # default variant) and the variants the device profile pins.
+    needed = {(m, rec[m]) for m in models} | {("facenet", "int8")}
+    needed |= {("blazeface", dev["blazeface"]), ("mobilefacenet", dev["mobilefacenet"])}
+    absent = sorted(needed - {(a.model, a.variant) for a in artifacts})
+    if absent:
+        names = ", ".join(f"{m}/{v}" for m, v in absent)
+        raise BenchError(f"artifacts the benchmark runs are not built: {names}", fix="run `make convert`")
     mtcnn_facenet = PipelineSpec("mtcnn", rec["mtcnn"], "facenet", "int8")
-    dev = {**rec, **(device or {})}
-    if ("mobilefacenet", dev["mobilefacenet"]) not in built or ("blazeface", dev["blazeface"]) not in built:
-        raise BenchError(f"the pi profile's variants {dev} are not all built", fix="run `make convert`")
     device_spec = PipelineSpec("blazeface", dev["blazeface"], "mobilefacenet", dev["mobilefacenet"])
     floats = [
         PipelineSpec("mtcnn", SOURCE, "facenet", SOURCE),

@@ -174,14 +174,38 @@ class Rate:
         return f"{self.count}/{self.trials} = {self.rate:.{digits}f} (95% CI {lo:.{digits}f}-{hi:.{digits}f})"
 
 
-def profile_pipeline(recommended: dict[str, str], profile: str = "pi") -> dict[str, str]:
-    """``{model: variant}`` for a device profile's detector and embedder as `make deploy` ships them on a host
-    without per-CPU figures: the variant the profile pins (the pi profiles pin MobileFaceNet fp32 for its
-    accuracy), else make convert's recommendation. Benchmarks that speak of "the pi pipeline" measure this."""
+@dataclass(frozen=True)
+class ProfilePipeline:
+    """A device profile's detector (with O-Net landmarks or not) and embedder, each with the variant it ships."""
+
+    detector: str
+    detector_variant: str
+    embedder: str
+    embedder_variant: str
+    landmarks: str | None = None
+
+    @property
+    def variants(self) -> dict[str, str]:
+        return {self.detector: self.detector_variant, self.embedder: self.embedder_variant}
+
+    @property
+    def label(self) -> str:
+        """``blazeface/fp32+onet + mobilefacenet/fp32``: how the reports name a pipeline."""
+        onet = "+onet" if self.landmarks == "mtcnn" else ""
+        return f"{self.detector}/{self.detector_variant}{onet} + {self.embedder}/{self.embedder_variant}"
+
+
+def profile_pipeline(recommended: dict[str, str], profile: str = "pi") -> ProfilePipeline:
+    """A device profile's pipeline as `make deploy` ships it on a host without per-CPU figures: the variant the
+    profile pins (the pi profiles pin MobileFaceNet fp32 for its accuracy), else make convert's recommendation.
+    Benchmarks that speak of "the pi pipeline" measure this."""
     from facelite.deploy.profile import load_profile
 
     models = load_profile(profile).models
-    return {
-        models.detector: models.detector_variant or recommended[models.detector],
-        models.embedder: models.embedder_variant or recommended[models.embedder],
-    }
+    return ProfilePipeline(
+        detector=models.detector,
+        detector_variant=models.detector_variant or recommended[models.detector],
+        embedder=models.embedder,
+        embedder_variant=models.embedder_variant or recommended[models.embedder],
+        landmarks=models.landmarks,
+    )

@@ -27,7 +27,6 @@ from facelite.errors import FaceliteError
 from facelite.logsetup import add_logging_flags
 from facelite.model.manifest import Calibration
 from facelite.model.metrics import calibration_curve
-from facelite.service.config import tomllib
 from facelite.tools.bench.common import profile_pipeline, report_main
 from facelite.tools.embedset import pair_scores
 from facelite.tools.lfw import LfwView2, lfw_dir, read_view2
@@ -46,7 +45,6 @@ from facelite.vision.embed import Embedder
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[3]
 # Published LFW accuracies of the same networks (their authors' alignment, original LFW images).
 PUBLISHED = {"facenet": 0.9963, "mobilefacenet": 0.9955, "dlib": 0.9938}
 PI_TARGET = 0.990
@@ -96,12 +94,8 @@ def _index(models: Path) -> dict[str, Any]:
 
 
 def _pi_pipeline(models: Path) -> str:
-    profile = tomllib.loads((REPO / "deploy" / "devices" / "pi.toml").read_text())["models"]
-    index = _index(models)
-    det, emb = profile["detector"], profile["embedder"]
-    variants = profile_pipeline({name: str(e["recommended_variant"]) for name, e in index.items()})
-    onet = "+onet" if profile.get("landmarks") == "mtcnn" else ""
-    return f"{det}/{variants[det]}{onet} + {emb}/{variants[emb]}"
+    recommended = {name: str(e["recommended_variant"]) for name, e in _index(models).items()}
+    return profile_pipeline(recommended).label
 
 
 def onet_ms(refined: OnetLandmarks, runs: int = 50) -> float:
