@@ -34,7 +34,7 @@ from facelite.converter.variants import (
     validate_options,
 )
 from facelite.errors import FaceliteError
-from facelite.model.manifest import GraphSpec, Manifest, Quantization, TensorSpec, sha256_file
+from facelite.model.manifest import DEVICE_CHECKED_VARIANTS, GraphSpec, Manifest, Quantization, TensorSpec, sha256_file
 from facelite.model.metrics import latency_summary, verification_scores
 from facelite.model.runtime import Network, TFLiteModel
 from facelite.vision.embed import l2_normalize, preprocess
@@ -624,8 +624,11 @@ class ModelBuild:
                     v.flags.append(
                         f"slower than fp32 ({v.latency_ms['p50']:.1f} vs {fp32.latency_ms['p50']:.1f} ms): {why}"
                     )
-        if passed:
-            report.recommended_variant = min(passed, key=lambda v: v.latency_ms.get("p50", float("inf"))).variant
+        # A variant whose device arithmetic differs from this machine's was timed here in float32: its x86 speed says
+        # nothing about the device, and its gates here do not cover that arithmetic (make bench-arm's do).
+        eligible = [v for v in passed if v.variant not in DEVICE_CHECKED_VARIANTS]
+        if eligible:
+            report.recommended_variant = min(eligible, key=lambda v: v.latency_ms.get("p50", float("inf"))).variant
         # Stamp the recommendation and the fp32 twin's latency into every installed manifest.
         for v in passed:
             vdir = self.root / v.variant

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from facelite.errors import FaceliteError
+from facelite.model.manifest import DEVICE_CHECKED_VARIANTS
 
 MIN_CALIBRATION_IMAGES = 32
 
@@ -26,6 +27,11 @@ class Variant:
     io_dtype: str  # float32 | uint8
     options: frozenset[str]  # option names this variant accepts
 
+    @property
+    def checked_on_device(self) -> bool:
+        """Its arithmetic on the device differs from this machine's (manifest.DEVICE_CHECKED_VARIANTS)."""
+        return self.name in DEVICE_CHECKED_VARIANTS
+
     def configure(self, converter: Any, representative: Callable[[], Iterable[list[Any]]] | None) -> None:
         """Set a fresh ``tf.lite.TFLiteConverter`` up for this variant."""
         import tensorflow as tf
@@ -35,8 +41,14 @@ class Variant:
         if self.name == "fp32":
             return
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if self.name == "fp16":
+        if self.name in ("fp16", "fp16-arith"):
             converter.target_spec.supported_types = [tf.float16]
+            if self.name == "fp16-arith":
+                # Writes the `reduced_precision_support` metadata ("fp16 accumulation"), which lets XNNPACK compute
+                # in float16 on cores with FP16 vector arithmetic (ARMv8.2 asimdhp: Cortex-A55/A76, the Pi 5) and in
+                # float32 elsewhere (A53/A72, x86). docs/experiments/fp16_arith.md measured it: 0.52-0.58x the
+                # instructions of fp32 on the A76, embeddings at cosine 0.99996 to fp32's.
+                converter.target_spec._experimental_supported_accumulation_type = tf.float16
         elif self.name == "dynamic-int8":
             # tflite-runtime 2.14 does not know FULLY_CONNECTED v12 (per-channel dense): see docs/toolchain.md.
             converter._experimental_disable_per_channel_quantization_for_dense_layers = True
@@ -54,6 +66,13 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("fp32", "float32 weights and activations", False, "float32", frozenset()),
         Variant("fp16", "float16 weights, float32 compute", False, "float32", frozenset()),
+        Variant(
+            "fp16-arith",
+            "float16 weights, float16 compute on cores with FP16 arithmetic (Cortex-A55/A76), float32 elsewhere",
+            False,
+            "float32",
+            frozenset(),
+        ),
         Variant("dynamic-int8", "int8 weights, float activations (dynamic range)", False, "float32", frozenset()),
         Variant(
             "int8",

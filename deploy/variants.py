@@ -7,6 +7,10 @@
    with them, and a rebuilt variant makes them stale.
 3. Else the converter's recommendation (``recommended_variant`` in index.json: fastest on *this* machine, x86),
    with a warning when a CPU was named, because x86 int8 kernels (VNNI) rank variants differently from a Pi's.
+
+A variant whose arithmetic differs on the device (``DEVICE_CHECKED_VARIANTS``: fp16-arith) is only ever picked in 2.
+where `make bench-arm` checked it on that CPU against fp32 and it passed (``checks`` in by_cpu.json); pinned, a failed
+check refuses the deploy and a missing one is a warning.
 """
 
 from __future__ import annotations
@@ -19,12 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from facelite.errors import FaceliteError
-from facelite.model.manifest import Manifest
+from facelite.model.manifest import DEVICE_CHECKED_VARIANTS, Manifest
 
 log = logging.getLogger(__name__)
 
 BY_CPU_FILE = "by_cpu.json"
 CPUS = ("cortex-a53", "cortex-a72", "cortex-a76")  # the classes `make bench-arm` emulates
+
+
+class VariantCheckError(FaceliteError):
+    """A pinned variant failed make bench-arm's check on the profile's CPU."""
 
 
 @dataclass(frozen=True)
@@ -47,21 +55,36 @@ def fewest_instructions(by_variant: Mapping[str, float]) -> str:
     return min(sorted(by_variant), key=lambda v: by_variant[v])
 
 
+def eligible(by_variant: Mapping[str, float], checks: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """The measured variants a CPU may be given: device-checked ones only where their check on it passed."""
+    return {
+        v: n
+        for v, n in by_variant.items()
+        if v not in DEVICE_CHECKED_VARIANTS or _dict(checks.get(v)).get("passed") is True
+    }
+
+
 def write_by_cpu(
     model_dir: Path,
     instructions: Mapping[str, Mapping[str, float]],
     *,
     runtime: str,
     generated: str,
+    checks: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """Record, per CPU, the variant with the fewest instructions (``instructions[cpu][variant]``) for one model."""
+    """Record, per CPU, the variant with the fewest instructions (``instructions[cpu][variant]``) for one model,
+    among those it may be given (``checks[cpu][variant]``: make bench-arm's device check, see ``eligible``)."""
+    checks = checks or {}
     cpus: dict[str, Any] = {}
     for cpu, by_variant in sorted(instructions.items()):
-        if by_variant:
+        allowed = eligible(by_variant, checks.get(cpu, {}))
+        if allowed:
             cpus[cpu] = {
-                "variant": fewest_instructions(by_variant),
+                "variant": fewest_instructions(allowed),
                 "instructions": {v: round(n) for v, n in sorted(by_variant.items())},
             }
+            if checks.get(cpu):
+                cpus[cpu]["checks"] = {v: dict(c) for v, c in sorted(checks[cpu].items())}
     variants = sorted({v for by_variant in instructions.values() for v in by_variant})
     data = {
         "command": "make bench-arm",
@@ -85,6 +108,8 @@ def pick_variant(
 ) -> VariantChoice:
     """The variant of model ``name`` (its index.json ``entry``) a device with this CPU and runtime gets."""
     if pinned:
+        if pinned in DEVICE_CHECKED_VARIANTS:
+            return _pinned_device_checked(models_dir / name, name, pinned, cpu, runtime)
         return VariantChoice(pinned, "pinned in the device profile")
     fallback = entry.get("recommended_variant")
     if cpu is None:
@@ -94,6 +119,42 @@ def pick_variant(
         log.warning("%s: %s; using make convert's x86 recommendation %s", name, problem, fallback)
         return VariantChoice(fallback, f"recommended by make convert on x86 ({problem})")
     return VariantChoice(measured, f"fewest instructions on {cpu} in {runtime} (make bench-arm)")
+
+
+def _pinned_device_checked(model_dir: Path, name: str, pinned: str, cpu: str | None, runtime: str) -> VariantChoice:
+    """A pinned variant whose device arithmetic only make bench-arm checks: refused where that check failed."""
+    data = _dict(_read_by_cpu(model_dir))
+    entry = _dict(_dict(data.get("cpus")).get(cpu or "")) if data.get("runtime") == runtime else {}
+    check = _dict(entry.get("checks")).get(pinned)
+    fresh = _dict(data.get("sha256")).get(pinned) == artifact_sha256(model_dir, pinned)
+    verdict = _dict(check).get("passed")
+    if cpu is None or not isinstance(verdict, bool) or not fresh:
+        log.warning(
+            "%s/%s is pinned but its device arithmetic has not been checked on %s in %s: run `make bench-arm`",
+            name, pinned, cpu or "this profile's CPU (no platform.cpu)", runtime,
+        )  # fmt: skip
+        return VariantChoice(pinned, f"pinned in the device profile (not checked on {cpu or 'its CPU'})")
+    if not verdict:
+        summary = _dict(check).get("summary", "?")
+        raise VariantCheckError(
+            f"{name}/{pinned} is pinned, but make bench-arm's check on {cpu} failed: {summary}",
+            str(model_dir / BY_CPU_FILE),
+            "pin another variant (fp32) in the device profile",
+        )
+    return VariantChoice(pinned, f"pinned in the device profile (checked on {cpu} by make bench-arm)")
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """``value`` where it is a JSON object, else an empty one: by_cpu.json is read leniently (a hand-edited or
+    truncated file is a warning and make convert's choice, never a crash)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _read_by_cpu(model_dir: Path) -> Any:
+    try:
+        return json.loads((model_dir / BY_CPU_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _measured_pick(model_dir: Path, cpu: str, runtime: str, entry: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -114,6 +175,11 @@ def _measured_pick(model_dir: Path, cpu: str, runtime: str, entry: Mapping[str, 
     pick = entry_cpu.get("variant") if isinstance(entry_cpu, dict) else None
     if not isinstance(pick, str):
         return None, f"{path} has no figures for {cpu}"
+    if (
+        pick in DEVICE_CHECKED_VARIANTS
+        and _dict(_dict(_dict(entry_cpu).get("checks")).get(pick)).get("passed") is not True
+    ):
+        return None, f"{path} picks {pick!r} without a passed device check on {cpu}"
     if pick not in entry.get("variants", []):
         return None, f"{path} picks {pick!r}, which is not a built variant that passed its gates"
     shas = data.get("sha256")

@@ -166,16 +166,21 @@ def test_kernel_verdicts_follow_the_cpu_features() -> None:
             measurement("m", "int8", "cortex-a72", 100, widening_mul=30),
             measurement("m", "int8", "cortex-a72", 100, dot=1),
             measurement("m", "fp32", "cortex-a76", 100, fmla=40),
+            measurement("m", "fp16-arith", "cortex-a76", 100, fmla=2, fmla_h=20),
+            measurement("m", "fp16-arith", "cortex-a72", 100, fmla=2, fmla_h=20),
         ],
         dotprod,
+        {"cortex-a72": False, "cortex-a76": True},
     )
     assert [r.verdict for r in rows] == [
         "dot-product kernels",
         "int8 widening-multiply kernels",
         "WRONG: dot-product instructions on a CPU without them",
         "fp32 FMA kernels",
+        "fp16 FMA kernels",
+        "WRONG: float16 arithmetic on a CPU without it",
     ]
-    assert rows[0].memory_share == 0.25
+    assert rows[0].memory_share == 0.25 and rows[4].fmla_h == 20
 
 
 def test_hwcaps_decode_the_auxiliary_vector() -> None:

@@ -138,7 +138,11 @@ def test_anchor_options_give_one_anchor_per_model_output_row(range_: str) -> Non
 
 def test_recipe_exposes_the_shipped_file_and_its_float_rebuild() -> None:
     recipe = BlazeFaceRecipe("full")
-    assert (recipe.kind, recipe.detector_type, tuple(recipe.default_variants)) == ("detector", "blazeface", ("fp32",))
+    assert (recipe.kind, recipe.detector_type, tuple(recipe.default_variants)) == (
+        "detector",
+        "blazeface",
+        ("fp32", "fp16-arith"),
+    )
     graphs = recipe.graphs()
     # The full-range model, and the short-range one for the second look at frames without faces.
     assert [g.name for g in graphs] == ["model", "retry"]

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 
 from facelite.converter.runtimes import legacy_python
-from facelite.model.manifest import Manifest
+from facelite.model.manifest import DEVICE_CHECKED_VARIANTS, Manifest
 from facelite.model.runtime import TFLiteModel
 
 pytestmark = pytest.mark.slow  # runs facelite-convert: not in make test-fast
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYABLE = {
-    "blazeface": ["fp32"],
+    "blazeface": ["fp32", "fp16-arith"],
     "mtcnn": ["fp32", "fp16"],
     "facenet": ["fp32", "int8"],
-    "mobilefacenet": ["fp32", "int8"],
+    "mobilefacenet": ["fp32", "int8", "fp16-arith"],
 }
 
 
@@ -105,15 +105,34 @@ def test_mobilefacenet_int8_runs_integer_convolutions_and_float_prelus(models_di
 
 
 def test_recommended_variant_is_the_fastest_that_passes(models_dir: Path) -> None:
+    """Among variants whose arithmetic here is the device's: fp16-arith computes in float32 on x86, so its x86 time
+    and gates say nothing about the device (make bench-arm checks it there)."""
     for name in DEPLOYABLE:
         report = json.loads((models_dir / name / "report.json").read_text())
-        passing = [v for v in report["variants"] if v["passed"]]
+        passing = [v for v in report["variants"] if v["passed"] and v["variant"] not in DEVICE_CHECKED_VARIANTS]
         fastest = min(passing, key=lambda v: v["latency_ms"]["p50"])
         assert report["recommended_variant"] == fastest["variant"], name
         for v in report["variants"]:
             fp32 = v["latency_ms"].get("fp32_p50")
             if fp32 and v["latency_ms"]["p50"] > 1.1 * fp32:
                 assert any("slower than fp32" in f for f in v["flags"]), (name, v["variant"])
+
+
+@pytest.mark.parametrize("name", ["blazeface", "mobilefacenet"])
+def test_fp16_arith_asks_the_device_for_float16_arithmetic_and_fp16_does_not(models_dir: Path, name: str) -> None:
+    """The converter's fp16-accumulation metadata is what lets XNNPACK compute in float16 on an ARMv8.2 core
+    (docs/experiments/fp16_arith.md); without it the file is plain fp16 storage. BlazeFace's retry graph stays as
+    shipped (its int8 form disagrees between runtimes; fp16-arith follows the same rule)."""
+    m = Manifest.load(models_dir / name / "fp16-arith")
+    main = "model" if name == "blazeface" else next(iter(m.graphs))
+    data = (models_dir / name / "fp16-arith" / m.graphs[main].file).read_bytes()
+    assert b"reduced_precision_support" in data
+    fp32 = (models_dir / name / "fp32" / Manifest.load(models_dir / name / "fp32").graphs[main].file).read_bytes()
+    assert b"reduced_precision_support" not in fp32
+    assert m.recommended_variant != "fp16-arith"
+    if name == "blazeface":
+        retry = models_dir / name / "fp16-arith" / m.graphs["retry"].file
+        assert retry.read_bytes() == (models_dir / name / "fp32" / m.graphs["retry"].file).read_bytes()
 
 
 def test_index_lists_recommended_variants(models_dir: Path) -> None:

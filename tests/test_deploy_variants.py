@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -86,12 +87,13 @@ def test_the_variant_with_fewest_instructions_on_the_cpu_wins_while_its_figures_
     unpinned.mkdir()
     for name in ("pi", "pi5"):
         text = (DEVICES_DIR / f"{name}.toml").read_text()
-        assert 'embedder_variant = "fp32"' in text
-        (unpinned / f"{name}.toml").write_text(text.replace('embedder_variant = "fp32"\n', ""))
+        assert re.search(r'^embedder_variant = "[\w-]+"$', text, re.M)
+        (unpinned / f"{name}.toml").write_text(re.sub(r'^embedder_variant = "[\w-]+"\n', "", text, flags=re.M))
     chosen = {p: {c.name: c.variant for c in choose_models(load_profile(p, unpinned), models)} for p in ("pi", "pi5")}
     assert chosen["pi5"]["mobilefacenet"] == other and chosen["pi"]["mobilefacenet"] == rec
     shipped = {p: {c.name: c.variant for c in choose_models(load_profile(p), models)} for p in ("pi", "pi5")}
-    assert shipped["pi"]["mobilefacenet"] == shipped["pi5"]["mobilefacenet"] == "fp32"
+    # pi5: float16 arithmetic, not checked on the A76 in this copy (a warning, tests/test_arm_gate.py)
+    assert (shipped["pi"]["mobilefacenet"], shipped["pi5"]["mobilefacenet"]) == ("fp32", "fp16-arith")
 
     # Rebuilding the variant after the measurement makes the figures stale: back to make convert's choice.
     manifest = models / "mobilefacenet" / other / "manifest.json"

@@ -152,7 +152,7 @@ class BlazeFaceRecipe:
     embedding_size: int | None = field(init=False, default=None)
     detector_type: str | None = field(init=False, default="blazeface")
     extra: dict[str, Any] = field(init=False)
-    default_variants: Sequence[str] = field(init=False, default=("fp32",))
+    default_variants: Sequence[str] = field(init=False, default=("fp32", "fp16-arith"))
 
     def __post_init__(self) -> None:
         if self.range not in _PER_RANGE:

@@ -279,7 +279,7 @@ class MobileFaceNetRecipe:
     embedding_size: int | None = 192
     detector_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    default_variants: Sequence[str] = ("fp32", "int8")
+    default_variants: Sequence[str] = ("fp32", "int8", "fp16-arith")
 
     def source(self) -> Source:
         return CATALOGUE[SOURCE].manifest_source()

@@ -14,6 +14,11 @@ low-end Android), Cortex-A72 (Pi 4), Cortex-A76 (Pi 5 / mid-range Android), each
 MTCNN is counted per 640x480 frame: the P-Net pyramid of the agent's default min_face (every level resized as
 the agent does), plus one R-Net and one O-Net crop (each further candidate adds its per-crop figure).
 
+A variant whose arithmetic differs on ARM (fp16-arith: float16 on cores with FP16 vector arithmetic) is also run
+beside its fp32 on each core on real photos (arm_gate.py); `<model>/by_cpu.json` records the result, and deploy gives
+a core such a variant only where that check passed. The Cortex-A76 is judged as the pi5 profile deploys it (the
+profile naming that core), the others as --profile.
+
 Every run is cached under OUT/runs (keyed by the graphs' sha256, CPU, runtime, passes and the plugin), so a re-run
 only counts what changed; --report-only re-renders report.md/.json/.png from the last report.json without qemu.
 Exit status: 0 when every target of issue 11 is met (or --no-targets), 1 when one is missed, 2 on an error.
@@ -40,12 +45,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomllib
 
-from facelite.deploy.variants import BY_CPU_FILE, fewest_instructions, pick_variant, write_by_cpu
+from facelite.deploy.variants import BY_CPU_FILE, eligible, fewest_instructions, pick_variant, write_by_cpu
 from facelite.errors import FaceliteError
 from facelite.logsetup import add_logging_flags, level_of, setup_logging
+from facelite.model.manifest import DEVICE_CHECKED_VARIANTS
+from facelite.tools.bench.arm_gate import DeviceCheck, GuestRunner, as_by_cpu, check_variant
 from facelite.tools.bench.common import BenchError, to_jsonable
+from facelite.tools.dataset import data_dir
 from facelite.vision.detect.blazeface import RETRY_GRAPH
 from facelite.vision.detect.onet_landmarks import DEFAULT_PASSES
 
@@ -499,6 +508,10 @@ def counts_by_cpu(ms: Sequence[Measurement], model: str, runtime: str) -> dict[s
     return out
 
 
+# Device checks of one run: {model: {cpu: {variant: {"passed": bool, "summary": str}}}} (arm_gate.as_by_cpu per model).
+Checks = dict[str, dict[str, dict[str, dict[str, Any]]]]
+
+
 def deployed_per_cpu(
     ms: Sequence[Measurement],
     detector: tuple[str, str],
@@ -506,13 +519,17 @@ def deployed_per_cpu(
     pinned: dict[str, str | None],
     cpus: Sequence[str],
     runtime: str,
+    checks: Checks | None = None,
+    pinned_by_cpu: dict[str, dict[str, str | None]] | None = None,
 ) -> dict[str, tuple[str, str]]:
     """``{cpu: (detector variant, embedder variant)}`` as `make deploy` picks them for a profile with that CPU:
-    pinned, else the fewest instructions measured (facelite.deploy.variants), else the profile's current choice."""
+    pinned (``pinned_by_cpu[cpu]``, the pins of that CPU's own profile, else ``pinned``), else the fewest instructions
+    measured among the variants that CPU may be given (facelite.deploy.variants), else the profile's current choice."""
     out = {}
     for cpu in cpus:
+        pins = (pinned_by_cpu or {}).get(cpu, pinned)
         chosen = [
-            _deployed_variant(ms, m, pinned.get(role), cpu, runtime)
+            _deployed_variant(ms, m, pins.get(role), cpu, runtime, checks)
             for role, m in (("detector", detector), ("embedder", embedder))
         ]
         out[cpu] = (chosen[0], chosen[1])
@@ -520,16 +537,26 @@ def deployed_per_cpu(
 
 
 def landmarks_per_cpu(
-    ms: Sequence[Measurement], landmarks: tuple[str, str], pinned: str | None, cpus: Sequence[str], runtime: str
+    ms: Sequence[Measurement],
+    landmarks: tuple[str, str],
+    pinned: str | None,
+    cpus: Sequence[str],
+    runtime: str,
+    checks: Checks | None = None,
 ) -> dict[str, str]:
     """``{cpu: variant}`` of the profile's landmarks model (MTCNN, for its O-Net), chosen as for the detector."""
-    return {cpu: _deployed_variant(ms, landmarks, pinned, cpu, runtime) for cpu in cpus}
+    return {cpu: _deployed_variant(ms, landmarks, pinned, cpu, runtime, checks) for cpu in cpus}
 
 
 def _deployed_variant(
-    ms: Sequence[Measurement], model: tuple[str, str], pinned: str | None, cpu: str, runtime: str
+    ms: Sequence[Measurement],
+    model: tuple[str, str],
+    pinned: str | None,
+    cpu: str,
+    runtime: str,
+    checks: Checks | None = None,
 ) -> str:
-    counts = counts_by_cpu(ms, model[0], runtime).get(cpu)
+    counts = eligible(counts_by_cpu(ms, model[0], runtime).get(cpu, {}), (checks or {}).get(model[0], {}).get(cpu, {}))
     return pinned or (fewest_instructions(counts) if counts else model[1])
 
 
@@ -624,28 +651,36 @@ class Kernels:
     runtime: str
     dot: float  # sdot/udot per inference: only where the CPU has the dot-product extension
     widening_mul: float  # vector smull/smlal/sadalp: int8 kernels without it
-    fmla: float
+    fmla: float  # fp32 (and scalar) FMA
     memory_share: float  # loads + stores / all instructions
     verdict: str
+    fmla_h: float = 0.0  # vector float16 FMA: only where the CPU has FP16 arithmetic (reports before it: 0)
 
 
-def kernel_rows(ms: Sequence[Measurement], has_dotprod: dict[str, bool]) -> list[Kernels]:
+def kernel_rows(
+    ms: Sequence[Measurement], has_dotprod: dict[str, bool], has_fp16: dict[str, bool] | None = None
+) -> list[Kernels]:
     rows = []
     for m in ms:
         if m.view_cpu:
             continue
         c = m.classes
         dot, wide, fmla = c.get("dot", 0.0), c.get("widening_mul", 0.0), c.get("fmla", 0.0)
+        half = c.get("fmla_h", 0.0)
         mem = (c.get("load", 0.0) + c.get("store", 0.0)) / m.per_invoke if m.per_invoke else 0.0
         if dot and not has_dotprod[m.cpu]:
             verdict = "WRONG: dot-product instructions on a CPU without them"
+        elif half and not (has_fp16 or {}).get(m.cpu, False):
+            verdict = "WRONG: float16 arithmetic on a CPU without it"
         elif dot:
             verdict = "dot-product kernels"
-        elif wide > fmla:
+        elif wide > fmla + half:
             verdict = "int8 widening-multiply kernels" + (" (CPU has dotprod, unused)" if has_dotprod[m.cpu] else "")
+        elif half > fmla:
+            verdict = "fp16 FMA kernels"
         else:
             verdict = "fp32 FMA kernels"
-        rows.append(Kernels(m.model, m.variant, m.cpu, m.runtime, dot, wide, fmla, round(mem, 3), verdict))
+        rows.append(Kernels(m.model, m.variant, m.cpu, m.runtime, dot, wide, fmla, round(mem, 3), verdict, half))
     return rows
 
 
@@ -806,17 +841,40 @@ def render(report: dict[str, Any], ms: Sequence[Measurement]) -> str:
         f"For a profile with `platform.cpu` set and runtime {report['profile_runtime']}: per model, the built variant "
         "that executes the fewest instructions on that core (`<model>/by_cpu.json`, written by this run beside the "
         "variants with each one's sha256; a rebuilt variant makes it stale and deploy falls back to make convert's x86 "
-        "choice, with a warning). Pinned variants in the profile win. pi: cortex-a72, pi5: cortex-a76.",
+        "choice, with a warning). A variant whose arithmetic differs on ARM (fp16-arith) counts only on a core where "
+        "its device check below passed. Pinned variants in the profile win. "
+        + ", ".join(f"{c}: the {n} profile" for c, n in (report.get("profile_by_cpu") or {}).items())
+        + ".",
         "",
     ]
+    checks = checks_of(report)
     by_model = {model: counts_by_cpu(ms, model, report["profile_runtime"]) for model in {m.model for m in ms}}
+
+    def pick(model: str, counts: dict[str, dict[str, float]], cpu: str) -> str:
+        allowed = eligible(counts.get(cpu, {}), checks.get(model, {}).get(cpu, {}))
+        return fewest_instructions(allowed) if allowed else "-"
+
     lines += md_table(
         ["model", *cpus],
-        [
-            [model, *(fewest_instructions(counts[c]) if c in counts else "-" for c in cpus)]
-            for model, counts in sorted(by_model.items())
-        ],
+        [[model, *(pick(model, counts, c) for c in cpus)] for model, counts in sorted(by_model.items())],
     )
+    device = [DeviceCheck(**c) for c in report.get("device_checks", [])]
+    if device:
+        lines += [
+            "",
+            "## Device checks: variants whose arithmetic differs on ARM, against fp32 on the same core",
+            "",
+            "make convert's gates run on x86, where fp16-arith computes in float32; here the variant and its fp32 run "
+            f"on each emulated core in {report['profile_runtime']} and the agent's view of both outputs is compared "
+            "(arm_gate.py): embedders on the faces of faces/people (every face's cosine to fp32, verification AUC over "
+            "their pairs), BlazeFace on faces/scenes + faces/people (the agent's decoder on both outputs: recall of "
+            "fp32's faces at IoU 0.5, mean IoU).",
+            "",
+        ]
+        lines += md_table(
+            ["model/variant", "cpu", "inputs", "figures", "result"],
+            [[f"{c.model}/{c.variant}", c.cpu, c.inputs, c.summary(), "PASS" if c.passed else "FAIL"] for c in device],
+        )
     lines += ["", "## Targets (issue 11; profile runtime " + report["profile_runtime"] + ")", ""]
     lines += md_table(
         ["target", "measured", "limit", "result"],
@@ -845,11 +903,11 @@ def render(report: dict[str, Any], ms: Sequence[Measurement]) -> str:
     lines += [
         "",
         "Instruction mix per inference (M): dot = `sdot`/`udot`, widening = vector `smull`/`smlal`/`sadalp`, "
-        "fmla = fp32 FMA, memory = loads + stores share:",
+        "fmla = fp32 FMA, fmla fp16 = vector float16 FMA (ARMv8.2 FP16), memory = loads + stores share:",
         "",
     ]
     lines += md_table(
-        ["model/variant", "cpu", "runtime", "dot", "widening", "fmla", "memory", "kernels"],
+        ["model/variant", "cpu", "runtime", "dot", "widening", "fmla", "fmla fp16", "memory", "kernels"],
         [
             [
                 f"{k['model']}/{k['variant']}",
@@ -858,6 +916,7 @@ def render(report: dict[str, Any], ms: Sequence[Measurement]) -> str:
                 f"{k['dot'] / 1e6:.2f}",
                 f"{k['widening_mul'] / 1e6:.2f}",
                 f"{k['fmla'] / 1e6:.2f}",
+                f"{k.get('fmla_h', 0.0) / 1e6:.2f}",
                 f"{k['memory_share']:.0%}",
                 k["verdict"],
             ]
@@ -942,12 +1001,92 @@ def record_by_cpu(facts: dict[str, Any], ms: Sequence[Measurement], models_dir: 
     """Write ``<model>/by_cpu.json`` for every measured model: what `make deploy` reads (facelite.deploy.variants)."""
     written = []
     runtime = facts["profile_runtime"]
+    checks = checks_of(facts)
     for model in sorted({m.model for m in ms}):
         counts = counts_by_cpu(ms, model, runtime)
         if counts and (models_dir / model).is_dir():
-            write_by_cpu(models_dir / model, counts, runtime=runtime, generated=facts["generated"])
+            write_by_cpu(
+                models_dir / model, counts, runtime=runtime, generated=facts["generated"], checks=checks.get(model)
+            )
             written.append(models_dir / model / BY_CPU_FILE)
     return written
+
+
+def checks_of(facts: dict[str, Any]) -> Checks:
+    """The run's device checks by model (reports from before the checks have none)."""
+    checks = [DeviceCheck(**c) for c in facts.get("device_checks", [])]
+    return {model: as_by_cpu([c for c in checks if c.model == model]) for model in sorted({c.model for c in checks})}
+
+
+def guest_runner(env: Env, runtime: str, out: Path) -> GuestRunner:
+    """arm_gate's GuestRunner: the graph run on the emulated core (no plugin), outputs cached by graph, inputs, core."""
+
+    def run(cpu: str, graph: Path, inputs: np.ndarray) -> list[np.ndarray]:
+        digest = hashlib.sha256(Path(graph).read_bytes())
+        digest.update(np.ascontiguousarray(inputs).tobytes())
+        facts = [list(inputs.shape), str(inputs.dtype), cpu, runtime, env.qemu_version, env.sites.get(runtime)]
+        digest.update(json.dumps(facts).encode())
+        work = out / "checks" / digest.hexdigest()[:16]
+        saved = work / "outputs.npz"
+        if not saved.is_file():
+            work.mkdir(parents=True, exist_ok=True)
+            np.save(work / "inputs.npy", inputs)
+            spec = work / "spec.json"
+            partial = work / "partial.npz"
+            spec.write_text(
+                json.dumps(
+                    {"runtime": runtime, "graph": str(Path(graph).resolve()), "inputs": str(work / "inputs.npy"),
+                     "save": str(partial)}
+                )
+            )  # fmt: skip
+            view = env.views[cpu]
+            cmd = [env.qemu, "-cpu", cpu, "-L", view, f"{view}/usr/bin/python3.11", "-P", "-B", str(GUEST), str(spec)]
+            proc = subprocess.run(
+                cmd, env=guest_env(env.sites[runtime]), capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+            )
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                raise BenchError(f"{graph} on {cpu} ({runtime}) exited {proc.returncode}: {' | '.join(tail)}")
+            partial.rename(saved)
+            (work / "inputs.npy").unlink()
+        with np.load(saved) as data:
+            return [data[f"arr_{k}"] for k in range(len(data.files))]
+
+    return run
+
+
+def device_checks(env: Env, jobs: Sequence[Job], args: argparse.Namespace, runtime: str) -> list[DeviceCheck]:
+    """Every built variant whose device arithmetic differs from x86's, against its fp32 on each CPU (arm_gate.py)."""
+    out: list[DeviceCheck] = []
+    run = guest_runner(env, runtime, args.out)
+    for model, variant in sorted({(j.model, j.variant) for j in jobs if j.variant in DEVICE_CHECKED_VARIANTS}):
+        t0 = time.monotonic()
+        checks = check_variant(
+            args.models.resolve(), args.data_dir, model, variant, args.cpus, runtime, run, min_face=MIN_FACE
+        )
+        for c in checks:
+            log.info(
+                "device check %s/%s on %s (%s), %d inputs: %s, %s",
+                model, variant, c.cpu, runtime, c.inputs, "PASS" if c.passed else "FAIL", c.summary(),
+            )  # fmt: skip
+        log.info("device checks of %s/%s (%.1f s)", model, variant, time.monotonic() - t0)
+        out += checks
+    return out
+
+
+def profiles_by_cpu(default: str, cpus: Sequence[str]) -> dict[str, str]:
+    """The device profile "as deployed" means on each CPU: the one naming that CPU (pi5 on the Cortex-A76) with the
+    same detector and embedder as ``default``, else ``default`` itself."""
+    from facelite.deploy.profile import load_profile, profile_names
+
+    base = load_profile(default)
+    same = (base.models.detector, base.models.embedder)
+    by_cpu: dict[str, str] = {}
+    for name in [default, *profile_names()]:
+        p = load_profile(name)
+        if p.platform.cpu is not None and p.platform.cpu in cpus and (p.models.detector, p.models.embedder) == same:
+            by_cpu.setdefault(p.platform.cpu, name)
+    return {cpu: by_cpu.get(cpu, default) for cpu in cpus}
 
 
 def deployed_models(
@@ -981,6 +1120,9 @@ def deployed_models(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m facelite.tools.bench.arm", description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", type=Path, default=Path(os.environ.get("FACELITE_MODELS_DIR", REPO / "build/models")))
+    ap.add_argument(
+        "--data-dir", type=Path, default=None, help="photos for the device checks (default: FACELITE_DATA_DIR)"
+    )
     ap.add_argument("--out", type=Path, default=REPO / "build" / "bench-arm")
     ap.add_argument("--cpus", nargs="+", default=list(CPUS), choices=CPUS)
     ap.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
@@ -1059,6 +1201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def measure_all(args: argparse.Namespace) -> dict[str, Any]:
     """Everything qemu counts in one run: the report's facts (JSON-ready), before any verdict."""
     models = args.models.resolve()
+    args.data_dir = data_dir(args.data_dir)  # before hours of counting: the device checks need the photos
     jobs = timed(f"planned the artifacts in {models}", plan_jobs, models, args.only)
     detector, embedder, landmarks, profile_runtime = deployed_models(args.profile, models)
     onet = f" + {'/'.join(landmarks)} O-Net" if landmarks else ""
@@ -1081,6 +1224,9 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
             "frame" if r.job.kind == "detector" else "inference", mega(m.startup), time.monotonic() - t0,
         )  # fmt: skip
     notes = crosschecks(env, jobs, ms, args)
+    checks = timed("device checks (variants whose arithmetic differs on ARM)", device_checks, env, jobs, args,
+                   profile_runtime)  # fmt: skip
+    by_cpu_profile = profiles_by_cpu(args.profile, args.cpus)
     return {
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "make bench-arm",
@@ -1100,6 +1246,9 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
             "landmarks": list(landmarks) if landmarks else None,
         },
         "pinned": pinned_variants(args.profile),
+        "profile_by_cpu": by_cpu_profile,
+        "pinned_by_cpu": {cpu: pinned_variants(name) for cpu, name in by_cpu_profile.items()},
+        "device_checks": to_jsonable(checks),
         "jobs": [{"model": j.model, "variant": j.variant, "unit": j.unit, "x86_ms": j.x86_ms} for j in jobs],
         "cpu_probes": probes,
         "measurements": to_jsonable(ms),
@@ -1120,9 +1269,12 @@ def judge(facts: dict[str, Any]) -> tuple[dict[str, Any], list[Measurement], lis
     # Reports written before landmarks were counted have no "landmarks" key: the profile had none then.
     landmarks = model_variant("landmarks") if facts["deployed"].get("landmarks") else None
     pinned = facts.get("pinned") or {"detector": None, "embedder": None}
-    per_cpu = deployed_per_cpu(ms, detector, embedder, pinned, facts["cpus"], facts["profile_runtime"])
+    checks = checks_of(facts)
+    per_cpu = deployed_per_cpu(
+        ms, detector, embedder, pinned, facts["cpus"], facts["profile_runtime"], checks, facts.get("pinned_by_cpu")
+    )
     lm_cpu = (
-        landmarks_per_cpu(ms, landmarks, pinned.get("landmarks"), facts["cpus"], facts["profile_runtime"])
+        landmarks_per_cpu(ms, landmarks, pinned.get("landmarks"), facts["cpus"], facts["profile_runtime"], checks)
         if landmarks
         else {}
     )
@@ -1136,7 +1288,7 @@ def judge(facts: dict[str, Any]) -> tuple[dict[str, Any], list[Measurement], lis
             cpu: {"detector": d, "embedder": e} | ({"landmarks": lm_cpu[cpu]} if cpu in lm_cpu else {})
             for cpu, (d, e) in per_cpu.items()
         },
-        "kernels": to_jsonable(kernel_rows(ms, has_dot)),
+        "kernels": to_jsonable(kernel_rows(ms, has_dot, {p["cpu"]: p["asimdhp"] for p in facts["cpu_probes"]})),
         "targets": to_jsonable(targets),
         "passed": all(v.passed for v in targets),
         "chart": "instructions.png",

@@ -6,6 +6,9 @@ Standalone on purpose (the aarch64 interpreter has only numpy and one runtime on
 
 SPEC: {"runtime": "ai-edge-litert" | "tflite-runtime", "invokes": N, "marks": bool,
        "steps": [{"graph": "/path/model.tflite", "shape": [1, 112, 112, 3]}, ...]}
+or, to keep what a graph computes on this core (make bench-arm's device check, arm_gate.py):
+      {"runtime": ..., "graph": "/path/model.tflite", "inputs": "/path/x.npy", "save": "/path/out.npz"}
+which runs the graph once per row of X (batch of one) and saves each output stacked over the rows, in output order.
 
 One pass = every step in order (a step whose shape differs from its graph's current input is resized first, as
 the agent does for MTCNN's P-Net pyramid). With "marks", the counting plugin is asked for its running total
@@ -49,8 +52,24 @@ def example(detail: dict, shape: list[int], rng: np.random.Generator) -> np.ndar
     return rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
 
 
+def outputs(spec: dict) -> int:
+    net = interpreter_class(spec["runtime"])(model_path=spec["graph"], num_threads=1)
+    net.allocate_tensors()
+    index = net.get_input_details()[0]["index"]
+    kept: list[list[np.ndarray]] = [[] for _ in net.get_output_details()]
+    for x in np.load(spec["inputs"]):
+        net.set_tensor(index, x[None])
+        net.invoke()
+        for k, out in enumerate(net.get_output_details()):
+            kept[k].append(net.get_tensor(out["index"])[0].copy())
+    np.savez(spec["save"], *[np.stack(k) for k in kept])
+    return 0
+
+
 def main(spec_path: str) -> int:
     spec = json.loads(open(spec_path).read())
+    if "save" in spec:
+        return outputs(spec)
     interpreter = interpreter_class(spec["runtime"])
     rng = np.random.default_rng(0)
     graphs, steps = {}, []

@@ -3,7 +3,8 @@
  *
  * The total is what qemu's own tests/plugin/insn.c counts with inline=on (the bench cross-checks the two on one
  * model); the classes tell which kernels ran: sdot/udot only exist where the CPU has the dot-product extension,
- * smull/smlal/sadalp are the int8 kernels without it, fmla the fp32 ones, ld/st the memory traffic.
+ * smull/smlal/sadalp are the int8 kernels without it, fmla the fp32 ones, fmla_h the float16 ones (only where the
+ * CPU has ARMv8.2 FP16 arithmetic), ld/st the memory traffic.
  * Counters are inline adds (no callback per instruction) and not atomic: run the guest with one compute thread.
  *
  *   gcc -shared -fPIC -O2 -I<qemu>/include/qemu $(pkg-config --cflags glib-2.0) -o libfacelite_mix.so arm_mix.c
@@ -36,6 +37,7 @@ static const struct {
 } CLASSES[] = {
     {"dot", VECTOR, {"sdot", "udot", "usdot", "sudot", NULL}}, /* also by encoding: see by_encoding */
     {"i8mm", VECTOR, {"smmla", "ummla", "usmmla", NULL}},
+    {"fmla_h", VECTOR, {NULL}}, /* by encoding only: see by_encoding */
     {"widening_mul", VECTOR, {"smull", "umull", "smlal", "umlal", "sadalp", "uadalp", "smlsl", "umlsl", NULL}},
     {"fmla", PREFIX, {"fmla", "fmls", "fmadd", "fmsub", "fnmadd", "fnmsub", NULL}},
     {"fp_other", PREFIX, {"fadd", "fmul", "fmax", "fmin", "fsub", "fdiv", "fcvt", "scvtf", "ucvtf", "frint", NULL}},
@@ -45,7 +47,7 @@ static const struct {
     {"branch", EXACT, {"b", "bl", "br", "blr", "ret", "cbz", "cbnz", "tbz", "tbnz", NULL}},
     {"undecoded", PREFIX, {".byte", NULL}}, /* the disassembler does not know it */
 };
-enum { DOT = 0, I8MM = 1 };
+enum { DOT = 0, I8MM = 1, FMLA_H = 2 };
 #define N_CLASSES (sizeof(CLASSES) / sizeof(CLASSES[0]))
 
 static uint64_t total;
@@ -96,7 +98,8 @@ static size_t classify(const char *disas)
 /*
  * The disassembler in Debian's qemu 7.2 (capstone 4) prints the ARMv8.2+ dot-product and matrix-multiply
  * instructions as ".byte ...": recognise those by their encoding (Arm ARM: SDOT/UDOT vector and by element,
- * SMMLA/UMMLA/USMMLA).
+ * SMMLA/UMMLA/USMMLA), and the float16 vector FMLA/FMLS (three same FP16, and by element with size 00), whose
+ * disassembly would not tell them from the fp32 ones.
  */
 static int by_encoding(uint32_t w)
 {
@@ -105,6 +108,9 @@ static int by_encoding(uint32_t w)
     }
     if ((w & 0xDFE0F400) == 0x4E80A400) {
         return I8MM;
+    }
+    if ((w & 0xBF60FC00) == 0x0E400C00 || (w & 0xBFC0B400) == 0x0F001000) {
+        return FMLA_H;
     }
     return -1;
 }
