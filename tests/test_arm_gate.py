@@ -163,13 +163,15 @@ def test_a_pinned_device_checked_variant_is_refused_where_its_check_failed(
 def test_the_a76_is_judged_as_the_pi5_profile_deploys_it() -> None:
     assert arm.profiles_by_cpu("pi", CPUS) == {"cortex-a53": "pi", "cortex-a72": "pi", "cortex-a76": "pi5"}
     assert arm.pinned_variants("pi5")["embedder"] == "fp16-arith"
-    ms = [
-        arm_measure("blazeface", "fp32", "cortex-a76", 58e6),
-        arm_measure("blazeface", "fp16-arith", "cortex-a76", 34e6),
-        arm_measure("mobilefacenet", "fp32", "cortex-a76", 93e6),
-        arm_measure("mobilefacenet", "fp16-arith", "cortex-a76", 48e6),
-        arm_measure("mobilefacenet", "int8", "cortex-a76", 44e6),
-    ]
+    ms = counted(
+        {
+            "blazeface/fp32": {"cortex-a76": 58},
+            "blazeface/fp16-arith": {"cortex-a76": 34},
+            "mobilefacenet/fp32": {"cortex-a76": 93},
+            "mobilefacenet/fp16-arith": {"cortex-a76": 48},
+            "mobilefacenet/int8": {"cortex-a76": 44},
+        }
+    )
     pins = {"cortex-a76": {"detector": None, "embedder": "fp16-arith"}}
     passed = {"passed": True, "summary": ""}
     checks = {m: {"cortex-a76": {"fp16-arith": passed}} for m in ("blazeface", "mobilefacenet")}
@@ -181,9 +183,16 @@ def test_the_a76_is_judged_as_the_pi5_profile_deploys_it() -> None:
     assert arm.deployed_per_cpu(*args, checks) == {"cortex-a76": ("fp16-arith", "fp32")}
 
 
-def arm_measure(model: str, variant: str, cpu: str, n: float) -> arm.Measurement:
-    return arm.Measurement(model, variant, "embedder", "inference", cpu, "ai-edge-litert", 5, n, {}, {}, {}, n, n, n,
-                           10**9, 1.0, None)  # fmt: skip
+def counted(table: dict[str, dict[str, float]]) -> list[arm.Measurement]:
+    """``{"model/variant": {cpu: M instructions per inference}}`` as bench-arm's measurements (ai-edge-litert)."""
+    out = []
+    for label, by_cpu in table.items():
+        model, variant = label.split("/")
+        for cpu, mega in by_cpu.items():
+            n = mega * 1e6
+            out.append(arm.Measurement(model, variant, "embedder", "inference", cpu, "ai-edge-litert", 5, n, {}, {}, {},
+                                       n, n, n, 10**9, 1.0, None))  # fmt: skip
+    return out
 
 
 # -- the whole check on real models and photos (the guest program run by the host's Python) ---------------------------
@@ -278,16 +287,14 @@ def test_each_variant_sets_only_its_own_converter_settings() -> None:
 def test_the_report_shows_each_check_and_deploys_only_what_passed() -> None:
     """judge + render (what --report-only re-runs): the per-CPU table follows the checks, and each check is listed."""
     cpus = ["cortex-a72", "cortex-a76"]
-    ms = [
-        arm_measure("blazeface", "fp32", "cortex-a72", 60e6),
-        arm_measure("blazeface", "fp16-arith", "cortex-a72", 59e6),
-        arm_measure("blazeface", "fp32", "cortex-a76", 58e6),
-        arm_measure("blazeface", "fp16-arith", "cortex-a76", 34e6),
-        arm_measure("mobilefacenet", "fp32", "cortex-a72", 96e6),
-        arm_measure("mobilefacenet", "fp16-arith", "cortex-a72", 96e6),
-        arm_measure("mobilefacenet", "fp32", "cortex-a76", 93e6),
-        arm_measure("mobilefacenet", "fp16-arith", "cortex-a76", 48e6),
-    ]
+    ms = counted(
+        {
+            "blazeface/fp32": {"cortex-a72": 60, "cortex-a76": 58},
+            "blazeface/fp16-arith": {"cortex-a72": 59, "cortex-a76": 34},
+            "mobilefacenet/fp32": {"cortex-a72": 96, "cortex-a76": 93},
+            "mobilefacenet/fp16-arith": {"cortex-a72": 96, "cortex-a76": 48},
+        }
+    )
     figures = {"recall": 1.0, "mean_iou": 0.999}
     checks = [
         DeviceCheck("blazeface", "fp16-arith", "cortex-a72", "ai-edge-litert", 92, figures, {"recall>=0.95": False}),
