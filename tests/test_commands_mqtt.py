@@ -158,6 +158,19 @@ def wait_for_states(commander: Commander, count: int) -> list[dict[str, Any]]:
     return state_messages(commander.sub.messages, DEVICE)
 
 
+def wait_for_event(commander: Commander, kind: str) -> dict[str, Any]:
+    """The first event of type ``kind`` the subscriber received, waiting for it to arrive."""
+
+    def first() -> dict[str, Any] | None:
+        events = [json.loads(m.payload) for m in commander.sub.messages if m.topic.endswith("/events")]
+        return next((e for e in events if e["type"] == kind), None)
+
+    wait_until(first, 30, f"a {kind} event")
+    found = first()
+    assert found is not None
+    return found
+
+
 def test_enabled_commands_reject_list_forget_refuse_and_remember_ids_across_a_restart(
     tmp_path: Path, setup: dict[str, Path]
 ) -> None:
@@ -169,8 +182,8 @@ def test_enabled_commands_reject_list_forget_refuse_and_remember_ids_across_a_re
             with AgentProcess(config) as agent:
                 agent.wait_line(r"event recognized .*person=Ada Lovelace", timeout=90)
                 commander.wait_online()
-                events = [json.loads(m.payload) for m in commander.sub.messages if m.topic.endswith("/events")]
-                event_id = next(e["event_id"] for e in events if e["type"] == "recognized")
+                # The log line comes before the publish reaches the subscriber (a loaded CI machine showed the gap).
+                event_id = str(wait_for_event(commander, "recognized")["event_id"])
 
                 listed = commander.ask({"id": "list-1", "command": "list"})
                 assert listed["ok"] and listed["command"] == "list"
