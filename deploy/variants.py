@@ -3,8 +3,9 @@
 1. A variant pinned in the device profile (``models.detector_variant`` / ``models.embedder_variant``).
 2. Else, when the profile names its CPU (``platform.cpu``), the variant that executes the fewest instructions on that
    CPU in the profile's runtime, as `make bench-arm` measured it under qemu (``<model>/by_cpu.json`` beside the
-   variants). The figures count only while they belong to the artifacts on disk: each variant's sha256 is recorded
-   with them, and a rebuilt variant makes them stale.
+   variants), provided it saves at least ``MIN_SAVING`` of fp32's instructions there; else fp32. The figures count
+   only while they belong to the artifacts on disk: each variant's sha256 is recorded with them, and a rebuilt
+   variant makes them stale.
 3. Else the converter's recommendation (``recommended_variant`` in index.json: fastest on *this* machine, x86),
    with a warning when a CPU was named, because x86 int8 kernels (VNNI) rank variants differently from a Pi's.
 
@@ -28,6 +29,11 @@ from facelite.model.manifest import DEVICE_CHECKED_VARIANTS, Manifest
 log = logging.getLogger(__name__)
 
 BY_CPU_FILE = "by_cpu.json"
+REFERENCE_VARIANT = "fp32"  # the variant closest to its source model: what a device keeps unless another clearly wins
+# Instruction counts are work, not time (no caches or stalls under qemu): a variant that differs from fp32 in its
+# arithmetic or weights must save a share of the work that time cannot erase, not 1,400 instructions of 60 M
+# (BlazeFace fp16-arith on a Cortex-A72, which runs float32 kernels there).
+MIN_SAVING = 0.02
 CPUS = ("cortex-a53", "cortex-a72", "cortex-a76")  # the classes `make bench-arm` emulates
 
 
@@ -49,10 +55,15 @@ def artifact_sha256(model_dir: Path, variant: str) -> str | None:
 
 
 def fewest_instructions(by_variant: Mapping[str, float]) -> str:
-    """The variant that executes the fewest instructions; ties go to the name that sorts first (stable files)."""
+    """The variant that executes the fewest instructions, where it saves at least ``MIN_SAVING`` of fp32's (when
+    fp32 is among them; else fp32); ties go to the name that sorts first (stable files)."""
     if not by_variant:
         raise ValueError("no variant measured: nothing to choose from")
-    return min(sorted(by_variant), key=lambda v: by_variant[v])
+    best = min(sorted(by_variant), key=lambda v: by_variant[v])
+    reference = by_variant.get(REFERENCE_VARIANT)
+    if reference is not None and by_variant[best] > (1.0 - MIN_SAVING) * reference:
+        return REFERENCE_VARIANT
+    return best
 
 
 def eligible(by_variant: Mapping[str, float], checks: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:

@@ -14,7 +14,7 @@ import pytest
 
 from facelite.deploy.bundle import RELEASE_PLACEHOLDER, BundleError, agent_config, check_config, choose_models
 from facelite.deploy.profile import DEVICES_DIR, load_profile, render_toml
-from facelite.deploy.variants import BY_CPU_FILE, fewest_instructions, pick_variant, write_by_cpu
+from facelite.deploy.variants import BY_CPU_FILE, MIN_SAVING, fewest_instructions, pick_variant, write_by_cpu
 
 
 @pytest.fixture()
@@ -45,8 +45,22 @@ def other_variant(models: Path, name: str) -> str:
 def test_fewest_instructions_breaks_ties_by_name() -> None:
     assert fewest_instructions({"int8": 60.0, "fp32": 95.0}) == "int8"
     assert fewest_instructions({"int8": 95.0, "fp32": 95.0}) == "fp32"
+    assert fewest_instructions({"int8": 95.0, "fp16": 95.0}) == "fp16"  # no fp32 measured: the first name
     with pytest.raises(ValueError, match="no variant measured"):
         fewest_instructions({})
+
+
+def test_another_variant_must_save_a_clear_share_of_fp32s_instructions() -> None:
+    """Counts are work, not time: fp32 (closest to its source) stays unless another variant saves MIN_SAVING."""
+    fp32 = 60_000_000.0
+    just_under = fp32 * (1 - MIN_SAVING) + 1
+    assert fewest_instructions({"fp32": fp32, "fp16-arith": fp32 - 1_400}) == "fp32"  # BlazeFace on an A72
+    assert fewest_instructions({"fp32": fp32, "int8": just_under}) == "fp32"
+    assert fewest_instructions({"fp32": fp32, "int8": fp32 * (1 - MIN_SAVING)}) == "int8"
+    # the cheapest one wins even where a dearer one alone would not clear the margin
+    assert fewest_instructions({"fp32": fp32, "fp16": just_under, "int8": fp32 * 0.5}) == "int8"
+    # a variant dearer than fp32 is never picked over it
+    assert fewest_instructions({"fp32": fp32, "int8": 2 * fp32}) == "fp32"
 
 
 def test_without_a_cpu_or_figures_deploy_keeps_make_converts_choice(
