@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from broker import MosquittoBroker, Subscriber
 from helpers import wait_until
-from soak import AgentProcess, base_config, state_messages, write_config
+from soak import AgentProcess, base_config, events_of, state_messages, write_config
 from test_gallery_mqtt import folder_of, naming_ada, retained_now
 
 from facelite.tools.demo import enroll_command, pick
@@ -162,8 +162,7 @@ def wait_for_event(commander: Commander, kind: str) -> dict[str, Any]:
     """The first event of type ``kind`` the subscriber received, waiting for it to arrive."""
 
     def first() -> dict[str, Any] | None:
-        events = [json.loads(m.payload) for m in commander.sub.messages if m.topic.endswith("/events")]
-        return next((e for e in events if e["type"] == kind), None)
+        return next((e for e in events_of(commander.sub.messages, DEVICE) if e["type"] == kind), None)
 
     wait_until(first, 30, f"a {kind} event")
     found = first()

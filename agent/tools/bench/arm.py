@@ -51,6 +51,7 @@ import tomllib
 from facelite.deploy.variants import (
     BY_CPU_FILE,
     MIN_SAVING,
+    REFERENCE_VARIANT,
     eligible,
     fewest_instructions,
     pick_variant,
@@ -846,8 +847,8 @@ def render(report: dict[str, Any], ms: Sequence[Measurement]) -> str:
         "## The variant `make deploy` picks per CPU",
         "",
         f"For a profile with `platform.cpu` set and runtime {report['profile_runtime']}: per model, the built variant "
-        "that executes the fewest instructions on that core where it saves at least "
-        f"{MIN_SAVING:.0%} of fp32's there, else fp32 (`<model>/by_cpu.json`, written by this run beside the "
+        f"that executes the fewest instructions on that core where it saves at least {MIN_SAVING:.0%} of "
+        f"{REFERENCE_VARIANT}'s there, else {REFERENCE_VARIANT} (`<model>/by_cpu.json`, written by this run beside the "
         "variants with each one's sha256; a rebuilt variant makes it stale and deploy falls back to make convert's x86 "
         "choice, with a warning). A variant whose arithmetic differs on ARM (fp16-arith) counts only on a core where "
         "its device check below passed. Pinned variants in the profile win. "
